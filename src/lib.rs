@@ -1,0 +1,18 @@
+//! mailmoat: an SMTP filtering front proxy. It accepts mail for the hosted domains on
+//! behalf of a backend server, refuses what it must during the dialogue, keeps what it
+//! accepts in a durable spool and forwards it.
+//!
+//! The way of a message, module by module: [`smtp`] (listener, session, DATA reader)
+//! → [`policy`] (relay decision, recipient validation) → [`queue`] (spool, schedule,
+//! delivery, bounces). [`reply`] holds the decision value they all share.
+
+pub mod address;
+pub mod config;
+pub mod logging;
+pub mod policy;
+pub mod queue;
+pub mod reply;
+pub mod server;
+pub mod smtp;
+pub mod smtp_client;
+pub mod store;

@@ -1,0 +1,153 @@
+//! The `mailmoat` command: serve, check the configuration, and manage the queue.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use mailmoat::config::Config;
+use mailmoat::queue::admin::{AdminCommand, AdminReply, execute, send_control};
+use mailmoat::queue::spool::Spool;
+
+#[derive(Parser)]
+#[command(name = "mailmoat", version, about = "SMTP filtering front proxy")]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "/etc/mailmoat/mailmoat.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy until SIGTERM or SIGINT.
+    Serve,
+    /// Validate the configuration and print the effective settings.
+    Check,
+    /// Inspect and manage the mail queue (of a running or a stopped server).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued messages with their state and last error.
+    List,
+    /// Print a message's envelope and content.
+    Show { id: String },
+    /// Remove a message from the queue for good.
+    Delete { id: String },
+    /// Keep a message back from delivery until released.
+    Hold { id: String },
+    /// Put a held message back into delivery.
+    Release { id: String },
+    /// Try all deferred mail now.
+    Flush,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mailmoat: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Check => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            // Recipient files are part of the configuration: check them too.
+            for (domain, how) in &config.recipients.domains {
+                if let Some(file) = &how.file {
+                    mailmoat::policy::recipients::RecipientList::load(file)
+                        .map_err(|e| anyhow::anyhow!("recipients.domains.\"{domain}\": {e}"))?;
+                }
+            }
+            print!("{}", config.to_toml());
+            eprintln!("{}: configuration OK", cli.config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => serve(config),
+        Command::Queue { action } => {
+            let command = match action {
+                QueueAction::List => AdminCommand::List,
+                QueueAction::Show { id } => AdminCommand::Show(id),
+                QueueAction::Delete { id } => AdminCommand::Delete(id),
+                QueueAction::Hold { id } => AdminCommand::Hold(id),
+                QueueAction::Release { id } => AdminCommand::Release(id),
+                QueueAction::Flush => AdminCommand::Flush,
+            };
+            let reply = queue_command(&config, &command)?;
+            if reply.ok {
+                print!("{}", with_newline(&reply.text));
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprint!("mailmoat: {}", with_newline(&reply.text));
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+fn with_newline(text: &str) -> String {
+    if text.ends_with('\n') {
+        text.to_string()
+    } else {
+        format!("{text}\n")
+    }
+}
+
+/// Runs a queue command offline when no server holds the spool, else through the
+/// running server's control socket.
+fn queue_command(config: &Config, command: &AdminCommand) -> anyhow::Result<AdminReply> {
+    let spool = Spool::existing(&config.queue.path)?;
+    if let Some(_lock) = spool.try_lock()? {
+        return Ok(execute(&spool, None, command));
+    }
+    let socket = spool.control_socket();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(send_control(&socket, command))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the queue {} is locked by a running mailmoat, which does not answer on {}: {e}",
+                config.queue.path.display(),
+                socket.display()
+            )
+        })
+}
+
+fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    mailmoat::logging::init(&config.log);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let server = mailmoat::server::Server::start(config).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        server.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

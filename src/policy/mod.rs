@@ -1,0 +1,4 @@
+//! Envelope-time checks: who may relay, and which recipients exist.
+
+pub mod recipients;
+pub mod relay;

@@ -1,0 +1,295 @@
+//! Does a recipient in a hosted domain exist? Answered at RCPT time — from a list file
+//! or by asking the backend — so unknown users get `550 5.1.1` in the dialogue and
+//! nobody is sent a bounce for mail they never wrote (no backscatter).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Mailbox;
+use crate::config::{CalloutUnreachable, Config};
+use crate::reply::{Decision, Reply};
+use crate::smtp_client::{Client, Target};
+
+/// The addresses of a recipients file.
+#[derive(Debug, Default)]
+pub struct RecipientList {
+    /// Lower-case `local@domain`.
+    addresses: HashSet<String>,
+    /// Lower-case domains written as `@domain`: every local part exists.
+    catch_all: HashSet<String>,
+}
+
+impl RecipientList {
+    /// Reads a list: one address per line, `@domain` for a catch-all, `#` comments.
+    /// Errors name the file and line.
+    pub fn load(path: &Path) -> anyhow::Result<RecipientList> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("{}: cannot read the recipients file: {e}", path.display())
+        })?;
+        RecipientList::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<RecipientList> {
+        let mut list = RecipientList::default();
+        for (n, line) in text.lines().enumerate() {
+            let entry = line.split('#').next().unwrap_or("").trim();
+            if entry.is_empty() {
+                continue;
+            }
+            if let Some(domain) = entry.strip_prefix('@') {
+                match Mailbox::parse(&format!("x@{domain}")) {
+                    Ok(m) if m.domain_name().is_some() => {
+                        list.catch_all.insert(m.domain.to_string());
+                        continue;
+                    }
+                    _ => {}
+                }
+            } else if let Ok(m) = Mailbox::parse(entry) {
+                list.addresses.insert(m.lookup_key());
+                continue;
+            }
+            anyhow::bail!(
+                "{}:{}: '{entry}' is not an address; write user@example.com, or @example.com \
+                 to accept every user of a domain",
+                path.display(),
+                n + 1
+            );
+        }
+        Ok(list)
+    }
+
+    pub fn contains(&self, mailbox: &Mailbox) -> bool {
+        self.addresses.contains(&mailbox.lookup_key())
+            || self.catch_all.contains(&mailbox.domain.to_string())
+    }
+}
+
+/// How one hosted domain's recipients are checked.
+enum Source {
+    List(Arc<RecipientList>),
+    Callout,
+}
+
+/// A remembered answer of the backend.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedAnswer {
+    exists: bool,
+    /// Unix seconds after which the backend is asked again.
+    expires: u64,
+    /// The backend's reply, for the log.
+    reply: String,
+}
+
+/// What the backend said about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    Exists,
+    Unknown(Reply),
+    /// The backend could not be asked, or answered with a temporary failure.
+    Unavailable(String),
+}
+
+pub struct RecipientValidator {
+    config: Arc<Config>,
+    /// Keyed by the hosted domain the entry was configured for.
+    sources: HashMap<String, Source>,
+    backend: Target,
+    cache: Option<sled::Tree>,
+}
+
+impl RecipientValidator {
+    /// Loads every configured recipients file; `cache` stores callout answers.
+    pub fn new(
+        config: Arc<Config>,
+        backend: Target,
+        cache: Option<sled::Tree>,
+    ) -> anyhow::Result<Self> {
+        let mut sources = HashMap::new();
+        for (domain, how) in &config.recipients.domains {
+            let source = match &how.file {
+                Some(file) => Source::List(Arc::new(RecipientList::load(file)?)),
+                None => Source::Callout,
+            };
+            sources.insert(domain.to_lowercase(), source);
+        }
+        Ok(RecipientValidator {
+            config,
+            sources,
+            backend,
+            cache,
+        })
+    }
+
+    /// The entry for a domain, or for the nearest hosted parent (hosted_subdomains).
+    fn source_for(&self, domain: &str) -> Option<&Source> {
+        let mut candidate = domain;
+        loop {
+            if let Some(source) = self.sources.get(candidate) {
+                return Some(source);
+            }
+            candidate = candidate.split_once('.')?.1;
+        }
+    }
+
+    /// Checks a recipient of a hosted domain.
+    pub async fn check(&self, mailbox: &Mailbox) -> Result<(), Decision> {
+        let Some(domain) = mailbox.domain_name() else {
+            return Ok(());
+        };
+        match self.source_for(domain) {
+            None => Ok(()),
+            Some(Source::List(list)) => {
+                if list.contains(mailbox) {
+                    Ok(())
+                } else {
+                    Err(unknown(mailbox, "not in the recipients file".into()))
+                }
+            }
+            Some(Source::Callout) => match self.verify(mailbox).await {
+                Verified::Exists => Ok(()),
+                Verified::Unknown(reply) => {
+                    Err(unknown(mailbox, format!("backend answered: {reply}")))
+                }
+                Verified::Unavailable(why) => match self.config.recipients.callout_unreachable {
+                    CalloutUnreachable::Accept => Ok(()),
+                    CalloutUnreachable::Tempfail => Err(Decision::new(
+                        "recipients.callout",
+                        Reply::new(
+                            451,
+                            "4.4.3",
+                            format!(
+                                "<{mailbox}>: Recipient address verification unavailable; try again later"
+                            ),
+                        ),
+                        why,
+                    )),
+                },
+            },
+        }
+    }
+
+    /// Asks the backend, or the cache of its earlier answers.
+    pub async fn verify(&self, mailbox: &Mailbox) -> Verified {
+        let key = mailbox.lookup_key();
+        let now = unix_now();
+        if let Some(answer) = self.cached(&key).filter(|a| a.expires > now) {
+            tracing::debug!(recipient = %mailbox, exists = answer.exists, "callout cache hit");
+            return if answer.exists {
+                Verified::Exists
+            } else {
+                Verified::Unknown(Reply::new(550, "5.1.1", answer.reply))
+            };
+        }
+        let verified = self.probe(mailbox).await;
+        let ttl = match &verified {
+            Verified::Exists => self.config.recipients.callout_positive_ttl,
+            Verified::Unknown(_) => self.config.recipients.callout_negative_ttl,
+            Verified::Unavailable(_) => return verified,
+        };
+        let answer = CachedAnswer {
+            exists: verified == Verified::Exists,
+            expires: now + ttl.as_secs(),
+            reply: match &verified {
+                Verified::Unknown(reply) => reply.text(),
+                _ => String::new(),
+            },
+        };
+        if let (Some(cache), Ok(bytes)) = (&self.cache, serde_json::to_vec(&answer)) {
+            let _ = cache.insert(key.as_bytes(), bytes);
+        }
+        verified
+    }
+
+    fn cached(&self, key: &str) -> Option<CachedAnswer> {
+        let bytes = self.cache.as_ref()?.get(key.as_bytes()).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// `MAIL FROM:<>` and `RCPT TO:` to the backend, then QUIT.
+    async fn probe(&self, mailbox: &Mailbox) -> Verified {
+        let mut target = self.backend.clone();
+        target.command_timeout = self.config.recipients.callout_timeout;
+        target.connect_timeout = self.config.recipients.callout_timeout;
+        let mut client = match Client::connect(&target).await {
+            Ok(client) => client,
+            Err(e) => return Verified::Unavailable(e.to_string()),
+        };
+        let utf8 = if mailbox.to_string().is_ascii() {
+            ""
+        } else {
+            " SMTPUTF8"
+        };
+        let result = async {
+            let mail = client.command(format!("MAIL FROM:<>{utf8}")).await?;
+            if !mail.is_positive() {
+                return Ok(Verified::Unavailable(format!(
+                    "backend refused MAIL FROM:<>: {mail}"
+                )));
+            }
+            let rcpt = client.command(format!("RCPT TO:<{mailbox}>")).await?;
+            Ok(if rcpt.is_positive() {
+                Verified::Exists
+            } else if rcpt.is_permanent() {
+                Verified::Unknown(rcpt)
+            } else {
+                Verified::Unavailable(format!("backend answered {rcpt}"))
+            })
+        }
+        .await
+        .unwrap_or_else(|e: crate::smtp_client::ClientError| Verified::Unavailable(e.0));
+        let _ = client.command("RSET".into()).await;
+        client.quit().await;
+        result
+    }
+}
+
+fn unknown(mailbox: &Mailbox, why: String) -> Decision {
+    Decision::new(
+        "recipients",
+        Reply::new(
+            550,
+            "5.1.1",
+            format!("<{mailbox}>: Recipient address rejected: User unknown"),
+        ),
+        why,
+    )
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(text: &str) -> Mailbox {
+        Mailbox::parse(text).unwrap()
+    }
+
+    #[test]
+    fn list_matches_without_case_and_supports_catch_all() {
+        let list = RecipientList::parse(
+            "# staff\nAlice@Example.test\n  bob@example.test # comment\n@catchall.test\n",
+            Path::new("r.txt"),
+        )
+        .unwrap();
+        assert!(list.contains(&mailbox("alice@example.test")));
+        assert!(list.contains(&mailbox("BOB@EXAMPLE.TEST")));
+        assert!(!list.contains(&mailbox("carol@example.test")));
+        assert!(list.contains(&mailbox("anyone@catchall.test")));
+    }
+
+    #[test]
+    fn bad_line_names_file_and_line() {
+        let err = RecipientList::parse("alice@example.test\nnot an address\n", Path::new("r.txt"))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("r.txt:2: "), "{err}");
+    }
+}

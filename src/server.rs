@@ -1,0 +1,156 @@
+//! Puts the stages together: spool and schedule, delivery workers, recipient
+//! validation, the control socket and the SMTP listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::policy::recipients::RecipientValidator;
+use crate::queue::Queue;
+use crate::queue::admin::serve_control;
+use crate::queue::delivery::Delivery;
+use crate::queue::spool::Spool;
+use crate::smtp::listener::{ConnectionLimits, accept_loop};
+use crate::smtp::session::Shared;
+use crate::smtp_client::Target;
+use crate::store::Store;
+
+/// A started server.
+pub struct Server {
+    /// The addresses actually listened on (port 0 in the config becomes a real port).
+    pub local_addrs: Vec<SocketAddr>,
+    pub queue: Arc<Queue>,
+    config: Arc<Config>,
+    shutdown: watch::Sender<bool>,
+    limits: Arc<ConnectionLimits>,
+    listeners: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    control: Option<JoinHandle<()>>,
+    /// Held for the server's lifetime: one server per spool.
+    _lock: std::fs::File,
+}
+
+impl Server {
+    /// Opens the queue and store, resumes queued mail and starts listening.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let config = Arc::new(config);
+        let spool = Spool::open(&config.queue.path)?;
+        let lock = spool.try_lock()?.with_context(|| {
+            format!(
+                "the queue {} is in use by another mailmoat process (lock file {}/lock)",
+                config.queue.path.display(),
+                config.queue.path.display()
+            )
+        })?;
+        let store = Store::open(&config.store.path)?;
+        let queue = Arc::new(Queue::new(spool));
+        let recovery = queue.load()?;
+        tracing::info!(
+            queue = %config.queue.path.display(),
+            active = queue.spool.ids(crate::queue::spool::QueueState::Active)?.len(),
+            deferred = queue.spool.ids(crate::queue::spool::QueueState::Deferred)?.len(),
+            hold = queue.spool.ids(crate::queue::spool::QueueState::Hold)?.len(),
+            incoming_removed = recovery.incoming_removed,
+            reunited = recovery.reunited,
+            corrupt = recovery.corrupt,
+            "queue loaded"
+        );
+
+        let backend = Target::from_backend(
+            &config.backend,
+            &config.backend.address,
+            &config.server.hostname,
+        )?;
+        let recipients = Arc::new(RecipientValidator::new(
+            config.clone(),
+            backend,
+            Some(store.tree("recipient-callouts")?),
+        )?);
+        let delivery = Arc::new(Delivery::new(config.clone(), queue.clone())?);
+        let workers = delivery.spawn_workers(config.queue.delivery_workers);
+
+        let control_path = queue.spool.control_socket();
+        let control = match serve_control(
+            &control_path,
+            queue.spool.clone(),
+            queue.scheduler.clone(),
+        )
+        .await
+        {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(path = %control_path.display(), error = %e, "no control socket; `mailmoat queue` will not reach this server");
+                None
+            }
+        };
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            queue: queue.clone(),
+            recipients,
+            shutdown: shutdown_rx.clone(),
+        });
+        let limits = ConnectionLimits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        );
+        let mut local_addrs = Vec::new();
+        let mut listeners = Vec::new();
+        for address in &config.server.listen {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            local_addrs.push(listener.local_addr()?);
+            listeners.push(tokio::spawn(accept_loop(
+                listener,
+                shared.clone(),
+                limits.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        tracing::info!(listen = ?local_addrs, hostname = %config.server.hostname, "mailmoat started");
+        Ok(Server {
+            local_addrs,
+            queue,
+            config,
+            shutdown,
+            limits,
+            listeners,
+            workers,
+            control,
+            _lock: lock,
+        })
+    }
+
+    /// Stops accepting, lets sessions finish what they are doing (a DATA in progress
+    /// is read and queued) within the grace period, then stops delivery.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for listener in &self.listeners {
+            listener.abort();
+        }
+        let grace = self.config.server.shutdown_grace;
+        let all = u32::try_from(self.limits.max_total).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, self.limits.total.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still open after the shutdown grace period");
+        }
+        self.queue.scheduler.stop();
+        for worker in self.workers {
+            let _ = tokio::time::timeout(grace, worker).await;
+        }
+        if let Some(control) = self.control {
+            control.abort();
+            let _ = std::fs::remove_file(self.queue.spool.control_socket());
+        }
+        tracing::info!("mailmoat stopped");
+    }
+}

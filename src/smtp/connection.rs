@@ -1,0 +1,157 @@
+//! The byte level of one client connection: a read buffer that yields lines or feeds
+//! the DATA reader, and a write buffer of replies.
+//!
+//! Replies are only written when the server is about to wait for input. That one rule
+//! gives RFC 2920 pipelining: every command of a batch is answered, in order, in one
+//! write.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::data::DataReader;
+use crate::reply::Reply;
+
+/// Any byte stream a session can run on (plain TCP now, TLS later).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One line read from the client.
+#[derive(Debug)]
+pub enum Line {
+    /// A line, its LF included.
+    Complete(Vec<u8>),
+    /// A line longer than the limit; it was read to its end and dropped.
+    TooLong,
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The client closed the connection.
+    Closed,
+    TimedOut,
+    Io(io::Error),
+}
+
+pub struct Connection {
+    stream: Box<dyn Stream>,
+    /// Received bytes not yet consumed start at `start`.
+    input: Vec<u8>,
+    start: usize,
+    /// Replies waiting to be written.
+    output: Vec<u8>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl Connection {
+    pub fn new(stream: Box<dyn Stream>, peer: SocketAddr, local: SocketAddr) -> Self {
+        Connection {
+            stream,
+            input: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            output: Vec::with_capacity(1024),
+            peer,
+            local,
+        }
+    }
+
+    /// Queues a reply; it is sent before the next wait for input or at [`flush`].
+    pub fn reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.output.clear();
+        }
+        self.stream.flush().await
+    }
+
+    /// Whether more input is already buffered (the client pipelined).
+    pub fn has_buffered_input(&self) -> bool {
+        self.start < self.input.len()
+    }
+
+    /// Whether a whole command line is already buffered.
+    pub fn has_complete_line(&self) -> bool {
+        memchr::memchr(b'\n', &self.input[self.start..]).is_some()
+    }
+
+    /// Sends pending replies, then waits for more input.
+    async fn fill(&mut self, timeout: Duration) -> Result<(), ReadError> {
+        self.flush().await.map_err(ReadError::Io)?;
+        if self.start > 0 {
+            self.input.drain(..self.start);
+            self.start = 0;
+        }
+        // read_buf appends to spare capacity, so a read cancelled by shutdown leaves
+        // the buffer as it was.
+        self.input.reserve(READ_CHUNK);
+        let n = match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input)).await {
+            Err(_) => return Err(ReadError::TimedOut),
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Reads one line of at most `limit` octets (LF included).
+    pub async fn read_line(&mut self, limit: usize, timeout: Duration) -> Result<Line, ReadError> {
+        let mut discarding = false;
+        loop {
+            let pending = &self.input[self.start..];
+            if let Some(lf) = memchr::memchr(b'\n', pending) {
+                let line = pending[..=lf].to_vec();
+                self.start += lf + 1;
+                if discarding || line.len() > limit {
+                    return Ok(Line::TooLong);
+                }
+                return Ok(Line::Complete(line));
+            }
+            if pending.len() > limit {
+                // Drop what we have but keep reading to the end of this line, so the
+                // rest is not taken for a command.
+                discarding = true;
+                self.start = self.input.len();
+            }
+            self.fill(timeout).await?;
+        }
+    }
+
+    /// Feeds input to the DATA reader until it sees the end of the data.
+    pub async fn read_data(
+        &mut self,
+        reader: &mut DataReader,
+        timeout: Duration,
+    ) -> Result<(), ReadError> {
+        loop {
+            let pending = &self.input[self.start..];
+            if !pending.is_empty() {
+                match reader.feed(pending) {
+                    Some(used) => {
+                        self.start += used;
+                        return Ok(());
+                    }
+                    None => self.start = self.input.len(),
+                }
+            }
+            self.fill(timeout).await?;
+        }
+    }
+
+    /// Writes pending replies and closes the sending side.
+    pub async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}

@@ -1,0 +1,141 @@
+//! The accept loop: bounds connections in all and per client address, and starts a
+//! session task for each connection.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use super::connection::Connection;
+use super::session::{self, Shared};
+use crate::reply::Reply;
+
+/// Counts of open connections, shared by all listeners.
+pub struct ConnectionLimits {
+    /// One permit per connection; waiting for all of them is how shutdown knows
+    /// that every session has ended.
+    pub total: Arc<Semaphore>,
+    pub max_total: usize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+}
+
+/// Holds a connection's place in the counts until the session ends.
+struct Slot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            total: Arc::new(Semaphore::new(max_total)),
+            max_total,
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip,
+        })
+    }
+
+    /// A place for a new connection, or the reply that refuses it.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
+        let Ok(permit) = self.total.clone().try_acquire_owned() else {
+            return Err(Reply::new(
+                421,
+                "4.7.0",
+                "Error: too many connections; try again later",
+            ));
+        };
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            return Err(Reply::new(
+                421,
+                "4.7.0",
+                format!("Error: too many connections from {ip}; try again later"),
+            ));
+        }
+        *count += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+/// Accepts connections until shutdown.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limits: Arc<ConnectionLimits>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then try again.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ip = crate::policy::relay::canonical(peer.ip());
+        match limits.admit(ip) {
+            Ok(slot) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let local = stream.local_addr().unwrap_or(peer);
+                    let conn = Connection::new(Box::new(stream), peer, local);
+                    session::run(conn, shared).await;
+                });
+            }
+            Err(reply) => {
+                tracing::info!(client = %ip, reply = %reply, "connection refused");
+                tokio::spawn(refuse(stream, reply, shared.config.server.hostname.clone()));
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, reply: Reply, hostname: String) {
+    let mut out = Vec::new();
+    Reply {
+        lines: vec![format!("{hostname} {}", reply.text())],
+        ..reply
+    }
+    .write_to(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

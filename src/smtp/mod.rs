@@ -1,0 +1,8 @@
+//! The server side of SMTP: accepting connections, reading commands and data, and
+//! the session state machine.
+
+pub mod command;
+pub mod connection;
+pub mod data;
+pub mod listener;
+pub mod session;

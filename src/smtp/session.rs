@@ -1,0 +1,509 @@
+//! One SMTP session: the RFC 5321 state machine. It drives; policy judges recipients,
+//! the DATA reader judges framing, and the queue keeps what is accepted. A `250` after
+//! DATA is sent only once the queue has the message on stable storage.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::command::{self, Command, MailParams};
+use super::connection::{Connection, Line, ReadError};
+use super::data::{DataOutcome, DataReader};
+use crate::address::Path;
+use crate::config::Config;
+use crate::policy::recipients::{RecipientValidator, unix_now};
+use crate::policy::relay::{self, Destination};
+use crate::queue::Queue;
+use crate::queue::envelope::{Envelope, QueuedRecipient, RecipientStatus};
+use crate::queue::spool::new_id;
+use crate::reply::{Decision, Reply};
+
+/// What every session shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub queue: Arc<Queue>,
+    pub recipients: Arc<RecipientValidator>,
+    /// Turns true when the server is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The mail transaction between MAIL and the end of DATA.
+struct Transaction {
+    sender: Path,
+    params: MailParams,
+    recipients: Vec<Destination>,
+}
+
+struct Session {
+    conn: Connection,
+    shared: Arc<Shared>,
+    client_ip: IpAddr,
+    /// The name given in HELO/EHLO.
+    helo: Option<String>,
+    esmtp: bool,
+    /// Decided once per connection: trusted network, not on the never-relay list.
+    may_relay: bool,
+    transaction: Option<Transaction>,
+    errors: usize,
+    junk: usize,
+    accepted: usize,
+    refused: usize,
+}
+
+/// Whether the session goes on after a command.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Runs a session to its end and logs one line about it.
+pub async fn run(conn: Connection, shared: Arc<Shared>) {
+    let started = Instant::now();
+    let client_ip = relay::canonical(conn.peer.ip());
+    let may_relay = relay::may_relay(&shared.config, client_ip, false);
+    let mut session = Session {
+        conn,
+        shared,
+        client_ip,
+        helo: None,
+        esmtp: false,
+        may_relay,
+        transaction: None,
+        errors: 0,
+        junk: 0,
+        accepted: 0,
+        refused: 0,
+    };
+    let end = session.serve().await;
+    session.conn.close().await;
+    tracing::info!(
+        client = %session.client_ip,
+        helo = session.helo.as_deref().unwrap_or(""),
+        accepted = session.accepted,
+        refused = session.refused,
+        errors = session.errors,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end,
+        "disconnect"
+    );
+}
+
+impl Session {
+    fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    fn reply(&mut self, code: u16, status: &str, text: impl Into<String>) {
+        self.conn.reply(&Reply::new(code, status, text));
+    }
+
+    /// The dialogue; returns how it ended, for the log.
+    async fn serve(&mut self) -> &'static str {
+        let config = self.shared.config.clone();
+        self.conn.reply(&Reply::plain(
+            220,
+            vec![format!(
+                "{} {}",
+                config.server.hostname, config.server.banner
+            )],
+        ));
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            if *shutdown.borrow() && !self.conn.has_buffered_input() {
+                self.reply(
+                    421,
+                    "4.3.2",
+                    format!("{} Service shutting down", config.server.hostname),
+                );
+                return "shutdown";
+            }
+            // Replies go out when the client's batch is used up (RFC 2920), and before
+            // the select below, so a shutdown cannot cut a reply in half.
+            if !self.conn.has_complete_line() && self.conn.flush().await.is_err() {
+                return "connection error";
+            }
+            let read = tokio::select! {
+                read = self.conn.read_line(config.limits.line_length_limit, config.limits.command_timeout) => read,
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return "shutdown";
+                    }
+                    continue;
+                }
+            };
+            let flow = match read {
+                Ok(Line::Complete(line)) => match command::parse(&line) {
+                    Ok(command) => self.handle(command).await,
+                    Err(refusal) => {
+                        if refusal.counts_as_error {
+                            self.errors += 1;
+                        }
+                        self.conn.reply(&refusal.reply);
+                        Flow::Continue
+                    }
+                },
+                Ok(Line::TooLong) => {
+                    self.errors += 1;
+                    self.reply(
+                        500,
+                        "5.5.2",
+                        format!(
+                            "Error: line longer than {} octets",
+                            config.limits.line_length_limit
+                        ),
+                    );
+                    Flow::Continue
+                }
+                Err(ReadError::Closed) => return "client closed",
+                Err(ReadError::TimedOut) => {
+                    self.reply(
+                        421,
+                        "4.4.2",
+                        format!("{} Error: timeout exceeded", config.server.hostname),
+                    );
+                    return "timeout";
+                }
+                Err(ReadError::Io(_)) => return "connection error",
+            };
+            if let Flow::Close = flow {
+                return "quit";
+            }
+            if self.errors >= config.limits.error_limit {
+                self.reply(
+                    421,
+                    "4.7.0",
+                    format!("{} Error: too many errors", config.server.hostname),
+                );
+                return "too many errors";
+            }
+            if self.junk > config.limits.junk_command_limit {
+                self.reply(
+                    421,
+                    "4.7.0",
+                    format!("{} Error: too many commands", config.server.hostname),
+                );
+                return "too many commands";
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) -> Flow {
+        match command {
+            Command::Ehlo(name) => self.hello(name, true),
+            Command::Helo(name) => self.hello(name, false),
+            Command::Mail { path, params } => self.mail(&path, params),
+            Command::Rcpt { path } => self.rcpt(&path).await,
+            Command::Data => return self.data().await,
+            Command::Rset => {
+                self.junk += 1;
+                self.transaction = None;
+                self.reply(250, "2.0.0", "Ok");
+            }
+            Command::Noop => {
+                self.junk += 1;
+                self.reply(250, "2.0.0", "Ok");
+            }
+            Command::Vrfy => {
+                self.junk += 1;
+                self.reply(
+                    252,
+                    "2.5.0",
+                    "Cannot VRFY user; send mail and delivery will be attempted",
+                );
+            }
+            Command::Expn => {
+                self.junk += 1;
+                self.reply(502, "5.5.1", "Error: EXPN not available");
+            }
+            Command::Help => {
+                self.junk += 1;
+                self.reply(
+                    214,
+                    "2.0.0",
+                    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP (RFC 5321)",
+                );
+            }
+            Command::Quit => {
+                self.reply(221, "2.0.0", "Bye");
+                return Flow::Close;
+            }
+            Command::NotImplemented(_) => {
+                self.errors += 1;
+                self.reply(502, "5.5.1", "Error: command not implemented");
+            }
+        }
+        Flow::Continue
+    }
+
+    fn hello(&mut self, name: String, esmtp: bool) {
+        self.transaction = None;
+        self.helo = Some(name);
+        self.esmtp = esmtp;
+        let hostname = self.config().server.hostname.clone();
+        if !esmtp {
+            self.conn.reply(&Reply::plain(250, vec![hostname]));
+            return;
+        }
+        let lines = vec![
+            hostname,
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config().limits.message_size_limit),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+        ];
+        self.conn.reply(&Reply::plain(250, lines));
+    }
+
+    fn mail(&mut self, raw: &str, params: MailParams) {
+        if self.helo.is_none() {
+            self.errors += 1;
+            return self.reply(503, "5.5.1", "Error: send HELO/EHLO first");
+        }
+        if self.transaction.is_some() {
+            self.errors += 1;
+            return self.reply(503, "5.5.1", "Error: nested MAIL command");
+        }
+        let sender = match Path::parse(raw) {
+            Ok(path) => path,
+            Err(e) => {
+                self.errors += 1;
+                return self.reply(
+                    501,
+                    "5.1.7",
+                    format!("<{raw}>: Bad sender address syntax ({e})"),
+                );
+            }
+        };
+        if !raw.is_ascii() && !params.smtputf8 {
+            return self.reply(
+                553,
+                "5.6.7",
+                format!("<{raw}>: non-ASCII address requires SMTPUTF8"),
+            );
+        }
+        let limit = self.config().limits.message_size_limit;
+        if params.size.is_some_and(|size| size > limit) {
+            return self.reply(552, "5.3.4", "Message size exceeds fixed limit");
+        }
+        self.transaction = Some(Transaction {
+            sender,
+            params,
+            recipients: Vec::new(),
+        });
+        self.reply(250, "2.1.0", "Ok");
+    }
+
+    async fn rcpt(&mut self, raw: &str) {
+        let Some(transaction) = &self.transaction else {
+            self.errors += 1;
+            return self.reply(503, "5.5.1", "Error: need MAIL command");
+        };
+        if transaction.recipients.len() >= self.config().limits.recipient_limit {
+            return self.reply(452, "4.5.3", "Error: too many recipients");
+        }
+        if !raw.is_ascii() && !transaction.params.smtputf8 {
+            return self.reply(
+                553,
+                "5.6.7",
+                format!("<{raw}>: non-ASCII address requires SMTPUTF8"),
+            );
+        }
+        let decided = match relay::decide(&self.shared.config, raw, self.may_relay) {
+            Ok(Destination::Hosted(mailbox)) => self
+                .shared
+                .recipients
+                .check(&mailbox)
+                .await
+                .map(|()| Destination::Hosted(mailbox)),
+            other => other,
+        };
+        match decided {
+            Ok(destination) => {
+                if let Some(transaction) = &mut self.transaction {
+                    transaction.recipients.push(destination);
+                }
+                self.reply(250, "2.1.5", "Ok");
+            }
+            Err(decision) => {
+                self.refused += 1;
+                self.log_refusal(raw, &decision);
+                self.conn.reply(&decision.reply);
+            }
+        }
+    }
+
+    fn log_refusal(&self, recipient: &str, decision: &Decision) {
+        let sender = self
+            .transaction
+            .as_ref()
+            .map(|t| t.sender.to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            queue_id = "NOQUEUE",
+            client = %self.client_ip,
+            helo = self.helo.as_deref().unwrap_or(""),
+            sender = %sender,
+            recipient,
+            result = "reject",
+            check = %decision.check,
+            reason = %decision.reason,
+            reply = %decision.reply,
+            "recipient refused"
+        );
+    }
+
+    async fn data(&mut self) -> Flow {
+        let Some(transaction) = self.transaction.take() else {
+            self.errors += 1;
+            self.reply(503, "5.5.1", "Error: need MAIL command");
+            return Flow::Continue;
+        };
+        if transaction.recipients.is_empty() {
+            self.reply(554, "5.5.1", "Error: no valid recipients");
+            return Flow::Continue;
+        }
+        let config = self.shared.config.clone();
+        let id = new_id();
+        let received = self.received_header(&id, &transaction);
+        self.reply(354, "", "End data with <CR><LF>.<CR><LF>");
+        let mut reader = DataReader::new(
+            config.limits.line_length_limit,
+            config.limits.message_size_limit,
+            config.limits.bare_line_endings,
+            received,
+        );
+        match self
+            .conn
+            .read_data(&mut reader, config.limits.data_timeout)
+            .await
+        {
+            Ok(()) => {}
+            Err(ReadError::TimedOut) => {
+                self.reply(
+                    421,
+                    "4.4.2",
+                    format!("{} Error: timeout exceeded", config.server.hostname),
+                );
+                tracing::info!(queue_id = %id, client = %self.client_ip, result = "lost", "timeout during DATA; nothing queued");
+                return Flow::Close;
+            }
+            Err(_) => {
+                tracing::info!(queue_id = %id, client = %self.client_ip, result = "lost", "connection lost during DATA; nothing queued");
+                return Flow::Close;
+            }
+        }
+        let size = reader.size();
+        let message = match reader.finish() {
+            DataOutcome::Message(message) => message,
+            DataOutcome::Refused(reply, violations) => {
+                self.errors += 1;
+                self.refused += 1;
+                self.log_message(&id, &transaction, "reject", &reply, size);
+                tracing::debug!(queue_id = %id, ?violations, "framing violations");
+                self.conn.reply(&reply);
+                return Flow::Continue;
+            }
+        };
+        let envelope = self.envelope(&id, &transaction, message.len());
+        let reply = match self.shared.queue.enqueue(envelope, message).await {
+            Ok(()) => {
+                self.accepted += 1;
+                Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
+                Reply::new(
+                    451,
+                    "4.3.0",
+                    "Error: queue file write error; try again later",
+                )
+            }
+        };
+        self.log_message(
+            &id,
+            &transaction,
+            if reply.is_positive() {
+                "queued"
+            } else {
+                "tempfail"
+            },
+            &reply,
+            size,
+        );
+        self.conn.reply(&reply);
+        Flow::Continue
+    }
+
+    /// One line per message decision.
+    fn log_message(&self, id: &str, t: &Transaction, result: &str, reply: &Reply, size: usize) {
+        let recipients: Vec<String> = t
+            .recipients
+            .iter()
+            .map(|d| d.mailbox().to_string())
+            .collect();
+        tracing::info!(
+            queue_id = %id,
+            client = %self.client_ip,
+            helo = self.helo.as_deref().unwrap_or(""),
+            sender = %t.sender,
+            recipients = %recipients.join(","),
+            size,
+            result,
+            reply = %reply,
+            "message"
+        );
+    }
+
+    fn envelope(&self, id: &str, t: &Transaction, size: usize) -> Envelope {
+        let mut recipients: Vec<QueuedRecipient> = Vec::with_capacity(t.recipients.len());
+        for destination in &t.recipients {
+            let address = destination.mailbox().to_string();
+            if recipients.iter().all(|r| r.address != address) {
+                recipients.push(QueuedRecipient {
+                    address,
+                    status: RecipientStatus::Pending,
+                    last_reply: String::new(),
+                });
+            }
+        }
+        Envelope {
+            id: id.to_string(),
+            arrived: unix_now(),
+            sender: t.sender.to_string(),
+            client_ip: self.client_ip.to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            eight_bit: t.params.eight_bit,
+            smtputf8: t.params.smtputf8,
+            size: size as u64,
+            attempts: 0,
+            next_attempt: 0,
+            recipients,
+        }
+    }
+
+    /// The trace header (RFC 5321 4.4) prepended to every accepted message.
+    fn received_header(&self, id: &str, t: &Transaction) -> Vec<u8> {
+        let protocol = match (t.params.smtputf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let ip = match self.client_ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("IPv6:{v6}"),
+        };
+        let mut header = format!(
+            "Received: from {helo} ([{ip}])\r\n\tby {} with {protocol} id {id}",
+            self.config().server.hostname
+        );
+        if let [only] = t.recipients.as_slice() {
+            header.push_str(&format!("\r\n\tfor <{}>", only.mailbox()));
+        }
+        header.push_str(&format!("; {}\r\n", chrono::Utc::now().to_rfc2822()));
+        header.into_bytes()
+    }
+}
