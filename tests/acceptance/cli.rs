@@ -1,0 +1,348 @@
+//! The real `mailmoat` process: crash safety under SIGKILL, the queue commands on a
+//! running and a stopped server, `check`, and the README's quick start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailmoat");
+
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts `mailmoat serve` and waits until it answers.
+    async fn start(config: &Path, addr: SocketAddr) -> Daemon {
+        let log = std::fs::File::create(config.with_extension("log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mailmoat");
+        let deadline = Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mailmoat did not start: {}",
+                read_log(config)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Daemon { child }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "mailmoat exited with {status}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_log(config: &Path) -> String {
+    std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
+}
+
+fn mailmoat(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run mailmoat")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// A configuration for the real process on a fixed free port.
+async fn daemon_config(
+    dir: &Path,
+    backend: SocketAddr,
+    extra_queue: &str,
+) -> (PathBuf, SocketAddr) {
+    let addr = unused_addr().await;
+    let text = base_config(backend, "trusted_networks = []", "")
+        .replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"{addr}\"]"),
+        )
+        .replace(
+            "delivery_workers = 4",
+            &format!("delivery_workers = 4\n{extra_queue}"),
+        );
+    let path = dir.join("mailmoat.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::write(dir.join("recipients.txt"), RECIPIENTS).unwrap();
+    (path, addr)
+}
+
+fn subject_of(message: &Received) -> String {
+    String::from_utf8_lossy(&message.data)
+        .lines()
+        .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_acknowledged_message_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_addr = unused_addr().await;
+    let (config, addr) = daemon_config(dir.path(), backend_addr, "").await;
+    let daemon = Daemon::start(&config, addr).await;
+
+    // Four clients at once, 40 messages; keep the subject of every one acknowledged.
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut client = Client::connect(addr).await;
+            client.hello().await;
+            for n in 0..10 {
+                let subject = format!("crash-{worker}-{n}");
+                let reply = client
+                    .send_mail(
+                        "sender@remote.test",
+                        &["alice@example.test"],
+                        &sample_message(&subject),
+                    )
+                    .await;
+                assert_eq!(reply.codes(), "250 2.0.0");
+                acknowledged.push(subject);
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    daemon.kill9();
+
+    let backend = Backend::start_on(backend_addr, DataEnd::Strict).await;
+    let daemon = Daemon::start(&config, addr).await;
+    backend.wait_for(acknowledged.len()).await;
+    let mut delivered: Vec<String> = backend.messages().iter().map(subject_of).collect();
+    delivered.sort();
+    delivered.dedup();
+    acknowledged.sort();
+    assert_eq!(delivered, acknowledged);
+    daemon.terminate();
+}
+
+fn queue_id_of(reply: &Reply) -> String {
+    reply
+        .text
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn queue_commands_on_a_running_and_a_stopped_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_addr = unused_addr().await;
+    // Long backoff: only `flush` and `release` make the deferred mail move.
+    let (config, addr) = daemon_config(dir.path(), backend_addr, "").await;
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("min_backoff = \"1s\"", "min_backoff = \"1h\"")
+        .replace("max_backoff = \"2s\"", "max_backoff = \"1h\"");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, addr).await;
+
+    let mut client = Client::connect(addr).await;
+    client.hello().await;
+    let mut ids = Vec::new();
+    for subject in ["held", "deleted", "flushed"] {
+        let reply = client
+            .send_mail(
+                "sender@remote.test",
+                &["bob@example.test"],
+                &sample_message(subject),
+            )
+            .await;
+        ids.push(queue_id_of(&reply));
+    }
+    let (held, deleted, flushed) = (&ids[0], &ids[1], &ids[2]);
+    let deferred = dir.path().join("queue/deferred");
+    eventually("all three deferred", || list_files(&deferred).len() == 6).await;
+
+    // Running server: the CLI goes through the control socket.
+    let list = mailmoat(&config, &["queue", "list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let text = stdout(&list);
+    for id in &ids {
+        assert!(text.contains(id.as_str()), "{text}");
+    }
+    assert!(text.contains("deferred"), "{text}");
+    assert!(text.contains("bob@example.test"), "{text}");
+    assert!(
+        text.contains("Connection refused") || text.contains("onnection"),
+        "last error shown: {text}"
+    );
+    assert!(text.contains("in 3 messages"), "{text}");
+
+    let hold = mailmoat(&config, &["queue", "hold", held]);
+    assert!(hold.status.success(), "{}", stderr(&hold));
+    assert!(dir.path().join(format!("queue/hold/{held}.env")).exists());
+    assert!(stdout(&mailmoat(&config, &["queue", "list"])).contains("hold"));
+    let again = mailmoat(&config, &["queue", "hold", held]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("already on hold"));
+
+    let delete = mailmoat(&config, &["queue", "delete", deleted]);
+    assert!(delete.status.success(), "{}", stderr(&delete));
+    assert!(!stdout(&mailmoat(&config, &["queue", "list"])).contains(deleted.as_str()));
+
+    let show = mailmoat(&config, &["queue", "show", flushed]);
+    assert!(show.status.success());
+    assert!(stdout(&show).contains("sender = \"sender@remote.test\""));
+    assert!(stdout(&show).contains("Subject: flushed"));
+
+    let missing = mailmoat(&config, &["queue", "show", "ABCDEF"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no such message"),
+        "{}",
+        stderr(&missing)
+    );
+    let bad = mailmoat(&config, &["queue", "show", "../../etc/passwd"]);
+    assert!(stderr(&bad).contains("not a queue id"), "{}", stderr(&bad));
+
+    // Backend back; flush delivers the deferred message now, not the held one.
+    let backend = Backend::start_on(backend_addr, DataEnd::Strict).await;
+    let flush = mailmoat(&config, &["queue", "flush"]);
+    assert!(flush.status.success(), "{}", stderr(&flush));
+    backend.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let subjects: Vec<String> = backend.messages().iter().map(subject_of).collect();
+    assert_eq!(subjects, vec!["flushed"]);
+
+    // Stopped server: the CLI works on the files directly.
+    daemon.terminate();
+    let list = mailmoat(&config, &["queue", "list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(stdout(&list).contains(held.as_str()));
+    let release = mailmoat(&config, &["queue", "release", held]);
+    assert!(release.status.success(), "{}", stderr(&release));
+    assert!(dir.path().join(format!("queue/active/{held}.env")).exists());
+
+    let daemon = Daemon::start(&config, addr).await;
+    backend.wait_for(2).await;
+    let subjects: Vec<String> = backend.messages().iter().map(subject_of).collect();
+    assert_eq!(subjects, vec!["flushed", "held"]);
+    eventually("queue empty", || {
+        list_files(&dir.path().join("queue/active")).is_empty()
+    })
+    .await;
+    let empty = mailmoat(&config, &["queue", "list"]);
+    assert!(
+        stdout(&empty).contains("Mail queue is empty"),
+        "{}",
+        stdout(&empty)
+    );
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn a_locked_queue_without_a_server_answering_is_reported_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = daemon_config(dir.path(), unused_addr().await, "").await;
+    let spool = mailmoat::queue::spool::Spool::open(&dir.path().join("queue")).unwrap();
+    let _lock = spool.try_lock().unwrap().expect("lock");
+    let output = mailmoat(&config, &["queue", "list"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("is locked by a running mailmoat"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn check_names_file_line_and_fix_for_a_bad_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[relay]\nhosted_domains = [\"example.test\"]\ntrusted_networks = [\"10.0.0.0/33\"]\n",
+    )
+    .unwrap();
+    let output = mailmoat(&config, &["check"]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains("bad.toml:3: "), "{err}");
+    assert!(err.contains("10.0.0.0/8"), "the fix is suggested: {err}");
+}
+
+/// The README's quick start: the shipped example configuration, as it is, run from a
+/// copy of `packaging/` (only the ports changed, so a running proxy does not clash).
+#[tokio::test]
+async fn the_shipped_example_configuration_starts_a_working_proxy() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check = mailmoat(&repo.join("packaging/mailmoat.toml"), &["check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(DataEnd::Strict).await;
+    let addr = unused_addr().await;
+    let text = std::fs::read_to_string(repo.join("packaging/mailmoat.toml"))
+        .unwrap()
+        .replace("127.0.0.1:2525", &addr.to_string())
+        .replace("127.0.0.1:2526", &backend.addr.to_string());
+    let config = dir.path().join("mailmoat.toml");
+    std::fs::write(&config, text).unwrap();
+    std::fs::copy(
+        repo.join("packaging/recipients.txt"),
+        dir.path().join("recipients.txt"),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, addr).await;
+
+    // A real client library, as an administrator's script would use.
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(addr.port())
+        .build();
+    let email = Message::builder()
+        .from("Sender <sender@remote.test>".parse().unwrap())
+        .to("Postmaster <postmaster@example.test>".parse().unwrap())
+        .subject("quick start")
+        .body(String::from("It works.\r\n"))
+        .unwrap();
+    let response = mailer.send(email).await.expect("accepted");
+    assert_eq!(response.code().to_string(), "250");
+    let received = backend.wait_for(1).await;
+    assert_eq!(received[0].rcpt_to, vec!["postmaster@example.test"]);
+    assert!(
+        dir.path().join("var/queue/active").is_dir(),
+        "store under the config's folder"
+    );
+    daemon.terminate();
+}

@@ -1,0 +1,502 @@
+//! Real parts for the acceptance tests: a recording backend SMTP server, a raw SMTP
+//! client, and a proxy started on loopback ports with a configuration of the test's
+//! choosing.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use mailmoat::config::Config;
+use mailmoat::server::Server;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One transaction the backend received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mail_from: String,
+    /// Recipients the backend accepted.
+    pub rcpt_to: Vec<String>,
+    /// The message as the backend read it (dot-unstuffed).
+    pub data: Vec<u8>,
+}
+
+/// How the backend ends DATA: strictly on CRLF.CRLF, or also on LF.LF as some
+/// servers do (the smuggling tests use both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataEnd {
+    Strict,
+    Lenient,
+}
+
+#[derive(Default)]
+struct BackendState {
+    messages: Vec<Received>,
+    /// Every command line received, in order, across connections.
+    commands: Vec<String>,
+    connections: usize,
+    /// Replies to RCPT for particular addresses (lower case); 250 otherwise.
+    rcpt_replies: HashMap<String, String>,
+}
+
+/// A backend SMTP server on a loopback port that records what it receives.
+#[derive(Clone)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<BackendState>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub async fn start(end: DataEnd) -> Backend {
+        Backend::start_on("127.0.0.1:0".parse().unwrap(), end).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, end: DataEnd) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(BackendState::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                shared.lock().unwrap().connections += 1;
+                tokio::spawn(serve_backend(stream, shared.clone(), end));
+            }
+        });
+        Backend {
+            addr,
+            state,
+            task: Arc::new(task),
+        }
+    }
+
+    /// Makes RCPT TO:<address> get `reply` (e.g. "550 5.1.1 no such user").
+    pub fn reply_to_rcpt(&self, address: &str, reply: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .rcpt_replies
+            .insert(address.to_lowercase(), reply.to_string());
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.state.lock().unwrap().messages.clone()
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.state.lock().unwrap().commands.clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// Waits until at least `n` messages arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n {
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend got {} message(s), expected {n}",
+                messages.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_backend(stream: TcpStream, state: Arc<Mutex<BackendState>>, end: DataEnd) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let _ = write.write_all(b"220 backend.test ESMTP\r\n").await;
+    let mut mail_from = String::new();
+    let mut rcpts = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        state.lock().unwrap().commands.push(text.clone());
+        let upper = text.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-backend.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+        } else if upper.starts_with("HELO") {
+            "250 backend.test\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            mail_from = text[10..].to_string();
+            rcpts.clear();
+            "250 2.1.0 Ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let address = text[8..]
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_lowercase();
+            let custom = state.lock().unwrap().rcpt_replies.get(&address).cloned();
+            match custom {
+                Some(reply) => format!("{reply}\r\n"),
+                None => {
+                    rcpts.push(address);
+                    "250 2.1.5 Ok\r\n".into()
+                }
+            }
+        } else if upper == "DATA" {
+            let _ = write.write_all(b"354 go ahead\r\n").await;
+            let Some(data) = read_backend_data(&mut reader, end).await else {
+                return;
+            };
+            state.lock().unwrap().messages.push(Received {
+                mail_from: mail_from.clone(),
+                rcpt_to: std::mem::take(&mut rcpts),
+                data,
+            });
+            "250 2.0.0 Ok: stored\r\n".into()
+        } else if upper == "QUIT" {
+            let _ = write.write_all(b"221 2.0.0 Bye\r\n").await;
+            return;
+        } else if upper == "RSET" {
+            rcpts.clear();
+            "250 2.0.0 Ok\r\n".into()
+        } else if upper == "NOOP" {
+            "250 2.0.0 Ok\r\n".into()
+        } else {
+            "502 5.5.1 not implemented\r\n".into()
+        };
+        if write.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads message data line by line, ending as `end` says, and unstuffs dots.
+async fn read_backend_data<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    end: DataEnd,
+) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line).await.ok()? == 0 {
+            return None;
+        }
+        let is_end = line == b".\r\n" || (end == DataEnd::Lenient && line == b".\n");
+        if is_end {
+            return Some(data);
+        }
+        if line.starts_with(b".") {
+            line.remove(0);
+        }
+        data.extend_from_slice(&line);
+    }
+}
+
+/// A raw SMTP client for protocol-level tests.
+pub struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+/// One reply: its code and all its lines as received.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Reply {
+    /// "550 5.7.1" — the codes of the last line.
+    pub fn codes(&self) -> String {
+        let last = self.text.lines().last().unwrap_or("");
+        last.split(' ').take(2).collect::<Vec<_>>().join(" ")
+    }
+}
+
+impl Client {
+    pub async fn connect(proxy: SocketAddr) -> Client {
+        Client::connect_from("127.0.0.1".parse().unwrap(), proxy).await
+    }
+
+    /// Connects from a chosen loopback address (127.0.0.0/8 is all local on Linux),
+    /// to test trusted and untrusted clients on one machine.
+    pub async fn connect_from(local: IpAddr, proxy: SocketAddr) -> Client {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        let stream = socket.connect(proxy).await.expect("connect to proxy");
+        Client {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.expect("send");
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub async fn reply(&mut self) -> Reply {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(WAIT, self.stream.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .expect("read reply");
+            assert!(n > 0, "connection closed; got so far: {text:?}");
+            text.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                let code = line[..3].parse().expect("reply code");
+                return Reply { code, text };
+            }
+        }
+    }
+
+    /// Sends a command and reads its reply.
+    pub async fn command(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Sends a command and asserts the reply starts with `expected` ("250", "550 5.7.1").
+    pub async fn expect(&mut self, line: &str, expected: &str) -> Reply {
+        let reply = self.command(line).await;
+        assert!(
+            reply.text.starts_with(expected)
+                || reply
+                    .text
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .starts_with(expected),
+            "{line:?}: expected {expected:?}, got {:?}",
+            reply.text
+        );
+        reply
+    }
+
+    /// Reads the greeting and says EHLO.
+    pub async fn hello(&mut self) {
+        let greeting = self.reply().await;
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        self.expect("EHLO client.test", "250").await;
+    }
+
+    /// Whether the server has closed the connection (reads to EOF).
+    pub async fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(WAIT, self.stream.read_to_end(&mut rest)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// A whole transaction; returns the reply to the end of data.
+    pub async fn send_mail(&mut self, from: &str, to: &[&str], message: &[u8]) -> Reply {
+        self.expect(&format!("MAIL FROM:<{from}>"), "250").await;
+        for rcpt in to {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), "250").await;
+        }
+        self.expect("DATA", "354").await;
+        self.send(&stuff(message)).await;
+        self.send(b".\r\n").await;
+        self.reply().await
+    }
+}
+
+/// Dot-stuffs a message for sending (RFC 5321 4.5.2).
+pub fn stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 16);
+    let mut line_start = true;
+    for &b in message {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    out
+}
+
+/// Splits the proxy's Received: header (first header, with folded lines) off a
+/// message as the backend got it.
+pub fn strip_received(data: &[u8]) -> (&str, &[u8]) {
+    assert!(data.starts_with(b"Received: "), "no Received: header first");
+    let mut end = 0;
+    loop {
+        let lf = end + data[end..].iter().position(|&b| b == b'\n').unwrap();
+        end = lf + 1;
+        if !matches!(data.get(end), Some(b' ') | Some(b'\t')) {
+            break;
+        }
+    }
+    (std::str::from_utf8(&data[..end]).unwrap(), &data[end..])
+}
+
+/// A proxy under test with its own folder.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub server: Option<Server>,
+    pub config: Config,
+}
+
+/// The base configuration of the tests; `extra` is appended (later keys of the same
+/// table must not repeat those below — use `Proxy::start_with_text` for full control).
+pub fn base_config(backend: SocketAddr, relay: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+hostname = "mx.example.test"
+shutdown_grace = "2s"
+
+[limits]
+command_timeout = "10s"
+data_timeout = "10s"
+
+[relay]
+hosted_domains = ["example.test", "other.test"]
+{relay}
+
+[recipients.domains."example.test"]
+file = "recipients.txt"
+
+[backend]
+address = "{backend}"
+connect_timeout = "2s"
+command_timeout = "5s"
+
+[queue]
+path = "queue"
+min_backoff = "1s"
+max_backoff = "2s"
+delivery_workers = 4
+
+[store]
+path = "db"
+
+{extra}
+"#
+    )
+}
+
+pub const RECIPIENTS: &str =
+    "alice@example.test\nbob@example.test\ncarol@example.test\npostmaster@example.test\n";
+
+impl Proxy {
+    /// Starts a proxy in this process with the base configuration.
+    pub async fn start(backend: SocketAddr, relay: &str, extra: &str) -> Proxy {
+        Proxy::start_with_text(&base_config(backend, relay, extra)).await
+    }
+
+    pub async fn start_with_text(text: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+        Proxy::start_in(dir, text).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, text: &str) -> Proxy {
+        let config_path = dir.path().join("mailmoat.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
+        let server = Server::start(config.clone()).await.expect("start proxy");
+        Proxy {
+            addr: server.local_addrs[0],
+            dir,
+            server: Some(server),
+            config,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mailmoat.toml")
+    }
+
+    pub fn queue_dir(&self) -> PathBuf {
+        self.dir.path().join("queue")
+    }
+
+    /// Files in a queue folder.
+    pub fn queue_files(&self, state: &str) -> Vec<String> {
+        list_files(&self.queue_dir().join(state))
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let mut client = Client::connect(self.addr).await;
+        client.hello().await;
+        client
+    }
+}
+
+pub fn list_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A loopback address nothing listens on.
+pub async fn unused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Waits until `check` holds or fails the test.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A realistic message with a dot-leading line, 8-bit text and long-ish lines.
+pub fn sample_message(subject: &str) -> Vec<u8> {
+    format!(
+        "From: Sender <sender@remote.test>\r\n\
+         To: Alice <alice@example.test>\r\n\
+         Subject: {subject}\r\n\
+         Message-ID: <{subject}@remote.test>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         Hello Alice,\r\n\
+         .a line that starts with a dot\r\n\
+         ..and one with two\r\n\
+         Grüße, with 8-bit text.\r\n\
+         {}\r\n\
+         \r\n\
+         -- \r\n\
+         Sender\r\n",
+        "x".repeat(900)
+    )
+    .into_bytes()
+}
