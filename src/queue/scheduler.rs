@@ -26,6 +26,19 @@ struct Inner {
     stopped: bool,
 }
 
+impl Inner {
+    /// Puts a message in line for `due`.
+    fn wait(&mut self, id: &str, state: QueueState, due: u64) {
+        let entry = Entry {
+            due,
+            state,
+            busy: false,
+        };
+        self.entries.insert(id.to_string(), entry);
+        self.waiting.insert((due, id.to_string()));
+    }
+}
+
 /// The delivery schedule. The lock is never held across an await.
 #[derive(Default)]
 pub struct Scheduler {
@@ -65,15 +78,7 @@ impl Scheduler {
             }
             inner.waiting.remove(&(old.due, id.to_string()));
         }
-        inner.entries.insert(
-            id.to_string(),
-            Entry {
-                due,
-                state,
-                busy: false,
-            },
-        );
-        inner.waiting.insert((due, id.to_string()));
+        inner.wait(id, state, due);
         drop(inner);
         self.wake.notify_waiters();
     }
@@ -148,17 +153,7 @@ impl Scheduler {
     pub fn finish(&self, id: &str, next: Option<(QueueState, u64)>) {
         let mut inner = self.lock();
         match next {
-            Some((state, due)) => {
-                inner.entries.insert(
-                    id.to_string(),
-                    Entry {
-                        due,
-                        state,
-                        busy: false,
-                    },
-                );
-                inner.waiting.insert((due, id.to_string()));
-            }
+            Some((state, due)) => inner.wait(id, state, due),
             None => {
                 inner.entries.remove(id);
             }
