@@ -244,11 +244,25 @@ pub struct OutboundConfig {
     pub relayhost: Option<String>,
 }
 
+/// How the spool makes accepted mail durable before the `250`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// One syncfs(2) per batch of messages received at the same time: the fastest,
+    /// but it also flushes whatever else is pending on that file system, so give the
+    /// spool a file system of its own.
+    Syncfs,
+    /// fdatasync(2) of each message and envelope file: slower under load, touches
+    /// nothing else.
+    Fsync,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// The spool folder: the queue itself (one folder per state).
     pub path: PathBuf,
+    pub flush: FlushMode,
     /// Messages delivered at the same time.
     pub delivery_workers: usize,
     /// First retry after a temporary failure; each later one waits twice as long.
@@ -265,6 +279,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             path: "var/queue".into(),
+            flush: FlushMode::Syncfs,
             delivery_workers: 16,
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),

@@ -48,7 +48,7 @@ impl Server {
             )
         })?;
         let store = Store::open(&config.store.path)?;
-        let queue = Arc::new(Queue::new(spool));
+        let queue = Arc::new(Queue::new(spool, config.queue.flush)?);
         let recovery = queue.load()?;
         tracing::info!(
             queue = %config.queue.path.display(),

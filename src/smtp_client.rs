@@ -91,18 +91,23 @@ impl Client {
     /// Connects, reads the greeting, sends EHLO and, as configured, STARTTLS.
     pub async fn connect(target: &Target) -> Result<Client, ClientError> {
         let hello = ClientId::Domain(target.helo.clone());
-        let connect = AsyncSmtpConnection::connect_tokio1(
-            target.address.as_str(),
-            Some(target.connect_timeout),
-            &hello,
-            None,
-            None,
-        );
-        let mut conn =
-            tokio::time::timeout(target.connect_timeout + target.command_timeout, connect)
-                .await
-                .map_err(|_| ClientError(format!("{}: timed out connecting", target.address)))?
-                .map_err(|e| ClientError(format!("{}: {e}", target.address)))?;
+        // Our own socket, for TCP_NODELAY: lettre writes the final `.` line apart from
+        // the message, and with Nagle's algorithm that write waits for the server's
+        // delayed ACK (~40 ms a message).
+        let connect = async {
+            let stream = tokio::net::TcpStream::connect(target.address.as_str()).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = tokio::time::timeout(target.connect_timeout, connect)
+            .await
+            .map_err(|_| ClientError(format!("{}: timed out connecting", target.address)))?
+            .map_err(|e| ClientError(format!("{}: {e}", target.address)))?;
+        let greet = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello);
+        let mut conn = tokio::time::timeout(target.command_timeout, greet)
+            .await
+            .map_err(|_| ClientError(format!("{}: no greeting in time", target.address)))?
+            .map_err(|e| ClientError(format!("{}: {e}", target.address)))?;
         let mut encrypted = false;
         let wants_tls = match target.starttls {
             TlsMode::Off => false,

@@ -120,20 +120,41 @@ impl Delivery {
     /// One delivery attempt of one message. Returns when and where to try again, or
     /// `None` when the message is done (or gone).
     async fn attempt(&self, id: &str, state: QueueState) -> io::Result<Option<(QueueState, u64)>> {
-        let spool = self.queue.spool.clone();
-        let owned_id = id.to_string();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let envelope = spool.read_envelope(state, &owned_id)?;
-            let message = spool.read_message(state, &owned_id)?;
-            Ok::<_, io::Error>((envelope, message))
-        })
-        .await
-        .map_err(io::Error::other)?;
-        let (mut envelope, message) = match loaded {
-            Ok(loaded) => loaded,
-            // Deleted or held by the administrator in the meantime.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let (mut envelope, message) = match self.queue.take_fresh(id) {
+            Some(fresh) => fresh,
+            None => {
+                let spool = self.queue.spool.clone();
+                let owned_id = id.to_string();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let read = spool.read_envelope(state, &owned_id).and_then(|envelope| {
+                        let message = spool.read_message_checked(state, &envelope)?;
+                        Ok((envelope, Arc::new(message)))
+                    });
+                    if let Err(e) = &read
+                        && e.kind() == io::ErrorKind::InvalidData
+                    {
+                        tracing::error!(queue_id = %owned_id, error = %e, "damaged queue files moved to corrupt/");
+                        spool.set_aside(state, &owned_id)?;
+                    }
+                    read
+                })
+                .await
+                .map_err(io::Error::other)?;
+                match loaded {
+                    Ok(loaded) => loaded,
+                    // Deleted or held by the administrator in the meantime, or
+                    // set aside as damaged.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::InvalidData
+                        ) =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
 
         // Group pending recipients by next hop: one transaction per hop.
@@ -203,10 +224,7 @@ impl Delivery {
 
         let spool = self.queue.spool.clone();
         if envelope.is_done() {
-            let id = envelope.id.clone();
-            tokio::task::spawn_blocking(move || spool.remove(state, &id))
-                .await
-                .map_err(io::Error::other)??;
+            self.queue.remove(state, &envelope.id);
             tracing::info!(queue_id = %envelope.id, "removed");
             return Ok(None);
         }
@@ -255,6 +273,7 @@ impl Delivery {
             eight_bit: false,
             smtputf8: original.smtputf8,
             size: report.len() as u64,
+            message_crc32: String::new(),
             attempts: 0,
             next_attempt: 0,
             recipients: vec![QueuedRecipient {

@@ -109,6 +109,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             size: 0,
+            message_crc32: String::new(),
             attempts: 0,
             next_attempt: 0,
             recipients: vec![],

@@ -5,6 +5,14 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a recipient stands.
+/// Starts the checksum line at the end of an envelope file.
+const TRAILER: &str = "# end crc32=";
+
+/// The CRC-32 of a message as the envelope records it.
+pub fn message_checksum(message: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(message))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecipientStatus {
@@ -45,6 +53,9 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// Octets in the message file.
     pub size: u64,
+    /// CRC-32 of the message file (hex), checked whenever it is read back from disk.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message_crc32: String,
     /// Delivery attempts so far.
     #[serde(default)]
     pub attempts: u32,
@@ -69,8 +80,34 @@ impl Envelope {
         toml::to_string(self).expect("an envelope always serialises")
     }
 
-    pub fn from_toml(text: &str) -> Result<Envelope, toml::de::Error> {
-        toml::from_str(text)
+    /// The envelope file: the TOML, then a last line with the CRC-32 of that text,
+    /// so an envelope torn by a crash is told from a whole one.
+    pub fn to_file_text(&self) -> String {
+        let text = self.to_toml();
+        let crc = crc32fast::hash(text.as_bytes());
+        format!("{text}{TRAILER}{crc:08x}\n")
+    }
+
+    /// Reads an envelope file. Without the last line (an administrator removed it
+    /// after editing the file by hand) the TOML is taken as it is.
+    pub fn from_file_text(text: &str) -> Result<Envelope, String> {
+        let body = match text.rfind(TRAILER) {
+            Some(at) => {
+                let body = &text[..at];
+                let stored = text[at + TRAILER.len()..].trim();
+                let actual = format!("{:08x}", crc32fast::hash(body.as_bytes()));
+                if stored != actual {
+                    return Err(format!(
+                        "checksum mismatch (torn by a crash, or edited by hand: after editing, \
+                         delete the last line '{}…')",
+                        TRAILER.trim()
+                    ));
+                }
+                body
+            }
+            None => text,
+        };
+        toml::from_str(body).map_err(|e| e.message().to_string())
     }
 }
 
@@ -89,6 +126,7 @@ mod tests {
             eight_bit: true,
             smtputf8: false,
             size: 10,
+            message_crc32: message_checksum(b"0123456789"),
             attempts: 2,
             next_attempt: 3,
             recipients: vec![QueuedRecipient {
@@ -97,8 +135,22 @@ mod tests {
                 last_reply: "451 4.3.0 later".into(),
             }],
         };
-        let text = env.to_toml();
+        let text = env.to_file_text();
         assert!(text.contains("status = \"pending\""), "{text}");
-        assert_eq!(Envelope::from_toml(&text).unwrap(), env);
+        assert_eq!(Envelope::from_file_text(&text).unwrap(), env);
+        // Edited by hand, trailer removed: still read.
+        let edited = env.to_toml().replace("attempts = 2", "attempts = 0");
+        assert_eq!(Envelope::from_file_text(&edited).unwrap().attempts, 0);
+    }
+
+    #[test]
+    fn a_torn_or_edited_envelope_with_its_trailer_is_refused() {
+        let env = Envelope::from_file_text(
+            "id = \"A\"\narrived = 0\nsender = \"\"\nclient_ip = \"\"\nhelo = \"\"\nsize = 0\nrecipients = []\n",
+        );
+        let text = env.unwrap().to_file_text();
+        let torn = text.replacen("size = 0", "size = 9", 1);
+        let err = Envelope::from_file_text(&torn).unwrap_err();
+        assert!(err.contains("delete the last line"), "{err}");
     }
 }

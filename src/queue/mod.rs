@@ -8,39 +8,138 @@ pub mod envelope;
 pub mod scheduler;
 pub mod spool;
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use envelope::Envelope;
 use scheduler::{Scheduler, now_millis};
-use spool::{QueueState, Spool};
+use spool::{FlushMode, QueueState, Spool};
+use tokio::sync::oneshot;
+
+/// A new message for the commit thread; the answer says whether it is on stable
+/// storage.
+struct Commit {
+    envelope: Envelope,
+    message: Arc<Vec<u8>>,
+    done: oneshot::Sender<io::Result<()>>,
+}
+
+/// Newly committed messages kept in memory for their first delivery attempt, so
+/// the common case — accepted, then delivered at once — never reads the spool back.
+#[derive(Default)]
+struct Fresh {
+    messages: HashMap<String, (Envelope, Arc<Vec<u8>>)>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+/// What [`Fresh`] may hold; beyond it, the oldest are read back from disk instead.
+const FRESH_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most messages one flush covers; keeps a batch's latency bounded under a flood.
+const MAX_BATCH: usize = 256;
 
 /// The queue as the rest of the program sees it: put mail in, and the schedule that
 /// the delivery workers take it from.
 pub struct Queue {
     pub spool: Arc<Spool>,
     pub scheduler: Arc<Scheduler>,
+    /// To the commit thread, which writes every new message (group commit).
+    commits: mpsc::Sender<Commit>,
+    /// To the cleanup thread, which removes delivered messages. Apart from the
+    /// commits, since an unlink costs more than a create and nobody waits for it.
+    removals: mpsc::Sender<(QueueState, String)>,
+    fresh: Mutex<Fresh>,
 }
 
 impl Queue {
-    pub fn new(spool: Spool) -> Queue {
-        Queue {
-            spool: Arc::new(spool),
+    /// Starts the committer thread: all new messages go through it, so messages that
+    /// arrive together share one flush, and no two threads contend for the spool's
+    /// folder locks.
+    pub fn new(spool: Spool, flush: FlushMode) -> io::Result<Queue> {
+        let spool = Arc::new(spool);
+        let (commits, inbox) = mpsc::channel::<Commit>();
+        let committer = spool.clone();
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || run_commit_thread(&committer, &inbox, flush))?;
+        let (removals, doomed) = mpsc::channel::<(QueueState, String)>();
+        let cleaner = spool.clone();
+        std::thread::Builder::new()
+            .name("spool-cleanup".into())
+            .spawn(move || {
+                for (state, id) in doomed {
+                    if let Err(e) = cleaner.remove(state, &id) {
+                        tracing::warn!(queue_id = %id, error = %e, "cannot remove a delivered message");
+                    }
+                }
+            })?;
+        Ok(Queue {
+            spool,
             scheduler: Arc::new(Scheduler::default()),
-        }
+            commits,
+            removals,
+            fresh: Mutex::new(Fresh::default()),
+        })
     }
 
     /// Writes a message durably and schedules it. Returns once the message and its
     /// envelope are on stable storage.
-    pub async fn enqueue(&self, envelope: Envelope, message: Vec<u8>) -> io::Result<()> {
-        let spool = self.spool.clone();
+    pub async fn enqueue(&self, mut envelope: Envelope, message: Vec<u8>) -> io::Result<()> {
+        envelope.size = message.len() as u64;
+        envelope.message_crc32 = envelope::message_checksum(&message);
         let id = envelope.id.clone();
-        tokio::task::spawn_blocking(move || spool.commit(&envelope, &message))
-            .await
-            .map_err(io::Error::other)??;
+        let message = Arc::new(message);
+        let (done, result) = oneshot::channel();
+        let job = Commit {
+            envelope: envelope.clone(),
+            message: message.clone(),
+            done,
+        };
+        let stopped = || io::Error::other("the queue is shut down");
+        self.commits.send(job).map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())??;
+        self.remember(envelope, message);
         self.scheduler
             .schedule(&id, QueueState::Active, now_millis());
         Ok(())
+    }
+
+    fn remember(&self, envelope: Envelope, message: Arc<Vec<u8>>) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.bytes += message.len();
+        fresh.order.push_back(envelope.id.clone());
+        fresh
+            .messages
+            .insert(envelope.id.clone(), (envelope, message));
+        while fresh.bytes > FRESH_BYTES {
+            let Some(oldest) = fresh.order.pop_front() else {
+                break;
+            };
+            if let Some((_, message)) = fresh.messages.remove(&oldest) {
+                fresh.bytes -= message.len();
+            }
+        }
+    }
+
+    /// The envelope and message of a newly committed message, if still in memory.
+    /// Each is handed out once: later attempts read the spool.
+    pub fn take_fresh(&self, id: &str) -> Option<(Envelope, Arc<Vec<u8>>)> {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = fresh.messages.remove(id)?;
+        fresh.bytes -= taken.1.len();
+        if let Some(at) = fresh.order.iter().position(|queued| queued == id) {
+            fresh.order.remove(at);
+        }
+        Some(taken)
+    }
+
+    /// Removes a delivered message in the background.
+    pub fn remove(&self, state: QueueState, id: &str) {
+        if self.removals.send((state, id.to_string())).is_err() {
+            let _ = self.spool.remove(state, id);
+        }
     }
 
     /// Recovers the spool after a restart and schedules everything in it.
@@ -61,5 +160,28 @@ impl Queue {
             self.scheduler.schedule(&id, QueueState::Deferred, due);
         }
         Ok(recovery)
+    }
+}
+
+/// The commit thread: takes every message that has piled up and commits them as
+/// one batch (one flush). One thread, so no two writers contend for the spool
+/// folders' locks.
+fn run_commit_thread(spool: &Spool, inbox: &mpsc::Receiver<Commit>, flush: FlushMode) {
+    while let Ok(first) = inbox.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match inbox.try_recv() {
+                Ok(commit) => batch.push(commit),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<(&Envelope, &[u8])> = batch
+            .iter()
+            .map(|c| (&c.envelope, c.message.as_slice()))
+            .collect();
+        let results = spool.commit_batch(&items, flush);
+        for (commit, result) in batch.into_iter().zip(results) {
+            let _ = commit.done.send(result);
+        }
     }
 }

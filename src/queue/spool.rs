@@ -9,10 +9,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::envelope::Envelope;
+pub use crate::config::FlushMode;
 
 /// The folders of the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -65,7 +67,16 @@ const ALL_STATES: [QueueState; 5] = [
 #[derive(Debug)]
 pub struct Spool {
     root: PathBuf,
+    /// Names of files in `spare/`: removed messages' files, kept to be rewritten
+    /// for new messages. ext4 slows down badly under a churn of creating and
+    /// deleting files (each new inode is checked against every recently deleted
+    /// one), so the spool recycles files instead.
+    spares: Mutex<Vec<String>>,
 }
+
+/// The most files kept in `spare/`; removals beyond it delete.
+const MAX_SPARES: usize = 4096;
+const SPARE: &str = "spare";
 
 /// What [`Spool::recover`] found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -106,8 +117,13 @@ impl Spool {
                 )
             })?;
         }
+        fs::create_dir_all(root.join(SPARE))?;
+        let spares = fs::read_dir(root.join(SPARE))?
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect();
         Ok(Spool {
             root: root.to_path_buf(),
+            spares: Mutex::new(spares),
         })
     }
 
@@ -124,6 +140,7 @@ impl Spool {
         }
         Ok(Spool {
             root: root.to_path_buf(),
+            spares: Mutex::new(Vec::new()),
         })
     }
 
@@ -159,44 +176,134 @@ impl Spool {
         self.root.join(state.folder())
     }
 
-    /// Makes a new message durable in `active`. When this returns Ok, the message and
-    /// its envelope are on stable storage and the client may be told `250`.
-    pub fn commit(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
-        let id = &envelope.id;
-        let result = (|| {
-            write_new(&self.file(QueueState::Incoming, id, "msg"), message)?;
-            write_new(
-                &self.file(QueueState::Incoming, id, "env"),
-                envelope.to_toml().as_bytes(),
-            )?;
-            fs::rename(
-                self.file(QueueState::Incoming, id, "msg"),
-                self.file(QueueState::Active, id, "msg"),
-            )?;
-            fs::rename(
-                self.file(QueueState::Incoming, id, "env"),
-                self.file(QueueState::Active, id, "env"),
-            )?;
-            sync_folder(&self.folder(QueueState::Active))
-        })();
-        if result.is_err() {
-            for state in [QueueState::Incoming, QueueState::Active] {
-                let _ = fs::remove_file(self.file(state, id, "env"));
-                let _ = fs::remove_file(self.file(state, id, "msg"));
+    /// Makes new messages durable in `active`, as one batch (group commit): every
+    /// message is written to `incoming` and renamed into `active`, then one flush
+    /// makes the whole batch stable. For each message, `Ok` means its message and
+    /// envelope are on stable storage and the client may be told `250`.
+    ///
+    /// A crash before the flush can leave a message in `active` that was never
+    /// acknowledged and whose files may be incomplete; [`recover`] checks every
+    /// envelope against its message's size and moves such leftovers to `corrupt`.
+    pub fn commit_batch(
+        &self,
+        batch: &[(&Envelope, &[u8])],
+        flush: FlushMode,
+    ) -> Vec<io::Result<()>> {
+        let mut results: Vec<io::Result<()>> = Vec::with_capacity(batch.len());
+        let mut written: Vec<File> = Vec::with_capacity(batch.len() * 2);
+        for (envelope, message) in batch {
+            let id = &envelope.id;
+            let result = self
+                .write_file(&self.file(QueueState::Incoming, id, "msg"), message)
+                .and_then(|msg| {
+                    let env = self.write_file(
+                        &self.file(QueueState::Incoming, id, "env"),
+                        envelope.to_file_text().as_bytes(),
+                    )?;
+                    self.publish(id)?;
+                    written.extend([msg, env]);
+                    Ok(())
+                });
+            results.push(result);
+        }
+        let flushed = match flush {
+            FlushMode::Syncfs => syncfs(&self.root),
+            FlushMode::Fsync => written
+                .iter()
+                .try_for_each(File::sync_data)
+                .and_then(|()| sync_folder(&self.folder(QueueState::Active))),
+        };
+        drop(written);
+        if let Err(e) = flushed {
+            fail_all(&mut results, &e);
+        }
+        for ((envelope, _), result) in batch.iter().zip(&results) {
+            if result.is_err() {
+                self.discard(&envelope.id);
             }
         }
-        result
+        results
+    }
+
+    /// One message, as [`commit_batch`] does it.
+    pub fn commit(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
+        self.commit_batch(&[(envelope, message)], FlushMode::Fsync)
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Moves a flushed message from `incoming` to `active`, envelope last.
+    fn publish(&self, id: &str) -> io::Result<()> {
+        fs::rename(
+            self.file(QueueState::Incoming, id, "msg"),
+            self.file(QueueState::Active, id, "msg"),
+        )?;
+        fs::rename(
+            self.file(QueueState::Incoming, id, "env"),
+            self.file(QueueState::Active, id, "env"),
+        )
+    }
+
+    /// Removes every trace of a message that could not be committed.
+    fn discard(&self, id: &str) {
+        for state in [QueueState::Incoming, QueueState::Active] {
+            let _ = fs::remove_file(self.file(state, id, "env"));
+            let _ = fs::remove_file(self.file(state, id, "msg"));
+        }
     }
 
     pub fn read_envelope(&self, state: QueueState, id: &str) -> io::Result<Envelope> {
         let path = self.file(state, id, "env");
         let text = fs::read_to_string(&path)?;
-        Envelope::from_toml(&text).map_err(|e| {
+        let envelope = Envelope::from_file_text(&text).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: {}", path.display(), e.message()),
+                format!("{}: {e}", path.display()),
             )
-        })
+        })?;
+        if envelope.id != id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: holds the envelope of {}", path.display(), envelope.id),
+            ));
+        }
+        Ok(envelope)
+    }
+
+    /// Reads a message and checks it against its envelope's size and checksum: a
+    /// spool file is reused for a later message, and a crash between writing it and
+    /// flushing it could leave old and new bytes mixed.
+    pub fn read_message_checked(
+        &self,
+        state: QueueState,
+        envelope: &Envelope,
+    ) -> io::Result<Vec<u8>> {
+        let message = self.read_message(state, &envelope.id)?;
+        let size_ok = message.len() as u64 == envelope.size;
+        let crc_ok = envelope.message_crc32.is_empty()
+            || envelope.message_crc32 == super::envelope::message_checksum(&message);
+        if size_ok && crc_ok {
+            Ok(message)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: message does not match its envelope (size or checksum)",
+                    envelope.id
+                ),
+            ))
+        }
+    }
+
+    /// Sets a damaged message aside in `corrupt/` for the administrator.
+    pub fn set_aside(&self, state: QueueState, id: &str) -> io::Result<()> {
+        for ext in ["env", "msg"] {
+            let from = self.file(state, id, ext);
+            if from.exists() {
+                fs::rename(from, self.file(QueueState::Corrupt, id, ext))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn read_message(&self, state: QueueState, id: &str) -> io::Result<Vec<u8>> {
@@ -214,7 +321,7 @@ impl Spool {
         }
         let temporary = self.file(state, &envelope.id, "env.tmp");
         let _ = fs::remove_file(&temporary);
-        write_new(&temporary, envelope.to_toml().as_bytes())?;
+        write_new(&temporary, envelope.to_file_text().as_bytes())?.sync_data()?;
         fs::rename(&temporary, &target)?;
         sync_folder(&self.folder(state))
     }
@@ -228,11 +335,50 @@ impl Spool {
     }
 
     /// Removes a message: envelope first, so a crash leaves only an orphan message
-    /// file, which recovery clears away.
+    /// file, which recovery moves aside. The files go to `spare/` for reuse while
+    /// there is room. The folder is not flushed: if a crash undoes the removal of a
+    /// delivered message, it is delivered once more, never lost.
     pub fn remove(&self, state: QueueState, id: &str) -> io::Result<()> {
-        fs::remove_file(self.file(state, id, "env"))?;
-        let _ = fs::remove_file(self.file(state, id, "msg"));
-        sync_folder(&self.folder(state))
+        self.retire(&self.file(state, id, "env"), &format!("{id}.env"))?;
+        let _ = self.retire(&self.file(state, id, "msg"), &format!("{id}.msg"));
+        Ok(())
+    }
+
+    /// Moves a file out of the queue into `spare/`, or deletes it when that is full.
+    fn retire(&self, path: &Path, name: &str) -> io::Result<()> {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        if spares.len() >= MAX_SPARES {
+            drop(spares);
+            return fs::remove_file(path);
+        }
+        match fs::rename(path, self.root.join(SPARE).join(name)) {
+            Ok(()) => {
+                spares.push(name.to_string());
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && path.exists() => {
+                // No spare folder (a spool opened with `existing`): just delete.
+                drop(spares);
+                fs::remove_file(path)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates `path` with `bytes` in it, reusing a spare file when there is one.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<File> {
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(name) = spare
+            && fs::rename(self.root.join(SPARE).join(name), path).is_ok()
+        {
+            // Overwrite in place and cut to size: freeing and allocating blocks is
+            // what makes truncation (and unlink) slow, especially with `discard`.
+            let mut file = OpenOptions::new().write(true).open(path)?;
+            file.write_all(bytes)?;
+            file.set_len(bytes.len() as u64)?;
+            return Ok(file);
+        }
+        write_new(path, bytes)
     }
 
     /// Ids of the messages in a state, oldest first.
@@ -302,14 +448,18 @@ impl Spool {
             }
         }
         // Only once every lone message file has found its envelope can a lone
-        // envelope be called corrupt.
+        // envelope be called corrupt. An envelope that does not parse, or whose
+        // message is not the size it records, was caught by a crash before its
+        // flush: it was never acknowledged, and is kept aside, not delivered.
         for state in QueueState::QUEUED {
             for id in self.ids(state)? {
-                if !self.file(state, &id, "msg").exists() {
-                    fs::rename(
-                        self.file(state, &id, "env"),
-                        self.file(QueueState::Corrupt, &id, "env"),
-                    )?;
+                let message_size = fs::metadata(self.file(state, &id, "msg")).map(|m| m.len());
+                let intact = match (self.read_envelope(state, &id), message_size) {
+                    (Ok(envelope), Ok(size)) => envelope.size == size,
+                    _ => false,
+                };
+                if !intact {
+                    self.set_aside(state, &id)?;
                     report.corrupt += 1;
                 }
             }
@@ -321,10 +471,30 @@ impl Spool {
     }
 }
 
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Creates and writes a file; flushing it is the caller's business.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
     file.write_all(bytes)?;
-    file.sync_data()
+    Ok(file)
+}
+
+fn fail_all(results: &mut [io::Result<()>], error: &io::Error) {
+    for result in results.iter_mut().filter(|r| r.is_ok()) {
+        *result = Err(io::Error::new(error.kind(), error.to_string()));
+    }
+}
+
+/// Flushes everything written to the file system that holds `path`: one call for a
+/// whole batch of messages, where fsync would take two per message.
+fn syncfs(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let folder = File::open(path)?;
+    // SAFETY: syncfs only reads the descriptor, which `folder` keeps open.
+    if unsafe { libc::syncfs(folder.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Flushes a folder, so the names created or renamed in it survive a crash.
@@ -347,6 +517,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             size: 3,
+            message_crc32: String::new(),
             attempts: 0,
             next_attempt: 0,
             recipients: vec![QueuedRecipient {
@@ -404,6 +575,70 @@ mod tests {
             }
         );
         assert_eq!(spool.read_message(QueueState::Active, &id).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn recovery_sets_aside_messages_caught_before_their_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (torn, empty, whole) = (new_id(), new_id(), new_id());
+        for id in [&torn, &empty, &whole] {
+            spool.commit(&envelope(id), b"abc").unwrap();
+        }
+        fs::write(spool.file(QueueState::Active, &torn, "msg"), b"ab").unwrap();
+        fs::write(spool.file(QueueState::Active, &empty, "env"), b"").unwrap();
+        let report = spool.recover().unwrap();
+        assert_eq!(report.corrupt, 2);
+        assert_eq!(spool.ids(QueueState::Active).unwrap(), vec![whole]);
+        assert_eq!(spool.ids(QueueState::Corrupt).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn removed_files_are_rewritten_for_new_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let old = new_id();
+        spool
+            .commit(&envelope(&old), b"a much longer old message")
+            .unwrap();
+        spool.remove(QueueState::Active, &old).unwrap();
+        assert_eq!(spool.spares.lock().unwrap().len(), 2);
+        let new = new_id();
+        spool.commit(&envelope(&new), b"abc").unwrap();
+        assert_eq!(spool.spares.lock().unwrap().len(), 0);
+        assert_eq!(
+            spool.read_message(QueueState::Active, &new).unwrap(),
+            b"abc"
+        );
+        assert_eq!(
+            spool.read_envelope(QueueState::Active, &new).unwrap().id,
+            new
+        );
+        assert_eq!(spool.recover().unwrap().corrupt, 0);
+    }
+
+    #[test]
+    fn a_reused_file_with_stale_bytes_is_caught_on_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_id();
+        let mut env = envelope(&id);
+        env.message_crc32 = crate::queue::envelope::message_checksum(b"abc");
+        spool.commit(&env, b"abc").unwrap();
+        assert_eq!(
+            spool
+                .read_message_checked(QueueState::Active, &env)
+                .unwrap(),
+            b"abc"
+        );
+        // As if a crash had left an old message's bytes of the same size.
+        fs::write(spool.file(QueueState::Active, &id, "msg"), b"old").unwrap();
+        let err = spool
+            .read_message_checked(QueueState::Active, &env)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        spool.set_aside(QueueState::Active, &id).unwrap();
+        assert_eq!(spool.ids(QueueState::Corrupt).unwrap(), vec![id]);
     }
 
     #[test]

@@ -478,6 +478,7 @@ impl Session {
             eight_bit: t.params.eight_bit,
             smtputf8: t.params.smtputf8,
             size: size as u64,
+            message_crc32: String::new(),
             attempts: 0,
             next_attempt: 0,
             recipients,

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Medians per system and setting from smtp-throughput.sh CSV rows, and mailmoat's
+ratio to Postfix measured in the same run.
+
+usage: report.py results.csv
+"""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+rows = list(csv.DictReader(open(sys.argv[1])))
+groups = defaultdict(list)
+for r in rows:
+    groups[(r["label"], int(r["sessions"]), int(r["size"]))].append(r)
+
+
+def med(rs, key):
+    vals = [float(r[key]) for r in rs if r.get(key)]
+    return statistics.median(vals) if vals else None
+
+
+def cpu_ms(rs):
+    vals = [float(r["server_cpu_s"]) * 1000 / int(r["delivered"]) for r in rs if r.get("server_cpu_s") and int(r["delivered"])]
+    return statistics.median(vals) if vals else None
+
+
+settings = sorted({(s, l) for (_, s, l) in groups}, key=lambda x: (x[1], x[0]))
+systems = sorted({name for (name, _, _) in groups}, key=lambda n: n != "mailmoat")
+print("| setting | " + " | ".join(f"{s} e2e msg/s | {s} CPU ms/msg | {s} peak RSS MiB" for s in systems)
+      + (" | e2e ratio |" if len(systems) > 1 else " |"))
+print("|---" * (1 + 3 * len(systems) + (1 if len(systems) > 1 else 0)) + "|")
+for s, l in settings:
+    cells = [f"c={s} {l // 1024} KB"]
+    e2e = {}
+    for name in systems:
+        rs = groups.get((name, s, l), [])
+        e2e[name] = med(rs, "e2e_rate")
+        loss = sum(int(r["accepted"]) - int(r["delivered"]) for r in rs)
+        rss = max((float(r["server_peak_rss_kb"]) for r in rs if r.get("server_peak_rss_kb")), default=0)
+        c = cpu_ms(rs)
+        cells += [
+            f"{e2e[name]:.0f}" + ("" if loss == 0 else f" (LOSS {loss})") if e2e[name] else "-",
+            f"{c:.2f}" if c else "-",
+            f"{rss / 1024:.0f}" if rss else "-",
+        ]
+    if len(systems) > 1 and all(e2e.values()):
+        cells.append(f"{e2e['mailmoat'] / e2e['postfix']:.2f}x")
+    print("| " + " | ".join(cells) + " |")
+print(f"\n{len(rows)} runs; medians; every run checked for loss and duplicates by the harness.")

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# bench/throughput.sh — mailmoat and Postfix side by side, in one run, with the
+# smtp-source/smtp-sink harness (bench/harness/, from the shared benchmark kit).
+#
+#   bench/throughput.sh [--msgs N] [--reps N] [--no-postfix] [--csv FILE]
+#
+# Builds the release binary, starts mailmoat with a benchmark configuration
+# (127.0.0.1:2535 -> smtp-sink on 127.0.0.1:2536, hosting example.com, spool flushed
+# before every 250 as always), runs the harness at c=1/10/50 with 5 KB and c=50 with
+# 100 KB, then does the same with the reference Postfix relay (bench/harness/
+# postfix-relay, 127.0.0.1:2525 -> 2526) and prints medians and ratios. Repetitions
+# are the outer loop, so drifts of a shared machine spread over both systems.
+# Then: p99 end-of-data -> 250 latency at c=50, resident memory with 1,000 idle
+# connections, and the size of the spool and store after the runs.
+#
+# Needs root for apt-get (postfix, for smtp-source/smtp-sink) when they are missing.
+# Not part of CI: timings on a shared machine are not tests.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+HARNESS="$REPO/bench/harness"
+MSGS=5000; REPS=3; POSTFIX=1; CSV=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --msgs) MSGS="$2"; shift 2;;
+    --reps) REPS="$2"; shift 2;;
+    --no-postfix) POSTFIX=0; shift;;
+    --csv) CSV="$2"; shift 2;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0;;
+    *) echo "unknown argument: $1" >&2; exit 2;;
+  esac
+done
+
+need_apt=()
+command -v smtp-source >/dev/null || need_apt+=(postfix postfix-pcre)
+command -v ss >/dev/null || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_apt[@]}" >/dev/null
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
+
+(cd "$REPO" && cargo build --release --quiet && cargo build --release --quiet --example eod_latency)
+BIN="$REPO/target/release/mailmoat"
+WORK="$(mktemp -d /tmp/mailmoat-bench.XXXXXX)"
+[ -n "$CSV" ] || CSV="$WORK/results.csv"
+MM_PID=""
+cleanup() {
+  [ -n "$MM_PID" ] && kill "$MM_PID" 2>/dev/null && wait "$MM_PID" 2>/dev/null || true
+  if [ "$POSTFIX" = 1 ] && command -v postfix >/dev/null; then
+    bash "$HARNESS/postfix-relay/setup.sh" stop >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+cat > "$WORK/mailmoat.toml" <<CONF
+[server]
+listen = ["127.0.0.1:2535"]
+hostname = "mx.bench.test"
+# The load comes from one address.
+max_connections = 4000
+max_connections_per_ip = 4000
+[relay]
+hosted_domains = ["example.com"]
+[recipients.domains."example.com"]
+file = "recipients.txt"
+[backend]
+address = "127.0.0.1:2536"
+[queue]
+path = "queue"
+[store]
+path = "db"
+[log]
+level = "info"
+CONF
+echo "@example.com" > "$WORK/recipients.txt"
+
+start_mailmoat() {
+  "$BIN" --config "$WORK/mailmoat.toml" serve >> "$WORK/mailmoat.log" 2>&1 &
+  MM_PID=$!
+  for _ in $(seq 1 100); do ss -Hltn "sport = :2535" | grep -q . && return; sleep 0.05; done
+  echo "mailmoat did not start:" >&2; tail "$WORK/mailmoat.log" >&2; exit 1
+}
+
+SETTINGS=("1 5120" "10 5120" "50 5120" "50 102400")
+run_one() { # system target sink-port pid-args... sessions size
+  local system="$1" target="$2" sink="$3" s="$4" l="$5"; shift 5
+  "$HARNESS/smtp-throughput.sh" --target "$target" --sink-port "$sink" -s "$s" -m "$MSGS" -l "$l" \
+    --label "$system" --csv "$CSV" "$@" | tail -1 | sed "s/^/$system c=$s ${l}B: /"
+}
+
+start_mailmoat
+if [ "$POSTFIX" = 1 ]; then bash "$HARNESS/postfix-relay/setup.sh" start >/dev/null; fi
+for rep in $(seq 1 "$REPS"); do
+  for setting in "${SETTINGS[@]}"; do
+    read -r s l <<< "$setting"
+    run_one mailmoat 127.0.0.1:2535 2536 "$s" "$l" --server-pid "$MM_PID"
+    if [ "$POSTFIX" = 1 ]; then
+      sleep 3  # Postfix drops its cached client connections after 2 s idle
+      run_one postfix 127.0.0.1:2525 2526 "$s" "$l" --server-pidfile /var/spool/postfix-bench/pid/master.pid
+    fi
+  done
+done
+
+# p99 end-of-data -> 250 at c=50, against mailmoat (a sink must take its mail).
+smtp-sink -c -u nobody -m 1024 127.0.0.1:2536 1024 > /dev/null 2>&1 &
+SINK=$!
+sleep 0.3
+"$REPO/target/release/examples/eod_latency" 127.0.0.1:2535 50 5000 5120 > "$WORK/latency.txt"
+python3 "$REPO/bench/idle_connections.py" 127.0.0.1:2535 --connections 1000 --pid "$MM_PID" > "$WORK/idle.txt"
+kill "$SINK"; wait "$SINK" 2>/dev/null || true
+sleep 1
+SPOOL_KB=$(du -sk "$WORK/queue" | cut -f1)
+STORE_KB=$(du -sk "$WORK/db" | cut -f1)
+LEFT=$(find "$WORK/queue" -name '*.env' | wc -l)
+
+python3 "$REPO/bench/report.py" "$CSV"
+echo
+cat "$WORK/latency.txt" "$WORK/idle.txt"
+echo "spool after all runs: ${SPOOL_KB} KiB on disk, ${LEFT} message(s) left; store: ${STORE_KB} KiB"
+echo "machine: $(nproc) cores, $(uname -r); $(date -u +%F)"
