@@ -106,15 +106,19 @@ smtp-sink -c -u nobody -m 1024 127.0.0.1:2536 1024 > /dev/null 2>&1 &
 SINK=$!
 sleep 0.3
 "$REPO/target/release/examples/eod_latency" 127.0.0.1:2535 50 5000 5120 > "$WORK/latency.txt"
-python3 "$REPO/bench/idle_connections.py" 127.0.0.1:2535 --connections 1000 --pid "$MM_PID" > "$WORK/idle.txt"
-kill "$SINK"; wait "$SINK" 2>/dev/null || true
-sleep 1
+sleep 2
+AFTER_KB=$(awk '/VmRSS/ {print $2}' "/proc/$MM_PID/status")
+LEFT=$(find "$WORK/queue/active" "$WORK/queue/deferred" "$WORK/queue/hold" -name '*.env' | wc -l)
 SPOOL_KB=$(du -sk "$WORK/queue" | cut -f1)
 STORE_KB=$(du -sk "$WORK/db" | cut -f1)
-LEFT=$(find "$WORK/queue" -name '*.env' | wc -l)
+# Idle connections on a freshly started server: what holding them costs.
+kill "$MM_PID"; wait "$MM_PID" 2>/dev/null || true
+start_mailmoat
+python3 "$REPO/bench/idle_connections.py" 127.0.0.1:2535 --connections 1000 --pid "$MM_PID" > "$WORK/idle.txt"
+kill "$SINK"; wait "$SINK" 2>/dev/null || true
 
 python3 "$REPO/bench/report.py" "$CSV"
 echo
 cat "$WORK/latency.txt" "$WORK/idle.txt"
-echo "spool after all runs: ${SPOOL_KB} KiB on disk, ${LEFT} message(s) left; store: ${STORE_KB} KiB"
+echo "after all runs: mailmoat resident ${AFTER_KB} KiB; ${LEFT} message(s) left in the queue; spool ${SPOOL_KB} KiB on disk (spare files included); store ${STORE_KB} KiB"
 echo "machine: $(nproc) cores, $(uname -r); $(date -u +%F)"

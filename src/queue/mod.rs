@@ -35,7 +35,7 @@ struct Fresh {
 }
 
 /// What [`Fresh`] may hold; beyond it, the oldest are read back from disk instead.
-const FRESH_BYTES: usize = 64 * 1024 * 1024;
+const FRESH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most messages one flush covers; keeps a batch's latency bounded under a flood.
 const MAX_BATCH: usize = 256;

@@ -71,11 +71,22 @@ pub struct Spool {
     /// for new messages. ext4 slows down badly under a churn of creating and
     /// deleting files (each new inode is checked against every recently deleted
     /// one), so the spool recycles files instead.
-    spares: Mutex<Vec<String>>,
+    spares: Mutex<Spares>,
 }
 
-/// The most files kept in `spare/`; removals beyond it delete.
-const MAX_SPARES: usize = 4096;
+/// The files in `spare/`, and the disk space they hold.
+#[derive(Debug, Default)]
+struct Spares {
+    names: Vec<String>,
+    bytes: u64,
+}
+
+/// What `spare/` may hold; removals beyond it delete. Small, since spare files hold
+/// disk space that no message uses.
+const MAX_SPARES: usize = 1024;
+const MAX_SPARE_BYTES: u64 = 16 * 1024 * 1024;
+/// Larger files are deleted, not kept: rewriting a big file saves little.
+const MAX_SPARE_FILE: u64 = 256 * 1024;
 const SPARE: &str = "spare";
 
 /// What [`Spool::recover`] found and did.
@@ -118,9 +129,15 @@ impl Spool {
             })?;
         }
         fs::create_dir_all(root.join(SPARE))?;
-        let spares = fs::read_dir(root.join(SPARE))?
-            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-            .collect();
+        let mut spares = Spares::default();
+        for entry in fs::read_dir(root.join(SPARE))? {
+            let entry = entry?;
+            let size = entry.metadata()?.len();
+            if let Ok(name) = entry.file_name().into_string() {
+                spares.names.push(name);
+                spares.bytes += size;
+            }
+        }
         Ok(Spool {
             root: root.to_path_buf(),
             spares: Mutex::new(spares),
@@ -140,7 +157,7 @@ impl Spool {
         }
         Ok(Spool {
             root: root.to_path_buf(),
-            spares: Mutex::new(Vec::new()),
+            spares: Mutex::new(Spares::default()),
         })
     }
 
@@ -344,16 +361,22 @@ impl Spool {
         Ok(())
     }
 
-    /// Moves a file out of the queue into `spare/`, or deletes it when that is full.
+    /// Moves a file out of the queue into `spare/`, or deletes it when that is full
+    /// or the file is large.
     fn retire(&self, path: &Path, name: &str) -> io::Result<()> {
+        let size = fs::metadata(path)?.len();
         let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-        if spares.len() >= MAX_SPARES {
+        if spares.names.len() >= MAX_SPARES
+            || spares.bytes + size > MAX_SPARE_BYTES
+            || size > MAX_SPARE_FILE
+        {
             drop(spares);
             return fs::remove_file(path);
         }
         match fs::rename(path, self.root.join(SPARE).join(name)) {
             Ok(()) => {
-                spares.push(name.to_string());
+                spares.names.push(name.to_string());
+                spares.bytes += size;
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && path.exists() => {
@@ -367,10 +390,14 @@ impl Spool {
 
     /// Creates `path` with `bytes` in it, reusing a spare file when there is one.
     fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<File> {
-        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).names.pop();
         if let Some(name) = spare
             && fs::rename(self.root.join(SPARE).join(name), path).is_ok()
         {
+            if let Ok(meta) = fs::metadata(path) {
+                let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+                spares.bytes = spares.bytes.saturating_sub(meta.len());
+            }
             // Overwrite in place and cut to size: freeing and allocating blocks is
             // what makes truncation (and unlink) slow, especially with `discard`.
             let mut file = OpenOptions::new().write(true).open(path)?;
@@ -602,10 +629,11 @@ mod tests {
             .commit(&envelope(&old), b"a much longer old message")
             .unwrap();
         spool.remove(QueueState::Active, &old).unwrap();
-        assert_eq!(spool.spares.lock().unwrap().len(), 2);
+        assert_eq!(spool.spares.lock().unwrap().names.len(), 2);
         let new = new_id();
         spool.commit(&envelope(&new), b"abc").unwrap();
-        assert_eq!(spool.spares.lock().unwrap().len(), 0);
+        assert_eq!(spool.spares.lock().unwrap().names.len(), 0);
+        assert_eq!(spool.spares.lock().unwrap().bytes, 0);
         assert_eq!(
             spool.read_message(QueueState::Active, &new).unwrap(),
             b"abc"

@@ -18,7 +18,10 @@ use crate::reply::Reply;
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made for each read: small while commands come in, so a thousand idle
+/// connections cost little; message data gets bigger reads.
+const READ_CHUNK: usize = 4 * 1024;
+const DATA_CHUNK: usize = 64 * 1024;
 
 /// One line read from the client.
 #[derive(Debug)]
@@ -85,7 +88,7 @@ impl Connection {
     }
 
     /// Sends pending replies, then waits for more input.
-    async fn fill(&mut self, timeout: Duration) -> Result<(), ReadError> {
+    async fn fill(&mut self, timeout: Duration, chunk: usize) -> Result<(), ReadError> {
         self.flush().await.map_err(ReadError::Io)?;
         if self.start > 0 {
             self.input.drain(..self.start);
@@ -93,7 +96,7 @@ impl Connection {
         }
         // read_buf appends to spare capacity, so a read cancelled by shutdown leaves
         // the buffer as it was.
-        self.input.reserve(READ_CHUNK);
+        self.input.reserve(chunk);
         let n = match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input)).await {
             Err(_) => return Err(ReadError::TimedOut),
             Ok(Err(e)) => return Err(ReadError::Io(e)),
@@ -124,7 +127,7 @@ impl Connection {
                 discarding = true;
                 self.start = self.input.len();
             }
-            self.fill(timeout).await?;
+            self.fill(timeout, READ_CHUNK).await?;
         }
     }
 
@@ -145,7 +148,15 @@ impl Connection {
                     None => self.start = self.input.len(),
                 }
             }
-            self.fill(timeout).await?;
+            self.fill(timeout, DATA_CHUNK).await?;
+        }
+    }
+
+    /// Gives back the memory a large message needed, once it is read.
+    pub fn shrink(&mut self) {
+        if self.input.capacity() > 2 * READ_CHUNK && self.start == self.input.len() {
+            self.input = Vec::with_capacity(READ_CHUNK);
+            self.start = 0;
         }
     }
 

@@ -395,6 +395,7 @@ impl Session {
                 return Flow::Close;
             }
         }
+        self.conn.shrink();
         let size = reader.size();
         let message = match reader.finish() {
             DataOutcome::Message(message) => message,
