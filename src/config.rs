@@ -22,6 +22,7 @@ pub struct Config {
     pub outbound: OutboundConfig,
     pub queue: QueueConfig,
     pub store: StoreConfig,
+    pub rules: RulesConfig,
     pub log: LogConfig,
 }
 
@@ -303,6 +304,44 @@ impl Default for StoreConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// The folder of rule files (`*.toml`, read in name order).
+    pub path: PathBuf,
+    /// Nested zip archives opened when looking for attachments (1: only the
+    /// attached archive itself).
+    pub zip_depth: usize,
+    /// Bytes decompressed from one attached archive to open the archives inside
+    /// it; beyond that, only their names are seen.
+    pub zip_bytes: usize,
+    /// Entries of one archive looked at.
+    pub zip_entries: usize,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        let limits = crate::mime::Limits::default();
+        RulesConfig {
+            path: "rules".into(),
+            zip_depth: limits.zip_depth,
+            zip_bytes: limits.zip_bytes,
+            zip_entries: limits.zip_entries,
+        }
+    }
+}
+
+impl RulesConfig {
+    pub fn limits(&self) -> crate::mime::Limits {
+        crate::mime::Limits {
+            zip_depth: self.zip_depth,
+            zip_bytes: self.zip_bytes,
+            zip_entries: self.zip_entries,
+            ..crate::mime::Limits::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -444,6 +483,7 @@ impl Config {
         };
         anchor(&mut self.queue.path);
         anchor(&mut self.store.path);
+        anchor(&mut self.rules.path);
         if let Some(ca) = &mut self.backend.ca_file {
             anchor(ca);
         }

@@ -9,9 +9,11 @@
 pub mod address;
 pub mod config;
 pub mod logging;
+pub mod mime;
 pub mod policy;
 pub mod queue;
 pub mod reply;
+pub mod rules;
 pub mod server;
 pub mod smtp;
 pub mod smtp_client;

@@ -31,6 +31,7 @@ pub struct Server {
     listeners: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     control: Option<JoinHandle<()>>,
+    rules_watch: JoinHandle<()>,
     /// Held for the server's lifetime: one server per spool.
     _lock: std::fs::File,
 }
@@ -71,6 +72,13 @@ impl Server {
             backend,
             Some(store.tree("recipient-callouts")?),
         )?);
+        let rules = Arc::new(
+            crate::rules::RulesHandle::load(&config.rules.path)
+                .map_err(|e| anyhow::anyhow!("rules not loaded: {e}"))?,
+        );
+        tracing::info!(rules = rules.current().rules().len(), dir = %config.rules.path.display(), "rules loaded");
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let rules_watch = tokio::spawn(rules.clone().watch(hangup));
         let delivery = Arc::new(Delivery::new(config.clone(), queue.clone())?);
         let workers = delivery.spawn_workers(config.queue.delivery_workers);
 
@@ -94,6 +102,7 @@ impl Server {
             config: config.clone(),
             queue: queue.clone(),
             recipients,
+            rules,
             shutdown: shutdown_rx.clone(),
         });
         let limits = ConnectionLimits::new(
@@ -124,6 +133,7 @@ impl Server {
             listeners,
             workers,
             control,
+            rules_watch,
             _lock: lock,
         })
     }
@@ -143,6 +153,7 @@ impl Server {
         {
             tracing::warn!("sessions still open after the shutdown grace period");
         }
+        self.rules_watch.abort();
         self.queue.scheduler.stop();
         for worker in self.workers {
             let _ = tokio::time::timeout(grace, worker).await;

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 struct Commit {
     envelope: Envelope,
     message: Arc<Vec<u8>>,
+    state: QueueState,
     done: oneshot::Sender<io::Result<()>>,
 }
 
@@ -86,7 +87,22 @@ impl Queue {
 
     /// Writes a message durably and schedules it. Returns once the message and its
     /// envelope are on stable storage.
-    pub async fn enqueue(&self, mut envelope: Envelope, message: Vec<u8>) -> io::Result<()> {
+    pub async fn enqueue(&self, envelope: Envelope, message: Vec<u8>) -> io::Result<()> {
+        self.enqueue_in(envelope, message, QueueState::Active).await
+    }
+
+    /// As [`enqueue`], but into `hold`: kept for review, not delivered until
+    /// released.
+    pub async fn enqueue_held(&self, envelope: Envelope, message: Vec<u8>) -> io::Result<()> {
+        self.enqueue_in(envelope, message, QueueState::Hold).await
+    }
+
+    async fn enqueue_in(
+        &self,
+        mut envelope: Envelope,
+        message: Vec<u8>,
+        state: QueueState,
+    ) -> io::Result<()> {
         envelope.size = message.len() as u64;
         envelope.message_crc32 = envelope::message_checksum(&message);
         let id = envelope.id.clone();
@@ -95,11 +111,15 @@ impl Queue {
         let job = Commit {
             envelope: envelope.clone(),
             message: message.clone(),
+            state,
             done,
         };
         let stopped = || io::Error::other("the queue is shut down");
         self.commits.send(job).map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())??;
+        if state != QueueState::Active {
+            return Ok(());
+        }
         self.remember(envelope, message);
         self.scheduler
             .schedule(&id, QueueState::Active, now_millis());
@@ -175,9 +195,9 @@ fn run_commit_thread(spool: &Spool, inbox: &mpsc::Receiver<Commit>, flush: Flush
                 Err(_) => break,
             }
         }
-        let items: Vec<(&Envelope, &[u8])> = batch
+        let items: Vec<(&Envelope, &[u8], QueueState)> = batch
             .iter()
-            .map(|c| (&c.envelope, c.message.as_slice()))
+            .map(|c| (&c.envelope, c.message.as_slice(), c.state))
             .collect();
         let results = spool.commit_batch(&items, flush);
         for (commit, result) in batch.into_iter().zip(results) {

@@ -193,8 +193,9 @@ impl Spool {
         self.root.join(state.folder())
     }
 
-    /// Makes new messages durable in `active`, as one batch (group commit): every
-    /// message is written to `incoming` and renamed into `active`, then one flush
+    /// Makes new messages durable in their state (`active`, or `hold` for
+    /// quarantine), as one batch (group commit): every message is written to
+    /// `incoming` and renamed into its folder, then one flush
     /// makes the whole batch stable. For each message, `Ok` means its message and
     /// envelope are on stable storage and the client may be told `250`.
     ///
@@ -203,12 +204,12 @@ impl Spool {
     /// envelope against its message's size and moves such leftovers to `corrupt`.
     pub fn commit_batch(
         &self,
-        batch: &[(&Envelope, &[u8])],
+        batch: &[(&Envelope, &[u8], QueueState)],
         flush: FlushMode,
     ) -> Vec<io::Result<()>> {
         let mut results: Vec<io::Result<()>> = Vec::with_capacity(batch.len());
         let mut written: Vec<File> = Vec::with_capacity(batch.len() * 2);
-        for (envelope, message) in batch {
+        for (envelope, message, state) in batch {
             let id = &envelope.id;
             let result = self
                 .write_file(&self.file(QueueState::Incoming, id, "msg"), message)
@@ -217,7 +218,7 @@ impl Spool {
                         &self.file(QueueState::Incoming, id, "env"),
                         envelope.to_file_text().as_bytes(),
                     )?;
-                    self.publish(id)?;
+                    self.publish(id, *state)?;
                     written.extend([msg, env]);
                     Ok(())
                 });
@@ -225,16 +226,20 @@ impl Spool {
         }
         let flushed = match flush {
             FlushMode::Syncfs => syncfs(&self.root),
-            FlushMode::Fsync => written
-                .iter()
-                .try_for_each(File::sync_data)
-                .and_then(|()| sync_folder(&self.folder(QueueState::Active))),
+            FlushMode::Fsync => written.iter().try_for_each(File::sync_data).and_then(|()| {
+                let mut folders: Vec<QueueState> =
+                    batch.iter().map(|(_, _, state)| *state).collect();
+                folders.dedup();
+                folders
+                    .into_iter()
+                    .try_for_each(|state| sync_folder(&self.folder(state)))
+            }),
         };
         drop(written);
         if let Err(e) = flushed {
             fail_all(&mut results, &e);
         }
-        for ((envelope, _), result) in batch.iter().zip(&results) {
+        for ((envelope, _, _), result) in batch.iter().zip(&results) {
             if result.is_err() {
                 self.discard(&envelope.id);
             }
@@ -244,26 +249,26 @@ impl Spool {
 
     /// One message, as [`commit_batch`] does it.
     pub fn commit(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
-        self.commit_batch(&[(envelope, message)], FlushMode::Fsync)
+        self.commit_batch(&[(envelope, message, QueueState::Active)], FlushMode::Fsync)
             .pop()
             .unwrap_or(Ok(()))
     }
 
-    /// Moves a flushed message from `incoming` to `active`, envelope last.
-    fn publish(&self, id: &str) -> io::Result<()> {
+    /// Moves a written message from `incoming` to its state, envelope last.
+    fn publish(&self, id: &str, state: QueueState) -> io::Result<()> {
         fs::rename(
             self.file(QueueState::Incoming, id, "msg"),
-            self.file(QueueState::Active, id, "msg"),
+            self.file(state, id, "msg"),
         )?;
         fs::rename(
             self.file(QueueState::Incoming, id, "env"),
-            self.file(QueueState::Active, id, "env"),
+            self.file(state, id, "env"),
         )
     }
 
     /// Removes every trace of a message that could not be committed.
     fn discard(&self, id: &str) {
-        for state in [QueueState::Incoming, QueueState::Active] {
+        for state in [QueueState::Incoming, QueueState::Active, QueueState::Hold] {
             let _ = fs::remove_file(self.file(state, id, "env"));
             let _ = fs::remove_file(self.file(state, id, "msg"));
         }
@@ -390,7 +395,12 @@ impl Spool {
 
     /// Creates `path` with `bytes` in it, reusing a spare file when there is one.
     fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<File> {
-        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).names.pop();
+        let spare = self
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .names
+            .pop();
         if let Some(name) = spare
             && fs::rename(self.root.join(SPARE).join(name), path).is_ok()
         {

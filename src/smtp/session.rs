@@ -19,12 +19,14 @@ use crate::queue::Queue;
 use crate::queue::envelope::{Envelope, QueuedRecipient, RecipientStatus};
 use crate::queue::spool::new_id;
 use crate::reply::{Decision, Reply};
+use crate::rules::{Facts, Matched, Outcome, RuleSet, RulesHandle, Stage};
 
 /// What every session shares.
 pub struct Shared {
     pub config: Arc<Config>,
     pub queue: Arc<Queue>,
     pub recipients: Arc<RecipientValidator>,
+    pub rules: Arc<RulesHandle>,
     /// Turns true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -45,6 +47,8 @@ struct Session {
     esmtp: bool,
     /// Decided once per connection: trusted network, not on the never-relay list.
     may_relay: bool,
+    /// The rules in force when the session began; it keeps them to its end.
+    rules: Arc<RuleSet>,
     transaction: Option<Transaction>,
     errors: usize,
     junk: usize,
@@ -63,7 +67,9 @@ pub async fn run(conn: Connection, shared: Arc<Shared>) {
     let started = Instant::now();
     let client_ip = relay::canonical(conn.peer.ip());
     let may_relay = relay::may_relay(&shared.config, client_ip, false);
+    let rules = shared.rules.current();
     let mut session = Session {
+        rules,
         conn,
         shared,
         client_ip,
@@ -288,6 +294,24 @@ impl Session {
         if params.size.is_some_and(|size| size > limit) {
             return self.reply(552, "5.3.4", "Message size exceeds fixed limit");
         }
+        let address = sender.to_string();
+        match self
+            .rules
+            .check_early(Stage::Mail, &self.facts(&address, &[]))
+        {
+            Ok(shadow) => self.log_shadow(&shadow),
+            Err(refusal) => {
+                self.log_shadow(&refusal.matched);
+                let decision = Decision::new(
+                    &format!("rule:{}", refusal.rule),
+                    refusal.reply,
+                    "sender refused by rule",
+                );
+                self.refused += 1;
+                self.log_refusal_of("sender", &address, &address, &decision);
+                return self.conn.reply(&decision.reply);
+            }
+        }
         self.transaction = Some(Transaction {
             sender,
             params,
@@ -320,6 +344,27 @@ impl Session {
                 .map(|()| Destination::Hosted(mailbox)),
             other => other,
         };
+        let decided = decided.and_then(|destination| {
+            let sender = transaction.sender.to_string();
+            let recipient = [destination.mailbox().to_string()];
+            match self
+                .rules
+                .check_early(Stage::Rcpt, &self.facts(&sender, &recipient))
+            {
+                Ok(shadow) => {
+                    self.log_shadow(&shadow);
+                    Ok(destination)
+                }
+                Err(refusal) => {
+                    self.log_shadow(&refusal.matched);
+                    Err(Decision::new(
+                        &format!("rule:{}", refusal.rule),
+                        refusal.reply,
+                        "recipient refused by rule",
+                    ))
+                }
+            }
+        });
         match decided {
             Ok(destination) => {
                 if let Some(transaction) = &mut self.transaction {
@@ -341,18 +386,52 @@ impl Session {
             .as_ref()
             .map(|t| t.sender.to_string())
             .unwrap_or_default();
+        self.log_refusal_of("recipient", &sender, recipient, decision);
+    }
+
+    /// One line per refusal during the dialogue: what was refused, by which check.
+    fn log_refusal_of(&self, what: &str, sender: &str, recipient: &str, decision: &Decision) {
         tracing::info!(
             queue_id = "NOQUEUE",
             client = %self.client_ip,
             helo = self.helo.as_deref().unwrap_or(""),
-            sender = %sender,
+            sender,
             recipient,
             result = "reject",
             check = %decision.check,
             reason = %decision.reason,
             reply = %decision.reply,
-            "recipient refused"
+            "{what} refused"
         );
+    }
+
+    /// Shadow rules change nothing but this log line.
+    fn log_shadow(&self, matched: &[Matched]) {
+        for m in matched.iter().filter(|m| m.shadow) {
+            tracing::info!(
+                client = %self.client_ip,
+                rule = %m.rule,
+                stage = m.stage.name(),
+                detail = %m.detail,
+                "shadow rule would have applied {}",
+                m.action
+            );
+        }
+    }
+
+    /// What the rules see of this session.
+    fn facts<'a>(&'a self, sender: &'a str, recipients: &'a [String]) -> Facts<'a> {
+        Facts {
+            client_ip: self.client_ip,
+            client_name: None,
+            helo: self.helo.as_deref().unwrap_or(""),
+            authenticated: false,
+            trusted: self.may_relay,
+            sender,
+            recipients,
+            size: 0,
+            content: None,
+        }
     }
 
     async fn data(&mut self) -> Flow {
@@ -408,34 +487,116 @@ impl Session {
                 return Flow::Continue;
             }
         };
-        let envelope = self.envelope(&id, &transaction, message.len());
-        let reply = match self.shared.queue.enqueue(envelope, message).await {
-            Ok(()) => {
-                self.accepted += 1;
-                Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+        self.finish_message(&id, transaction, message, size).await;
+        Flow::Continue
+    }
+
+    /// The end of DATA: the rules' verdict, then queue, hold, discard or refuse.
+    async fn finish_message(
+        &mut self,
+        id: &str,
+        transaction: Transaction,
+        message: Vec<u8>,
+        size: usize,
+    ) {
+        let sender = transaction.sender.to_string();
+        let recipients: Vec<String> = transaction
+            .recipients
+            .iter()
+            .map(|d| d.mailbox().to_string())
+            .collect();
+        let content = self
+            .rules
+            .needs_content()
+            .then(|| crate::mime::Content::analyze(&message, &self.config().rules.limits()));
+        let mut facts = self.facts(&sender, &recipients);
+        facts.size = size;
+        facts.content = content.as_ref();
+        let verdict = self.rules.evaluate(&facts);
+        self.log_shadow(&verdict.matched);
+        let decided_by = verdict.decided_by.clone().unwrap_or_default();
+        let (message, envelope) =
+            if verdict.outcome == Outcome::Deliver || verdict.outcome == Outcome::Quarantine {
+                let changed = if verdict.changes_message() {
+                    verdict.apply(&message)
+                } else {
+                    message
+                };
+                let mut envelope = self.envelope(id, &transaction, changed.len());
+                envelope.sender = verdict.sender.clone();
+                envelope.recipients = verdict
+                    .recipients
+                    .iter()
+                    .map(|address| QueuedRecipient {
+                        address: address.clone(),
+                        status: RecipientStatus::Pending,
+                        last_reply: String::new(),
+                    })
+                    .collect();
+                (changed, Some(envelope))
+            } else {
+                (message, None)
+            };
+        let (result, reply) = match (&verdict.outcome, envelope) {
+            (Outcome::Reject(reply), _) | (Outcome::Tempfail(reply), _) => {
+                self.refused += 1;
+                ("reject", reply.clone())
             }
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
-                Reply::new(
-                    451,
-                    "4.3.0",
-                    "Error: queue file write error; try again later",
+            (Outcome::Discard, _) => {
+                // The client is told what it would be told for any accepted message.
+                self.accepted += 1;
+                (
+                    "discard",
+                    Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
                 )
             }
+            (outcome, Some(envelope)) => {
+                let held = *outcome == Outcome::Quarantine;
+                let queued = if held {
+                    self.shared.queue.enqueue_held(envelope, message).await
+                } else {
+                    self.shared.queue.enqueue(envelope, message).await
+                };
+                match queued {
+                    Ok(()) => {
+                        self.accepted += 1;
+                        let result = if held { "quarantine" } else { "queued" };
+                        (
+                            result,
+                            Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+                        )
+                    }
+                    Err(e) => {
+                        tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
+                        (
+                            "tempfail",
+                            Reply::new(
+                                451,
+                                "4.3.0",
+                                "Error: queue file write error; try again later",
+                            ),
+                        )
+                    }
+                }
+            }
+            (_, None) => {
+                unreachable!("an envelope is made for every outcome that keeps the message")
+            }
         };
-        self.log_message(
-            &id,
-            &transaction,
-            if reply.is_positive() {
-                "queued"
-            } else {
-                "tempfail"
-            },
-            &reply,
+        tracing::info!(
+            queue_id = %id,
+            client = %self.client_ip,
+            helo = self.helo.as_deref().unwrap_or(""),
+            sender = %sender,
+            recipients = %recipients.join(","),
             size,
+            result,
+            rule = %decided_by,
+            rules = %verdict.summary(),
+            reply = %reply,
+            "message"
         );
         self.conn.reply(&reply);
-        Flow::Continue
     }
 
     /// One line per message decision.

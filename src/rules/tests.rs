@@ -1,0 +1,278 @@
+use super::*;
+use crate::mime::{Content, Limits};
+
+fn rules(text: &str) -> RuleSet {
+    RuleSet::from_text("test.toml", text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn facts<'a>(sender: &'a str, recipients: &'a [String], content: Option<&'a Content>) -> Facts<'a> {
+    Facts {
+        client_ip: "192.0.2.10".parse().unwrap(),
+        client_name: Some("mail.remote.test"),
+        helo: "mail.remote.test",
+        authenticated: false,
+        trusted: false,
+        sender,
+        recipients,
+        size: 100,
+        content,
+    }
+}
+
+fn rcpts(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn the_first_final_action_decides_and_earlier_changes_add_up() {
+    let set = rules(
+        r#"
+        [[rule]]
+        name = "tag-all"
+        action = "tag"
+        add_header = { "X-Seen" = "yes" }
+        [[rule]]
+        name = "copy-audit"
+        action = "copy_to"
+        to = ["audit@example.test"]
+        [[rule]]
+        name = "allow-partner"
+        when.sender_domain = "partner.test"
+        action = "accept"
+        [[rule]]
+        name = "reject-all"
+        action = "reject"
+        reply = "550 5.7.1 go away"
+        "#,
+    );
+    let to = rcpts(&["bob@example.test"]);
+    let partner = set.evaluate(&facts("x@partner.test", &to, None));
+    assert_eq!(partner.outcome, Outcome::Deliver);
+    assert_eq!(partner.decided_by.as_deref(), Some("allow-partner"));
+    assert_eq!(
+        partner.recipients,
+        rcpts(&["bob@example.test", "audit@example.test"])
+    );
+    assert_eq!(
+        partner.header_edits,
+        vec![HeaderEdit::Add("X-Seen".into(), "yes".into())]
+    );
+    let other = set.evaluate(&facts("x@other.test", &to, None));
+    assert_eq!(
+        other.outcome,
+        Outcome::Reject(Reply::new(550, "5.7.1", "go away"))
+    );
+    assert_eq!(
+        other.summary(),
+        "tag-all(tag),copy-audit(copy_to),reject-all(reject)"
+    );
+}
+
+#[test]
+fn shadow_rules_are_reported_and_change_nothing() {
+    let set = rules(
+        r#"
+        [[rule]]
+        name = "new-block"
+        mode = "shadow"
+        when.sender = "*@remote.test"
+        action = "reject"
+        "#,
+    );
+    let to = rcpts(&["bob@example.test"]);
+    let verdict = set.evaluate(&facts("a@remote.test", &to, None));
+    assert_eq!(verdict.outcome, Outcome::Deliver);
+    assert!(verdict.matched[0].shadow);
+    let early = set
+        .check_early(Stage::Mail, &facts("a@remote.test", &[], None))
+        .unwrap();
+    assert_eq!(early.len(), 1, "shadow match reported at MAIL");
+}
+
+#[test]
+fn envelope_rules_refuse_early_unless_an_earlier_final_rule_needs_the_message() {
+    let set = rules(
+        r#"
+        [[rule]]
+        name = "block-sender"
+        when.sender_domain = ["spam.test", "*.spam.test"]
+        action = "reject"
+        [[rule]]
+        name = "no-ghost"
+        when.recipient = "ghost@example.test"
+        action = "tempfail"
+        "#,
+    );
+    let refusal = set
+        .check_early(Stage::Mail, &facts("x@mx.spam.test", &[], None))
+        .unwrap_err();
+    assert_eq!(refusal.rule, "block-sender");
+    assert_eq!(refusal.reply.code, 550);
+    let ghost = rcpts(&["Ghost@example.test"]);
+    let refusal = set
+        .check_early(Stage::Rcpt, &facts("x@ok.test", &ghost, None))
+        .unwrap_err();
+    assert_eq!(
+        (refusal.rule.as_str(), refusal.reply.code),
+        ("no-ghost", 451)
+    );
+    assert!(
+        set.check_early(Stage::Mail, &facts("x@ok.test", &[], None))
+            .is_ok()
+    );
+
+    let guarded = rules(
+        r#"
+        [[rule]]
+        name = "allow-by-subject"
+        when.subject = "urgent"
+        action = "accept"
+        [[rule]]
+        name = "block-sender"
+        when.sender_domain = "spam.test"
+        action = "reject"
+        "#,
+    );
+    assert!(
+        guarded
+            .check_early(Stage::Mail, &facts("x@spam.test", &[], None))
+            .is_ok()
+    );
+}
+
+#[test]
+fn unless_negates_each_condition() {
+    let set = rules(
+        r#"
+        [[rule]]
+        name = "external-tag"
+        unless.sender_domain = "example.test"
+        unless.trusted = true
+        action = "tag"
+        subject_prefix = "[EXT]"
+        "#,
+    );
+    let to = rcpts(&["bob@example.test"]);
+    assert_eq!(
+        set.evaluate(&facts("a@remote.test", &to, None))
+            .matched
+            .len(),
+        1
+    );
+    assert!(
+        set.evaluate(&facts("a@example.test", &to, None))
+            .matched
+            .is_empty()
+    );
+}
+
+#[test]
+fn redirect_replaces_only_the_matched_recipient_and_rewrite_maps_addresses() {
+    let set = rules(
+        r#"
+        [[rule]]
+        name = "retired"
+        when.recipient = "old@example.test"
+        action = "redirect"
+        to = ["new@example.test"]
+        [[rule]]
+        name = "rename-domain"
+        action = "rewrite"
+        sender = [{ from = "/^(.*)@legacy\\.test$/", to = "$1@example.test" }]
+        "#,
+    );
+    let to = rcpts(&["old@example.test", "bob@example.test"]);
+    let verdict = set.evaluate(&facts("carol@legacy.test", &to, None));
+    assert_eq!(
+        verdict.recipients,
+        rcpts(&["new@example.test", "bob@example.test"])
+    );
+    assert_eq!(verdict.sender, "carol@example.test");
+}
+
+#[test]
+fn content_conditions_see_headers_subject_body_and_attachments() {
+    let set = rules(
+        r#"
+        [[rule]]
+        name = "strip-exe"
+        when.attachment_extension = ["exe", ".scr"]
+        action = "strip_attachments"
+        [[rule]]
+        name = "tag-mailer"
+        when.header."X-Mailer" = "/bulk ?mailer/i"
+        when.body = "unsubscribe"
+        action = "tag"
+        add_header = { "X-Bulk" = "yes" }
+        "#,
+    );
+    let raw = b"X-Mailer: Bulk Mailer 2\r\nSubject: hi\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nclick to UNSUBSCRIBE\r\n--B\r\nContent-Type: application/octet-stream; name=a.EXE\r\n\r\nxx\r\n--B--\r\n";
+    let content = Content::analyze(raw, &Limits::default());
+    let to = rcpts(&["bob@example.test"]);
+    let verdict = set.evaluate(&facts("a@remote.test", &to, Some(&content)));
+    assert_eq!(
+        verdict.summary(),
+        "strip-exe(strip_attachments),tag-mailer(tag)"
+    );
+    assert_eq!(verdict.removals.len(), 1);
+    let out = String::from_utf8(verdict.apply(raw)).unwrap();
+    assert!(out.starts_with("X-Bulk: yes\r\nX-Mailer"), "{out}");
+    assert!(!out.contains("a.EXE\r\n\r\nxx"), "{out}");
+}
+
+#[test]
+fn errors_name_file_line_and_what_to_write() {
+    let cases = [
+        (
+            "[[rule]]\nname = \"a\"\naction = \"bounce\"\n",
+            3,
+            "unknown action 'bounce'",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen.subject = \"/(unclosed/\"\naction = \"reject\"\n",
+            3,
+            "not a valid regex",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\naction = \"reject\"\nreply = \"250 ok\"\n",
+            4,
+            "reply must be",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen.sender_domian = \"x\"\naction = \"reject\"\n",
+            3,
+            "unknown field",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\naction = \"strip_attachments\"\n",
+            3,
+            "needs when.attachment",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\naction = \"redirect\"\n",
+            3,
+            "needs to =",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen.attachment_magic = \"exe2\"\naction = \"reject\"\n",
+            3,
+            "not a known type",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\naction = \"accept\"\n[[rule]]\nname = \"a\"\naction = \"accept\"\n",
+            4,
+            "names must be unique",
+        ),
+    ];
+    for (text, line, words) in cases {
+        let err = RuleSet::from_text("r.toml", text)
+            .err()
+            .unwrap_or_else(|| panic!("{text} compiled"));
+        assert_eq!(err.line, line, "{err}");
+        assert!(err.to_string().contains(words), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!("r.toml:{line}: ")),
+            "{err}"
+        );
+    }
+}
