@@ -30,6 +30,29 @@ enum Command {
     Serve,
     /// Validate the configuration and print the effective settings.
     Check,
+    /// Show what the rules do with a message, stage by stage, and the verdict.
+    TestRules {
+        /// The message file (.eml).
+        message: PathBuf,
+        /// Envelope sender ("" for the null sender).
+        #[arg(long)]
+        from: String,
+        /// Envelope recipient; repeat for more.
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        /// Client address.
+        #[arg(long, default_value = "192.0.2.1")]
+        ip: std::net::IpAddr,
+        /// Client HELO name.
+        #[arg(long, default_value = "client.example")]
+        helo: String,
+        /// As if the client had authenticated.
+        #[arg(long)]
+        authenticated: bool,
+        /// Write the message as it would be delivered to this file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Inspect and manage the mail queue (of a running or a stopped server).
     Queue {
         #[command(subcommand)]
@@ -78,8 +101,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!("recipients.domains.\"{domain}\": {e}"))?;
                 }
             }
+            let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
             print!("{}", config.to_toml());
-            eprintln!("{}: configuration OK", cli.config.display());
+            eprintln!(
+                "{}: configuration OK; {} rule(s) from {}",
+                cli.config.display(),
+                rules.rules().len(),
+                config.rules.path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TestRules {
+            message,
+            from,
+            to,
+            ip,
+            helo,
+            authenticated,
+            output,
+        } => {
+            let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
+            let raw = std::fs::read(&message)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", message.display()))?;
+            let raw = crlf(&raw);
+            let input = mailmoat::rules::trial::TrialInput {
+                client_ip: ip,
+                client_name: None,
+                helo,
+                authenticated,
+                trusted: mailmoat::policy::relay::may_relay(&config, ip, false),
+                sender: from,
+                recipients: to,
+                message: &raw,
+                limits: config.rules.limits(),
+            };
+            let trial = mailmoat::rules::trial::run(&rules, &input);
+            println!(
+                "{} rule(s) from {}",
+                rules.rules().len(),
+                config.rules.path.display()
+            );
+            print!("{}", trial.report(&input));
+            if let (Some(path), Some(delivered)) = (output, &trial.delivered) {
+                std::fs::write(&path, delivered)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                println!("message as delivered written to {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(config),
@@ -102,6 +169,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// Message files saved on Unix end lines with LF; on the wire they are CRLF.
+fn crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut previous = 0u8;
+    for &b in raw {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+    out
 }
 
 fn with_newline(text: &str) -> String {

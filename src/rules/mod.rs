@@ -12,6 +12,7 @@ mod compile;
 pub mod file;
 pub mod pattern;
 mod reload;
+pub mod trial;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -680,11 +681,18 @@ impl RuleSet {
                                 (None, Some(name)) => name.clone(),
                                 (_, None) => "unnamed attachment".into(),
                             };
-                            verdict.removals.push(Removal {
-                                cut: attachment.cut.clone(),
-                                name,
-                                rule: rule.name.clone(),
-                            });
+                            // Two rules may catch the same file: one cut, one note.
+                            if verdict
+                                .removals
+                                .iter()
+                                .all(|r| r.cut != attachment.cut || r.name != name)
+                            {
+                                verdict.removals.push(Removal {
+                                    cut: attachment.cut.clone(),
+                                    name,
+                                    rule: rule.name.clone(),
+                                });
+                            }
                         }
                     }
                     None

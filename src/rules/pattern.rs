@@ -31,6 +31,9 @@ pub enum Pattern {
     Regex(String),
     Exact(String),
     Substring(String),
+    /// `*.example.com` or `*@example.com`: the value ends with this (lower case),
+    /// matched by lookups at each `.` and `@` instead of a regex.
+    Suffix(String),
 }
 
 /// Reads a written pattern. Errors say what is wrong.
@@ -55,6 +58,13 @@ pub fn parse(text: &str, plain: Plain) -> Result<Pattern, String> {
         };
         regex::Regex::new(&regex).map_err(|e| format!("'{text}' is not a valid regex: {e}"))?;
         return Ok(Pattern::Regex(regex));
+    }
+    if plain == Plain::Exact
+        && let Some(suffix) = text.strip_prefix('*')
+        && (suffix.starts_with('.') || suffix.starts_with('@'))
+        && !suffix.contains(['*', '?'])
+    {
+        return Ok(Pattern::Suffix(suffix.to_lowercase()));
     }
     if text.contains('*') || text.contains('?') {
         return Ok(Pattern::Regex(glob_to_regex(text)));
@@ -83,6 +93,7 @@ pub fn glob_to_regex(glob: &str) -> String {
 #[derive(Default)]
 pub struct FieldBuilder {
     exact: HashMap<String, Vec<PatternId>>,
+    suffixes: HashMap<String, Vec<PatternId>>,
     substrings: Vec<(String, PatternId)>,
     regexes: Vec<(String, PatternId)>,
 }
@@ -91,6 +102,7 @@ impl FieldBuilder {
     pub fn add(&mut self, pattern: Pattern, id: PatternId) {
         match pattern {
             Pattern::Exact(value) => self.exact.entry(value).or_default().push(id),
+            Pattern::Suffix(value) => self.suffixes.entry(value).or_default().push(id),
             Pattern::Substring(text) => self.substrings.push((text, id)),
             Pattern::Regex(regex) => self.regexes.push((regex, id)),
         }
@@ -118,6 +130,7 @@ impl FieldBuilder {
         };
         Ok(Field {
             exact: self.exact,
+            suffixes: self.suffixes,
             substrings,
             regexes,
         })
@@ -128,21 +141,33 @@ impl FieldBuilder {
 #[derive(Default)]
 pub struct Field {
     exact: HashMap<String, Vec<PatternId>>,
+    suffixes: HashMap<String, Vec<PatternId>>,
     substrings: Option<(AhoCorasick, Vec<PatternId>)>,
     regexes: Option<(RegexSet, Vec<PatternId>)>,
 }
 
 impl Field {
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.substrings.is_none() && self.regexes.is_none()
+        self.exact.is_empty()
+            && self.suffixes.is_empty()
+            && self.substrings.is_none()
+            && self.regexes.is_none()
     }
 
     /// Adds the ids of every pattern that matches `value` to `hits`.
     pub fn matches(&self, value: &str, hits: &mut Vec<PatternId>) {
-        if !self.exact.is_empty()
-            && let Some(ids) = self.exact.get(&value.to_lowercase())
-        {
-            hits.extend_from_slice(ids);
+        if !self.exact.is_empty() || !self.suffixes.is_empty() {
+            let lower = value.to_lowercase();
+            if let Some(ids) = self.exact.get(&lower) {
+                hits.extend_from_slice(ids);
+            }
+            if !self.suffixes.is_empty() {
+                for (at, _) in lower.match_indices(['.', '@']) {
+                    if let Some(ids) = self.suffixes.get(&lower[at..]) {
+                        hits.extend_from_slice(ids);
+                    }
+                }
+            }
         }
         if let Some((automaton, ids)) = &self.substrings {
             for found in automaton.find_overlapping_iter(value) {
@@ -186,8 +211,22 @@ mod tests {
         ]);
         assert_eq!(hits(&f, "spam.example"), vec![0]);
         assert_eq!(hits(&f, "mx.SPAM.example"), vec![1]);
+        assert_eq!(hits(&f, "a.b.spam.example"), vec![1]);
         assert_eq!(hits(&f, "BULK7.example"), vec![2]);
         assert!(hits(&f, "notspam.example").is_empty());
+    }
+
+    #[test]
+    fn address_suffixes() {
+        let f = field(&[
+            ("*@Spam.example", Plain::Exact),
+            ("*.exe", Plain::Exact),
+            ("a*b", Plain::Exact),
+        ]);
+        assert_eq!(hits(&f, "Bob@spam.EXAMPLE"), vec![0]);
+        assert!(hits(&f, "bob@notspam.example").is_empty());
+        assert_eq!(hits(&f, "invoice.pdf.EXE"), vec![1]);
+        assert_eq!(hits(&f, "a-to-b"), vec![2]);
     }
 
     #[test]

@@ -77,7 +77,9 @@ impl RulesHandle {
                     "rules folder changed"
                 }
             };
-            self.reload_and_log(why);
+            // Compiling thousands of rules takes a while: not on an async worker.
+            let handle = self.clone();
+            let _ = tokio::task::spawn_blocking(move || handle.reload_and_log(why)).await;
         }
     }
 

@@ -346,3 +346,174 @@ async fn the_shipped_example_configuration_starts_a_working_proxy() {
     );
     daemon.terminate();
 }
+
+async fn wait_for_log(config: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = read_log(config);
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_broken_rule_file_is_refused_on_reload_and_the_rules_in_force_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(DataEnd::Strict).await;
+    let (config, addr) = daemon_config(dir.path(), backend.addr, "").await;
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("10-block.toml"),
+        "[[rule]]\nname = \"block-a\"\nwhen.sender_domain = \"a.test\"\naction = \"reject\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, addr).await;
+    let refused = |domain: &'static str| async move {
+        let mut client = Client::connect(addr).await;
+        client.hello().await;
+        client
+            .command(&format!("MAIL FROM:<x@{domain}>"))
+            .await
+            .code
+    };
+    assert_eq!(refused("a.test").await, 550);
+    assert_eq!(refused("b.test").await, 250);
+
+    // A session that starts now keeps these rules to its end.
+    let mut old_session = Client::connect(addr).await;
+    old_session.hello().await;
+
+    std::fs::write(
+        rules.join("20-new.toml"),
+        "[[rule]]\nname = \"block-b\"\nwhen.sender_domian = \"b.test\"\naction = \"reject\"\n",
+    )
+    .unwrap();
+    let log = wait_for_log(&config, "rules not reloaded").await;
+    assert!(
+        log.contains("20-new.toml:3:"),
+        "the error names file and line:\n{log}"
+    );
+    assert_eq!(refused("a.test").await, 550, "the old rule still blocks");
+    assert_eq!(refused("b.test").await, 250);
+
+    std::fs::write(
+        rules.join("20-new.toml"),
+        "[[rule]]\nname = \"block-b\"\nwhen.sender_domain = \"b.test\"\naction = \"reject\"\n",
+    )
+    .unwrap();
+    wait_for_log(&config, "rules reloaded").await;
+    assert_eq!(refused("b.test").await, 550);
+    assert_eq!(refused("a.test").await, 550);
+    old_session.expect("MAIL FROM:<x@b.test>", "250").await;
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn shadow_rule_is_logged_as_would_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(DataEnd::Strict).await;
+    let (config, addr) = daemon_config(dir.path(), backend.addr, "").await;
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/10-watch.toml"),
+        "[[rule]]\nname = \"watch-remote\"\nmode = \"shadow\"\nwhen.subject = \"watched\"\naction = \"reject\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, addr).await;
+    let mut client = Client::connect(addr).await;
+    client.hello().await;
+    let reply = client
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test"],
+            b"Subject: watched\r\n\r\nhi\r\n",
+        )
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0");
+    backend.wait_for(1).await;
+    let log = wait_for_log(&config, "shadow rule would have applied reject").await;
+    assert!(log.contains("watch-remote"), "{log}");
+    daemon.terminate();
+}
+
+#[test]
+fn test_rules_names_the_matching_rules_and_the_verdict() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let delivered = out.path().join("delivered.eml");
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(repo.join("packaging/mailmoat.toml"))
+        .arg("test-rules")
+        .arg(repo.join("rules/tests/exe-attachment.eml"))
+        .args([
+            "--from",
+            "sender@remote.test",
+            "--to",
+            "alice@example.test",
+            "--to",
+            "former.employee@example.test",
+        ])
+        .arg("--output")
+        .arg(&delivered)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("RCPT TO:<alice@example.test>"), "{text}");
+    assert!(
+        text.contains(
+            "strip-executables                DATA  strip_attachments: removes invoice.pdf.exe"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("redirect-retired-mailbox"), "{text}");
+    assert!(text.contains("verdict: deliver; sender <sender@remote.test>; recipients: alice@example.test; 1 attachment(s) removed"), "{text}");
+    let written = std::fs::read_to_string(&delivered).unwrap();
+    assert!(
+        written.contains("[mailmoat removed the attachment \"invoice.pdf.exe\""),
+        "{written}"
+    );
+
+    let spam = Command::new(BIN)
+        .arg("--config")
+        .arg(repo.join("packaging/mailmoat.toml"))
+        .arg("test-rules")
+        .arg(repo.join("rules/tests/known-spammer.eml"))
+        .args(["--from", "x@spammer.invalid", "--to", "alice@example.test"])
+        .output()
+        .unwrap();
+    let text = stdout(&spam);
+    assert!(
+        text.contains("refused by rule reject-known-spammer: 550 5.7.1"),
+        "{text}"
+    );
+    assert!(text.contains("verdict: reject"), "{text}");
+}
+
+#[test]
+fn check_refuses_a_broken_rule_file_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailmoat.toml");
+    std::fs::write(&config, "[relay]\nhosted_domains = [\"example.test\"]\n").unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/10-x.toml"),
+        "[[rule]]\nname = \"x\"\n\naction = \"bounce\"\n",
+    )
+    .unwrap();
+    let output = mailmoat(&config, &["check"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("10-x.toml:4: rule 'x': unknown action 'bounce'"),
+        "{}",
+        stderr(&output)
+    );
+}

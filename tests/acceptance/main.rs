@@ -3,7 +3,9 @@
 
 mod cli;
 mod delivery;
+mod fixtures;
 mod protocol;
 mod recipients;
 mod relay;
+mod rules;
 mod support;

@@ -412,6 +412,15 @@ impl Proxy {
         Proxy::start_in(dir, text).await
     }
 
+    /// Starts a proxy with one rule file (`rules/50-test.toml` in its folder).
+    pub async fn start_with_rules(backend: SocketAddr, relay: &str, rules: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(dir.path().join("rules/50-test.toml"), rules).unwrap();
+        Proxy::start_in(dir, &base_config(backend, relay, "")).await
+    }
+
     pub async fn start_in(dir: tempfile::TempDir, text: &str) -> Proxy {
         let config_path = dir.path().join("mailmoat.toml");
         std::fs::write(&config_path, text).unwrap();
@@ -499,4 +508,47 @@ pub fn sample_message(subject: &str) -> Vec<u8> {
         "x".repeat(900)
     )
     .into_bytes()
+}
+
+/// Base64 with line breaks every 76 characters, as mail programs write it.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out.as_bytes()
+        .chunks(76)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// A zip archive of the given files.
+pub fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    {
+        let mut writer = zip::ZipWriter::new(&mut buffer);
+        for (name, data) in files {
+            writer
+                .start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            writer.write_all(data).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+    buffer.into_inner()
 }
