@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Medians per system and setting from smtp-throughput.sh CSV rows, and mailmoat's
-ratio to Postfix measured in the same run.
+ratio to Postfix: the median of the ratios of runs made back to back (run i of
+mailmoat with run i of Postfix at the same setting), so a slow spell of the shared
+machine counts against both systems alike.
 
 usage: report.py results.csv
 """
@@ -45,6 +47,9 @@ for s, l in settings:
             f"{rss / 1024:.0f}" if rss else "-",
         ]
     if len(systems) > 1 and all(e2e.values()):
-        cells.append(f"{e2e['mailmoat'] / e2e['postfix']:.2f}x")
+        pairs = zip(groups[("mailmoat", s, l)], groups[("postfix", s, l)])
+        ratios = [float(m["e2e_rate"]) / float(p["e2e_rate"]) for m, p in pairs]
+        cells.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.1f}-{max(ratios):.1f})")
     print("| " + " | ".join(cells) + " |")
-print(f"\n{len(rows)} runs; medians; every run checked for loss and duplicates by the harness.")
+print(f"\n{len(rows)} runs; medians (ratio: median of back-to-back pairs, range in brackets);")
+print("every run checked for loss and duplicates by the harness.")

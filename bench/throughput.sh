@@ -6,7 +6,8 @@
 #
 # Builds the release binary, starts mailmoat with a benchmark configuration
 # (127.0.0.1:2535 -> smtp-sink on 127.0.0.1:2536, hosting example.com, spool flushed
-# before every 250 as always), runs the harness at c=1/10/50 with 5 KB and c=50 with
+# before every 250 as always, bench/rules/ doing the checks of the Postfix relay's
+# header_checks and body_checks), runs the harness at c=1/10/50 with 5 KB and c=50 with
 # 100 KB, then does the same with the reference Postfix relay (bench/harness/
 # postfix-relay, 127.0.0.1:2525 -> 2526) and prints medians and ratios. Repetitions
 # are the outer loop, so drifts of a shared machine spread over both systems.
@@ -69,6 +70,8 @@ address = "127.0.0.1:2536"
 path = "queue"
 [store]
 path = "db"
+[rules]
+path = "$REPO/bench/rules"
 [log]
 level = "info"
 CONF
