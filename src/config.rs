@@ -23,6 +23,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub store: StoreConfig,
     pub rules: RulesConfig,
+    pub archive: ArchiveConfig,
     pub log: LogConfig,
 }
 
@@ -306,6 +307,45 @@ impl Default for StoreConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Keep refused, quarantined and discarded mail (on by default).
+    pub enabled: bool,
+    /// The archive folder.
+    pub path: PathBuf,
+    /// Records older than this are removed.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Beyond this many bytes of archived messages, the oldest are removed.
+    pub max_size: u64,
+    /// Reports of archived mail go to this address, through the backend.
+    pub backup_address: Option<String>,
+    /// … and/or to this separate mail server, `host:port`.
+    pub backup_server: Option<String>,
+    /// 0: one report per archived message; else one digest per interval.
+    #[serde(with = "humantime_serde")]
+    pub digest_interval: Duration,
+    /// Secret for the signed release addresses in reports; unset: no release by
+    /// mail.
+    pub release_key: Option<String>,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            enabled: true,
+            path: "quarantine".into(),
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_size: 1024 * 1024 * 1024,
+            backup_address: None,
+            backup_server: None,
+            digest_interval: Duration::ZERO,
+            release_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     /// The folder of rule files (`*.toml`, read in name order).
     pub path: PathBuf,
@@ -484,6 +524,7 @@ impl Config {
         anchor(&mut self.queue.path);
         anchor(&mut self.store.path);
         anchor(&mut self.rules.path);
+        anchor(&mut self.archive.path);
         if let Some(ca) = &mut self.backend.ca_file {
             anchor(ca);
         }
@@ -537,6 +578,25 @@ impl Config {
             return Err((
                 Some("address".into()),
                 "backend.address: give the backend as host:port, such as \"10.0.0.5:25\"".into(),
+            ));
+        }
+        if let Some(address) = self.archive.backup_address.as_deref()
+            && crate::address::Mailbox::parse(address).is_err()
+        {
+            return Err((
+                Some("backup_address".into()),
+                format!(
+                    "archive.backup_address '{address}' is not an address; write one such as quarantine@example.com"
+                ),
+            ));
+        }
+        if let Some(key) = self.archive.release_key.as_deref()
+            && !key.is_empty()
+            && key.len() < 16
+        {
+            return Err((
+                Some("release_key".into()),
+                "archive.release_key is too short; use at least 16 random characters (openssl rand -hex 32)".into(),
             ));
         }
         for (domain, how) in &self.recipients.domains {

@@ -7,7 +7,9 @@
 //! delivery, bounces). [`reply`] holds the decision value they all share.
 
 pub mod address;
+pub mod archive;
 pub mod config;
+pub mod control;
 pub mod logging;
 pub mod mime;
 pub mod policy;

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use mailmoat::archive::admin::QuarantineCommand;
 use mailmoat::config::Config;
-use mailmoat::queue::admin::{AdminCommand, AdminReply, execute, send_control};
+use mailmoat::control::Request;
+use mailmoat::queue::admin::{AdminCommand, AdminReply, execute};
 use mailmoat::queue::spool::Spool;
 
 #[derive(Parser)]
@@ -57,6 +59,46 @@ enum Command {
     Queue {
         #[command(subcommand)]
         action: QueueAction,
+    },
+    /// Review refused, quarantined and discarded mail in the archive; release it.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// List archived items, oldest first.
+    List {
+        /// Only items since this long ago ("2h", "3days") or this date (2026-11-22).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only items refused by this rule or check (part of its name).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only items from this sender (part of the address).
+        #[arg(long)]
+        sender: Option<String>,
+        /// Only items to this recipient (part of the address).
+        #[arg(long)]
+        recipient: Option<String>,
+    },
+    /// The record, the headers and the parts of an item.
+    Show { id: String },
+    /// Deliver an item to its recipients, skipping only the rule that caught it.
+    Release {
+        id: String,
+        /// Release to this recipient only; repeat for more.
+        #[arg(long = "rcpt")]
+        rcpts: Vec<String>,
+    },
+    /// Remove an item for good.
+    Delete { id: String },
+    /// Remove every item older than this ("30days").
+    Purge {
+        #[arg(long)]
+        older_than: String,
     },
 }
 
@@ -150,6 +192,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(config),
+        Command::Quarantine { action } => {
+            let command = match action {
+                QuarantineAction::List {
+                    since,
+                    rule,
+                    sender,
+                    recipient,
+                } => QuarantineCommand::List {
+                    since: since.as_deref().map(parse_since).transpose()?,
+                    rule,
+                    sender,
+                    recipient,
+                },
+                QuarantineAction::Show { id } => QuarantineCommand::Show { id },
+                QuarantineAction::Release { id, rcpts } => QuarantineCommand::Release {
+                    id,
+                    rcpts,
+                    by: format!(
+                        "admin ({})",
+                        std::env::var("USER").unwrap_or_else(|_| "unknown user".into())
+                    ),
+                },
+                QuarantineAction::Delete { id } => QuarantineCommand::Delete { id },
+                QuarantineAction::Purge { older_than } => QuarantineCommand::Purge {
+                    older_than_secs: humantime::parse_duration(&older_than)
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "--older-than {older_than}: {e} (write \"30days\", \"12h\")"
+                            )
+                        })?
+                        .as_secs(),
+                },
+            };
+            let reply = control_request(&config, Request::Quarantine(command))?;
+            if reply.ok {
+                print!("{}", with_newline(&reply.text));
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprint!("mailmoat: {}", with_newline(&reply.text));
+                Ok(ExitCode::from(1))
+            }
+        }
         Command::Queue { action } => {
             let command = match action {
                 QueueAction::List => AdminCommand::List,
@@ -159,7 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueAction::Release { id } => AdminCommand::Release(id),
                 QueueAction::Flush => AdminCommand::Flush,
             };
-            let reply = queue_command(&config, &command)?;
+            let reply = control_request(&config, Request::Queue(command))?;
             if reply.ok {
                 print!("{}", with_newline(&reply.text));
                 Ok(ExitCode::SUCCESS)
@@ -193,19 +277,39 @@ fn with_newline(text: &str) -> String {
     }
 }
 
-/// Runs a queue command offline when no server holds the spool, else through the
-/// running server's control socket.
-fn queue_command(config: &Config, command: &AdminCommand) -> anyhow::Result<AdminReply> {
-    let spool = Spool::existing(&config.queue.path)?;
-    if let Some(_lock) = spool.try_lock()? {
-        return Ok(execute(&spool, None, command));
+/// `--since`: a duration ago ("2h") or a date ("2026-11-22"), as unix seconds.
+fn parse_since(text: &str) -> anyhow::Result<u64> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(mailmoat::archive::unix_now().saturating_sub(ago.as_secs()));
     }
-    let socket = spool.control_socket();
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .unwrap_or_default()
+                .and_utc()
+                .timestamp() as u64
+        })
+        .map_err(|_| {
+            anyhow::anyhow!("--since {text}: write a time ago (\"2h\") or a date (2026-11-22)")
+        })
+}
+
+/// Runs a command offline when no server holds the spool, else through the
+/// running server's control socket.
+fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminReply> {
+    let spool = Spool::existing(&config.queue.path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let Some(_lock) = spool.try_lock()? {
+        return match request {
+            Request::Queue(command) => Ok(execute(&spool, None, &command)),
+            Request::Quarantine(command) => runtime.block_on(offline_quarantine(config, &command)),
+        };
+    }
+    let socket = spool.control_socket();
     runtime
-        .block_on(send_control(&socket, command))
+        .block_on(mailmoat::control::send(&socket, &request))
         .map_err(|e| {
             anyhow::anyhow!(
                 "the queue {} is locked by a running mailmoat, which does not answer on {}: {e}",
@@ -213,6 +317,29 @@ fn queue_command(config: &Config, command: &AdminCommand) -> anyhow::Result<Admi
                 socket.display()
             )
         })
+}
+
+/// The archive of a stopped server: opened here, with its rules and queue.
+async fn offline_quarantine(
+    config: &Config,
+    command: &QuarantineCommand,
+) -> anyhow::Result<AdminReply> {
+    let store = mailmoat::store::Store::open(&config.store.path)?;
+    let archive = mailmoat::archive::Archive::open(
+        &config.archive,
+        store.tree("archive")?,
+        &config.server.hostname,
+    )?;
+    let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
+    let queue = mailmoat::queue::Queue::new(Spool::open(&config.queue.path)?, config.queue.flush)?;
+    Ok(mailmoat::archive::admin::execute(
+        &archive,
+        &rules,
+        &queue,
+        &config.server.hostname,
+        command,
+    )
+    .await)
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {

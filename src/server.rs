@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::policy::recipients::RecipientValidator;
 use crate::queue::Queue;
-use crate::queue::admin::serve_control;
 use crate::queue::delivery::Delivery;
 use crate::queue::spool::Spool;
 use crate::smtp::listener::{ConnectionLimits, accept_loop};
@@ -31,7 +30,8 @@ pub struct Server {
     listeners: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     control: Option<JoinHandle<()>>,
-    rules_watch: JoinHandle<()>,
+    /// Rule reloads, archive retention, digests.
+    background: Vec<JoinHandle<()>>,
     /// Held for the server's lifetime: one server per spool.
     _lock: std::fs::File,
 }
@@ -78,18 +78,38 @@ impl Server {
         );
         tracing::info!(rules = rules.current().rules().len(), dir = %config.rules.path.display(), "rules loaded");
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let rules_watch = tokio::spawn(rules.clone().watch(hangup));
+        let mut background = vec![tokio::spawn(rules.clone().watch(hangup))];
         let delivery = Arc::new(Delivery::new(config.clone(), queue.clone())?);
         let workers = delivery.spawn_workers(config.queue.delivery_workers);
 
+        let archive = if config.archive.enabled {
+            let archive = Arc::new(crate::archive::Archive::open(
+                &config.archive,
+                store.tree("archive")?,
+                &config.server.hostname,
+            )?);
+            background.push(tokio::spawn(crate::archive::retention_loop(
+                archive.clone(),
+            )));
+            Some(archive)
+        } else {
+            None
+        };
+        let reporter = archive.as_ref().and_then(|a| {
+            crate::archive::report::Reporter::new(a.clone(), queue.clone(), &config.server.hostname)
+        });
+        if let Some(reporter) = &reporter {
+            background.push(tokio::spawn(reporter.clone().digest_loop()));
+        }
+
         let control_path = queue.spool.control_socket();
-        let control = match serve_control(
-            &control_path,
-            queue.spool.clone(),
-            queue.scheduler.clone(),
-        )
-        .await
-        {
+        let context = Arc::new(crate::control::Context {
+            queue: queue.clone(),
+            archive: archive.clone(),
+            rules: rules.clone(),
+            hostname: config.server.hostname.clone(),
+        });
+        let control = match crate::control::serve(&control_path, context).await {
             Ok(handle) => Some(handle),
             Err(e) => {
                 tracing::warn!(path = %control_path.display(), error = %e, "no control socket; `mailmoat queue` will not reach this server");
@@ -103,6 +123,8 @@ impl Server {
             queue: queue.clone(),
             recipients,
             rules,
+            archive,
+            reporter,
             shutdown: shutdown_rx.clone(),
         });
         let limits = ConnectionLimits::new(
@@ -133,7 +155,7 @@ impl Server {
             listeners,
             workers,
             control,
-            rules_watch,
+            background,
             _lock: lock,
         })
     }
@@ -153,7 +175,9 @@ impl Server {
         {
             tracing::warn!("sessions still open after the shutdown grace period");
         }
-        self.rules_watch.abort();
+        for task in &self.background {
+            task.abort();
+        }
         self.queue.scheduler.stop();
         for worker in self.workers {
             let _ = tokio::time::timeout(grace, worker).await;

@@ -8,10 +8,8 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::scheduler::{Scheduler, now_millis};
 use super::spool::{QueueState, Spool, valid_id};
@@ -222,53 +220,4 @@ fn flush(spool: &Spool, scheduler: Option<&Scheduler>) -> io::Result<AdminReply>
     Ok(done(format!(
         "{n} deferred message(s) will be delivered when the server starts"
     )))
-}
-
-/// Serves the control socket of a running server.
-pub async fn serve_control(
-    path: &Path,
-    spool: std::sync::Arc<Spool>,
-    scheduler: std::sync::Arc<Scheduler>,
-) -> io::Result<tokio::task::JoinHandle<()>> {
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let spool = spool.clone();
-            let scheduler = scheduler.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut line = String::new();
-                if BufReader::new(read).read_line(&mut line).await.is_err() {
-                    return;
-                }
-                let reply = match serde_json::from_str::<AdminCommand>(&line) {
-                    Ok(command) => tokio::task::spawn_blocking(move || {
-                        execute(&spool, Some(&scheduler), &command)
-                    })
-                    .await
-                    .unwrap_or_else(|e| failed(e.to_string())),
-                    Err(e) => failed(format!("bad request: {e}")),
-                };
-                let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
-                bytes.push(b'\n');
-                let _ = write.write_all(&bytes).await;
-            });
-        }
-    }))
-}
-
-/// Sends a command to a running server.
-pub async fn send_control(path: &Path, command: &AdminCommand) -> io::Result<AdminReply> {
-    let stream = tokio::net::UnixStream::connect(path).await?;
-    let (read, mut write) = stream.into_split();
-    let mut request = serde_json::to_vec(command)?;
-    request.push(b'\n');
-    write.write_all(&request).await?;
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -106,14 +106,19 @@ impl Delivery {
     }
 
     /// Where mail for this recipient goes.
-    fn target_for(&self, address: &str) -> &Target {
+    fn target_for(&self, envelope: &Envelope, address: &str) -> Target {
+        if let Some(hop) = &envelope.next_hop {
+            let mut target = self.backend.clone();
+            target.address = hop.clone();
+            return target;
+        }
         let hosted = Mailbox::parse(address)
             .ok()
             .and_then(|m| m.domain_name().map(|d| self.config.is_hosted(d)))
             .unwrap_or(false);
         match (&self.relayhost, hosted) {
-            (Some(relayhost), false) => relayhost,
-            _ => &self.backend,
+            (Some(relayhost), false) => relayhost.clone(),
+            _ => self.backend.clone(),
         }
     }
 
@@ -162,16 +167,14 @@ impl Delivery {
         for (i, rcpt) in envelope.recipients.iter().enumerate() {
             if rcpt.status == RecipientStatus::Pending {
                 by_target
-                    .entry(self.target_for(&rcpt.address).address.clone())
+                    .entry(self.target_for(&envelope, &rcpt.address).address)
                     .or_default()
                     .push(i);
             }
         }
         let mut failures = Vec::new();
         for indices in by_target.values() {
-            let target = self
-                .target_for(&envelope.recipients[indices[0]].address)
-                .clone();
+            let target = self.target_for(&envelope, &envelope.recipients[indices[0]].address);
             let outcomes = self.send(&target, &envelope, indices, &message).await;
             for (&i, outcome) in indices.iter().zip(outcomes) {
                 let rcpt = &mut envelope.recipients[i];
@@ -274,6 +277,7 @@ impl Delivery {
             smtputf8: original.smtputf8,
             size: report.len() as u64,
             message_crc32: String::new(),
+            next_hop: None,
             attempts: 0,
             next_attempt: 0,
             recipients: vec![QueuedRecipient {

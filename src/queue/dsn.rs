@@ -110,6 +110,7 @@ mod tests {
             smtputf8: false,
             size: 0,
             message_crc32: String::new(),
+            next_hop: None,
             attempts: 0,
             next_attempt: 0,
             recipients: vec![],

@@ -56,6 +56,10 @@ pub struct Envelope {
     /// CRC-32 of the message file (hex), checked whenever it is read back from disk.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message_crc32: String,
+    /// Where to deliver, `host:port`, instead of routing by domain (reports to
+    /// the backup mail server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<String>,
     /// Delivery attempts so far.
     #[serde(default)]
     pub attempts: u32,
@@ -127,6 +131,7 @@ mod tests {
             smtputf8: false,
             size: 10,
             message_crc32: message_checksum(b"0123456789"),
+            next_hop: None,
             attempts: 2,
             next_attempt: 3,
             recipients: vec![QueuedRecipient {

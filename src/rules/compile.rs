@@ -122,6 +122,7 @@ impl Compiler {
             name: spec.name.clone(),
             description: spec.description.clone(),
             shadow: spec.mode == Mode::Shadow,
+            archive: spec.archive.unwrap_or(true),
             stage,
             gated: when.uses_patterns(),
             when,

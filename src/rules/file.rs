@@ -136,6 +136,9 @@ pub struct RuleSpec {
     pub description: String,
     #[serde(default)]
     pub mode: Mode,
+    /// Keep what this rule refuses, discards or quarantines in the archive
+    /// (default true; false for floods nobody wants to keep).
+    pub archive: Option<bool>,
     #[serde(default)]
     pub when: Conditions,
     /// The rule does not match if any of these holds.

@@ -192,6 +192,8 @@ pub struct Rule {
     pub name: String,
     pub description: String,
     pub shadow: bool,
+    /// What it refuses or keeps back goes to the archive.
+    pub archive: bool,
     pub stage: Stage,
     pub action: Action,
     /// Where it is written.
@@ -247,6 +249,8 @@ pub struct Verdict {
     pub outcome: Outcome,
     /// The rule that made the final decision, if one did.
     pub decided_by: Option<String>,
+    /// Whether the deciding rule wants its catches archived.
+    pub archive: bool,
     pub matched: Vec<Matched>,
     pub sender: String,
     pub recipients: Vec<String>,
@@ -298,6 +302,8 @@ impl Verdict {
 pub struct Refusal {
     pub reply: Reply,
     pub rule: String,
+    /// Whether the rule wants its refusals archived.
+    pub archive: bool,
     /// Shadow rules that matched on the way.
     pub matched: Vec<Matched>,
 }
@@ -570,6 +576,7 @@ impl RuleSet {
                     return Err(Refusal {
                         reply: reply.clone(),
                         rule: rule.name.clone(),
+                        archive: rule.archive,
                         matched,
                     });
                 }
@@ -582,10 +589,17 @@ impl RuleSet {
 
     /// At the end of DATA: every rule, in order, on the whole message.
     pub fn evaluate(&self, facts: &Facts<'_>) -> Verdict {
+        self.evaluate_except(facts, None)
+    }
+
+    /// As [`evaluate`], with one rule left out (a message released from the
+    /// archive skips the rule that caught it, and only that one).
+    pub fn evaluate_except(&self, facts: &Facts<'_>, skip: Option<&str>) -> Verdict {
         let hits = self.hits(facts);
         let mut verdict = Verdict {
             outcome: Outcome::Deliver,
             decided_by: None,
+            archive: true,
             matched: Vec::new(),
             sender: facts.sender.to_string(),
             recipients: Vec::new(),
@@ -598,6 +612,9 @@ impl RuleSet {
         let mut copies: Vec<String> = Vec::new();
         for index in self.candidates(&hits) {
             let rule = &self.rules[index as usize];
+            if skip == Some(rule.name.as_str()) {
+                continue;
+            }
             let Some((matched_rcpts, matched_atts)) = self.matches(rule, facts, &hits) else {
                 continue;
             };
@@ -701,6 +718,7 @@ impl RuleSet {
             if let Some(outcome) = final_outcome {
                 verdict.outcome = outcome;
                 verdict.decided_by = Some(rule.name.clone());
+                verdict.archive = rule.archive;
                 break;
             }
         }

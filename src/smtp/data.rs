@@ -53,8 +53,9 @@ pub struct DataReader {
 pub enum DataOutcome {
     /// A well-formed message within the limits: the unstuffed bytes.
     Message(Vec<u8>),
-    /// Refused; the reply says why.
-    Refused(Reply, Violations),
+    /// Refused; the reply says why. What was read of the message is kept for
+    /// the archive (empty when it was over the size limit).
+    Refused(Reply, Violations, Vec<u8>),
 }
 
 impl DataReader {
@@ -257,7 +258,7 @@ impl DataReader {
             None
         };
         match refusal {
-            Some(reply) => DataOutcome::Refused(reply, v),
+            Some(reply) => DataOutcome::Refused(reply, v, std::mem::take(&mut self.message)),
             None => DataOutcome::Message(std::mem::take(&mut self.message)),
         }
     }
@@ -340,10 +341,10 @@ mod tests {
                 assert_eq!(end, Some(input.len()), "{fake:?} {mode:?} ended early");
                 let nul = fake.contains(&0);
                 match (mode, outcome) {
-                    (BareLineEndings::Reject, DataOutcome::Refused(reply, _)) => {
+                    (BareLineEndings::Reject, DataOutcome::Refused(reply, _, _)) => {
                         assert_eq!((reply.code, reply.status.as_str()), (500, "5.5.2"));
                     }
-                    (BareLineEndings::Normalize, DataOutcome::Refused(reply, _)) if nul => {
+                    (BareLineEndings::Normalize, DataOutcome::Refused(reply, _, _)) if nul => {
                         assert_eq!(reply.code, 500);
                     }
                     (BareLineEndings::Normalize, DataOutcome::Message(m)) => {
@@ -363,7 +364,7 @@ mod tests {
         let input = b"0123456789\r\n0123456789\r\n.\r\n";
         assert_eq!(reader.feed(input), Some(input.len()));
         match reader.finish() {
-            DataOutcome::Refused(reply, v) => {
+            DataOutcome::Refused(reply, v, _) => {
                 assert_eq!((reply.code, reply.status.as_str()), (552, "5.3.4"));
                 assert!(v.oversize);
             }
@@ -380,7 +381,7 @@ mod tests {
         ));
         let over = [vec![b'a'; 999], b"\r\n.\r\n".to_vec()].concat();
         match read(&over, BareLineEndings::Reject).1 {
-            DataOutcome::Refused(reply, v) => {
+            DataOutcome::Refused(reply, v, _) => {
                 assert_eq!(reply.code, 500);
                 assert_eq!(v.long_lines, 1);
             }

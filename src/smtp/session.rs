@@ -12,6 +12,7 @@ use super::command::{self, Command, MailParams};
 use super::connection::{Connection, Line, ReadError};
 use super::data::{DataOutcome, DataReader};
 use crate::address::Path;
+use crate::archive::{Record, Stage as ArchiveStage};
 use crate::config::Config;
 use crate::policy::recipients::{RecipientValidator, unix_now};
 use crate::policy::relay::{self, Destination};
@@ -27,6 +28,10 @@ pub struct Shared {
     pub queue: Arc<Queue>,
     pub recipients: Arc<RecipientValidator>,
     pub rules: Arc<RulesHandle>,
+    /// Where refused mail is kept; None when the archive is off.
+    pub archive: Option<Arc<crate::archive::Archive>>,
+    /// Sends reports of archived mail to the backup mailbox.
+    pub reporter: Option<Arc<crate::archive::report::Reporter>>,
     /// Turns true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -36,6 +41,8 @@ struct Transaction {
     sender: Path,
     params: MailParams,
     recipients: Vec<Destination>,
+    /// Archive items this message asks to release (`release+ID.SIG@hostname`).
+    releases: Vec<String>,
 }
 
 struct Session {
@@ -54,6 +61,43 @@ struct Session {
     junk: usize,
     accepted: usize,
     refused: usize,
+}
+
+/// What goes into the archive about one refusal.
+struct Kept<'a> {
+    stage: ArchiveStage,
+    /// The queue id the client saw, for a message; a new id otherwise.
+    id: Option<&'a str>,
+    /// reject, tempfail, discard or quarantine.
+    outcome: &'a str,
+    decision: &'a Decision,
+    sender: &'a str,
+    recipients: Vec<String>,
+    message: Option<Vec<u8>>,
+}
+
+impl<'a> Kept<'a> {
+    /// A refusal during the dialogue: no message.
+    fn dialogue(
+        stage: ArchiveStage,
+        decision: &'a Decision,
+        sender: &'a str,
+        recipients: Vec<String>,
+    ) -> Self {
+        Kept {
+            stage,
+            id: None,
+            outcome: if decision.reply.is_transient() {
+                "tempfail"
+            } else {
+                "reject"
+            },
+            decision,
+            sender,
+            recipients,
+            message: None,
+        }
+    }
 }
 
 /// Whether the session goes on after a command.
@@ -199,7 +243,7 @@ impl Session {
         match command {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Helo(name) => self.hello(name, false),
-            Command::Mail { path, params } => self.mail(&path, params),
+            Command::Mail { path, params } => self.mail(&path, params).await,
             Command::Rcpt { path } => self.rcpt(&path).await,
             Command::Data => return self.data().await,
             Command::Rset => {
@@ -263,7 +307,7 @@ impl Session {
         self.conn.reply(&Reply::plain(250, lines));
     }
 
-    fn mail(&mut self, raw: &str, params: MailParams) {
+    async fn mail(&mut self, raw: &str, params: MailParams) {
         if self.helo.is_none() {
             self.errors += 1;
             return self.reply(503, "5.5.1", "Error: send HELO/EHLO first");
@@ -308,7 +352,17 @@ impl Session {
                     "sender refused by rule",
                 );
                 self.refused += 1;
-                self.log_refusal_of("sender", &address, &address, &decision);
+                self.log_refusal_of("sender", &address, "", &decision);
+                if refusal.archive {
+                    let _ = self
+                        .archive(Kept::dialogue(
+                            ArchiveStage::Mail,
+                            &decision,
+                            &address,
+                            Vec::new(),
+                        ))
+                        .await;
+                }
                 return self.conn.reply(&decision.reply);
             }
         }
@@ -316,6 +370,7 @@ impl Session {
             sender,
             params,
             recipients: Vec::new(),
+            releases: Vec::new(),
         });
         self.reply(250, "2.1.0", "Ok");
     }
@@ -335,6 +390,13 @@ impl Session {
                 format!("<{raw}>: non-ASCII address requires SMTPUTF8"),
             );
         }
+        if let Some(archive) = self.shared.archive.clone()
+            && let Ok(crate::address::Path::Mailbox(mailbox)) = crate::address::Path::parse(raw)
+            && let Some(domain) = mailbox.domain_name()
+            && archive.is_release_address(&mailbox.local_unquoted, domain)
+        {
+            return self.release_request(&archive, &mailbox.local_unquoted, raw);
+        }
         let decided = match relay::decide(&self.shared.config, raw, self.may_relay) {
             Ok(Destination::Hosted(mailbox)) => self
                 .shared
@@ -344,27 +406,34 @@ impl Session {
                 .map(|()| Destination::Hosted(mailbox)),
             other => other,
         };
-        let decided = decided.and_then(|destination| {
-            let sender = transaction.sender.to_string();
-            let recipient = [destination.mailbox().to_string()];
-            match self
-                .rules
-                .check_early(Stage::Rcpt, &self.facts(&sender, &recipient))
-            {
-                Ok(shadow) => {
-                    self.log_shadow(&shadow);
-                    Ok(destination)
+        let decided = decided
+            .map_err(|decision| (decision, true))
+            .and_then(|destination| {
+                let sender = transaction.sender.to_string();
+                let recipient = [destination.mailbox().to_string()];
+                match self
+                    .rules
+                    .check_early(Stage::Rcpt, &self.facts(&sender, &recipient))
+                {
+                    Ok(shadow) => {
+                        self.log_shadow(&shadow);
+                        Ok(destination)
+                    }
+                    Err(refusal) => {
+                        self.log_shadow(&refusal.matched);
+                        let decision = Decision::new(
+                            &format!("rule:{}", refusal.rule),
+                            refusal.reply,
+                            "recipient refused by rule",
+                        );
+                        Err((decision, refusal.archive))
+                    }
                 }
-                Err(refusal) => {
-                    self.log_shadow(&refusal.matched);
-                    Err(Decision::new(
-                        &format!("rule:{}", refusal.rule),
-                        refusal.reply,
-                        "recipient refused by rule",
-                    ))
-                }
-            }
-        });
+            });
+        let decided = match decided {
+            Ok(destination) => Ok(destination),
+            Err((decision, archive)) => Err((decision, archive)),
+        };
         match decided {
             Ok(destination) => {
                 if let Some(transaction) = &mut self.transaction {
@@ -372,10 +441,99 @@ impl Session {
                 }
                 self.reply(250, "2.1.5", "Ok");
             }
-            Err(decision) => {
+            Err((decision, archive)) => {
                 self.refused += 1;
                 self.log_refusal(raw, &decision);
+                if archive {
+                    let sender = self
+                        .transaction
+                        .as_ref()
+                        .map(|t| t.sender.to_string())
+                        .unwrap_or_default();
+                    let _ = self
+                        .archive(Kept::dialogue(
+                            ArchiveStage::Rcpt,
+                            &decision,
+                            &sender,
+                            vec![raw.to_string()],
+                        ))
+                        .await;
+                }
                 self.conn.reply(&decision.reply);
+            }
+        }
+    }
+
+    /// `RCPT TO:<release+ID.SIG@hostname>`: a reviewer releasing an archived item
+    /// from the backup mailbox. Only trusted or authenticated clients, only with
+    /// the right signature; the release itself happens at the end of DATA.
+    fn release_request(&mut self, archive: &crate::archive::Archive, local: &str, raw: &str) {
+        if !self.may_relay {
+            self.refused += 1;
+            return self.reply(
+                550,
+                "5.7.1",
+                format!(
+                    "<{raw}>: release requests are taken only from trusted or authenticated clients"
+                ),
+            );
+        }
+        let Some(id) = archive.verify_release(local) else {
+            self.refused += 1;
+            tracing::warn!(client = %self.client_ip, recipient = raw, "release address with a wrong signature");
+            return self.reply(
+                550,
+                "5.7.1",
+                format!("<{raw}>: not a valid release address"),
+            );
+        };
+        if let Some(transaction) = &mut self.transaction {
+            transaction.releases.push(id);
+        }
+        self.reply(250, "2.1.5", "Ok: release request");
+    }
+
+    /// Keeps a refusal in the archive and reports it to the backup mailbox. An
+    /// error means a message could not be kept: the caller answers 4xx instead.
+    async fn archive(&mut self, kept: Kept<'_>) -> std::io::Result<()> {
+        let Some(archive) = self.shared.archive.clone() else {
+            return Ok(());
+        };
+        let record = Record {
+            id: kept.id.map_or_else(new_id, str::to_string),
+            time: unix_now(),
+            stage: kept.stage,
+            client_ip: self.client_ip.to_string(),
+            client_name: None,
+            helo: self.helo.clone().unwrap_or_default(),
+            authenticated: false,
+            sender: kept.sender.to_string(),
+            recipients: kept.recipients,
+            size: kept.message.as_ref().map_or(0, |m| m.len() as u64),
+            outcome: kept.outcome.to_string(),
+            rule: kept.decision.check.clone(),
+            reason: kept.decision.reason.clone(),
+            reply: kept.decision.reply.to_string(),
+            has_message: kept.message.is_some(),
+            released: None,
+        };
+        let message = kept.message;
+        let writer = record.clone();
+        let kept = tokio::task::spawn_blocking(move || {
+            archive.keep(&writer, message.as_deref()).map(|()| message)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        match kept {
+            Ok(message) => {
+                if let Some(reporter) = self.shared.reporter.clone() {
+                    reporter.report(&record, message.as_deref()).await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(archive_id = %record.id, error = %e, "cannot keep a copy in the archive");
+                Err(e)
             }
         }
     }
@@ -440,13 +598,14 @@ impl Session {
             self.reply(503, "5.5.1", "Error: need MAIL command");
             return Flow::Continue;
         };
-        if transaction.recipients.is_empty() {
+        if transaction.recipients.is_empty() && transaction.releases.is_empty() {
             self.reply(554, "5.5.1", "Error: no valid recipients");
             return Flow::Continue;
         }
         let config = self.shared.config.clone();
         let id = new_id();
         let received = self.received_header(&id, &transaction);
+        let received_len = received.len();
         self.reply(354, "", "End data with <CR><LF>.<CR><LF>");
         let mut reader = DataReader::new(
             config.limits.line_length_limit,
@@ -478,26 +637,82 @@ impl Session {
         let size = reader.size();
         let message = match reader.finish() {
             DataOutcome::Message(message) => message,
-            DataOutcome::Refused(reply, violations) => {
+            DataOutcome::Refused(reply, violations, read) => {
                 self.errors += 1;
                 self.refused += 1;
-                self.log_message(&id, &transaction, "reject", &reply, size);
                 tracing::debug!(queue_id = %id, ?violations, "framing violations");
+                let decision = Decision::new("framing", reply, format!("{violations:?}"));
+                let reply = self
+                    .keep_refused(&id, "reject", &decision, &transaction, &read, received_len)
+                    .await;
+                self.log_message(&id, &transaction, "reject", &reply, size);
                 self.conn.reply(&reply);
                 return Flow::Continue;
             }
         };
-        self.finish_message(&id, transaction, message, size).await;
+        let released = release_all(self.shared.clone(), self.client_ip, &transaction).await;
+        if transaction.recipients.is_empty() {
+            // Only release requests: the message itself carried nothing to deliver.
+            let reply = match released {
+                Ok(text) => Reply::new(250, "2.0.0", text),
+                Err(text) => Reply::new(550, "5.7.1", text),
+            };
+            self.conn.reply(&reply);
+            return Flow::Continue;
+        }
+        self.finish_message(&id, transaction, message, size, received_len)
+            .await;
         Flow::Continue
     }
 
-    /// The end of DATA: the rules' verdict, then queue, hold, discard or refuse.
+    /// Keeps a refused message in the archive; the reply to give: the refusal, or a
+    /// temporary failure when no copy could be kept (so nothing is lost).
+    async fn keep_refused(
+        &mut self,
+        id: &str,
+        outcome: &str,
+        decision: &Decision,
+        transaction: &Transaction,
+        message: &[u8],
+        received_len: usize,
+    ) -> Reply {
+        // The archive keeps the message as the client sent it, without our trace line.
+        let original = message
+            .get(received_len..)
+            .map(<[u8]>::to_vec)
+            .filter(|m| !m.is_empty());
+        let sender = transaction.sender.to_string();
+        let kept = Kept {
+            stage: ArchiveStage::Data,
+            id: Some(id),
+            outcome,
+            decision,
+            sender: &sender,
+            recipients: transaction
+                .recipients
+                .iter()
+                .map(|d| d.mailbox().to_string())
+                .collect(),
+            message: original,
+        };
+        match self.archive(kept).await {
+            Ok(()) => decision.reply.clone(),
+            Err(_) => Reply::new(
+                451,
+                "4.3.0",
+                "Error: cannot keep a copy of this message; try again later",
+            ),
+        }
+    }
+
+    /// The end of DATA: the rules' verdict, then queue, archive, discard or refuse.
     async fn finish_message(
         &mut self,
         id: &str,
         transaction: Transaction,
         message: Vec<u8>,
         size: usize,
+        received_len: usize,
     ) {
         let sender = transaction.sender.to_string();
         let recipients: Vec<String> = transaction
@@ -513,10 +728,52 @@ impl Session {
         facts.size = size;
         facts.content = content.as_ref();
         let verdict = self.rules.evaluate(&facts);
+        drop(content);
         self.log_shadow(&verdict.matched);
         let decided_by = verdict.decided_by.clone().unwrap_or_default();
-        let (message, envelope) =
-            if verdict.outcome == Outcome::Deliver || verdict.outcome == Outcome::Quarantine {
+        let archived = self.shared.archive.is_some() && verdict.archive;
+        let rule = format!("rule:{decided_by}");
+        let queued_reply = Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
+        let (result, reply) = match &verdict.outcome {
+            Outcome::Reject(refusal) | Outcome::Tempfail(refusal) => {
+                self.refused += 1;
+                let outcome = if refusal.is_transient() {
+                    "tempfail"
+                } else {
+                    "reject"
+                };
+                let decision = Decision::new(&rule, refusal.clone(), "refused by rule");
+                let reply = if archived {
+                    self.keep_refused(id, outcome, &decision, &transaction, &message, received_len)
+                        .await
+                } else {
+                    refusal.clone()
+                };
+                (outcome, reply)
+            }
+            // The client is told what it would be told for any accepted message.
+            Outcome::Discard | Outcome::Quarantine if archived => {
+                let outcome = if verdict.outcome == Outcome::Discard {
+                    "discard"
+                } else {
+                    "quarantine"
+                };
+                let decision =
+                    Decision::new(&rule, queued_reply.clone(), format!("{outcome} by rule"));
+                let reply = self
+                    .keep_refused(id, outcome, &decision, &transaction, &message, received_len)
+                    .await;
+                if reply.is_positive() {
+                    self.accepted += 1;
+                }
+                (outcome, reply)
+            }
+            Outcome::Discard => {
+                self.accepted += 1;
+                ("discard", queued_reply)
+            }
+            Outcome::Deliver | Outcome::Quarantine => {
+                let held = verdict.outcome == Outcome::Quarantine;
                 let changed = if verdict.changes_message() {
                     verdict.apply(&message)
                 } else {
@@ -533,38 +790,16 @@ impl Session {
                         last_reply: String::new(),
                     })
                     .collect();
-                (changed, Some(envelope))
-            } else {
-                (message, None)
-            };
-        let (result, reply) = match (&verdict.outcome, envelope) {
-            (Outcome::Reject(reply), _) | (Outcome::Tempfail(reply), _) => {
-                self.refused += 1;
-                ("reject", reply.clone())
-            }
-            (Outcome::Discard, _) => {
-                // The client is told what it would be told for any accepted message.
-                self.accepted += 1;
-                (
-                    "discard",
-                    Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
-                )
-            }
-            (outcome, Some(envelope)) => {
-                let held = *outcome == Outcome::Quarantine;
+                // Without an archive, quarantine is the queue's hold folder.
                 let queued = if held {
-                    self.shared.queue.enqueue_held(envelope, message).await
+                    self.shared.queue.enqueue_held(envelope, changed).await
                 } else {
-                    self.shared.queue.enqueue(envelope, message).await
+                    self.shared.queue.enqueue(envelope, changed).await
                 };
                 match queued {
                     Ok(()) => {
                         self.accepted += 1;
-                        let result = if held { "quarantine" } else { "queued" };
-                        (
-                            result,
-                            Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
-                        )
+                        (if held { "quarantine" } else { "queued" }, queued_reply)
                     }
                     Err(e) => {
                         tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
@@ -578,9 +813,6 @@ impl Session {
                         )
                     }
                 }
-            }
-            (_, None) => {
-                unreachable!("an envelope is made for every outcome that keeps the message")
             }
         };
         tracing::info!(
@@ -641,6 +873,7 @@ impl Session {
             smtputf8: t.params.smtputf8,
             size: size as u64,
             message_crc32: String::new(),
+            next_hop: None,
             attempts: 0,
             next_attempt: 0,
             recipients,
@@ -669,4 +902,40 @@ impl Session {
         header.push_str(&format!("; {}\r\n", chrono::Utc::now().to_rfc2822()));
         header.into_bytes()
     }
+}
+
+/// Releases the archive items a message asked for; the text says what happened.
+/// (A free function: a session holds its connection, which is not `Sync`.)
+async fn release_all(
+    shared: Arc<Shared>,
+    client_ip: IpAddr,
+    transaction: &Transaction,
+) -> Result<String, String> {
+    let Some(archive) = &shared.archive else {
+        return Ok(String::new());
+    };
+    let mut done = Vec::new();
+    for id in &transaction.releases {
+        let by = format!("mail from {client_ip} <{}>", transaction.sender);
+        let rules = shared.rules.current();
+        let hostname = &shared.config.server.hostname;
+        match crate::archive::release::release(
+            archive,
+            &rules,
+            &shared.queue,
+            hostname,
+            id,
+            &[],
+            &by,
+        )
+        .await
+        {
+            Ok(queue_id) => done.push(format!("Released {id} (queued as {queue_id})")),
+            Err(e) => {
+                tracing::info!(client = %client_ip, archive_id = %id, error = %e, "release by mail refused");
+                return Err(e);
+            }
+        }
+    }
+    Ok(done.join("; "))
 }

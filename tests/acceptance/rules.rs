@@ -194,16 +194,26 @@ async fn each_action_does_what_it_says() {
         text.contains("X-Rewritten: 1\r\n") && !text.contains("X-Internal"),
         "{text}"
     );
-    // discard and quarantine: nothing at the backend; the quarantined one waits on hold.
+    // discard and quarantine: nothing at the backend; both kept in the archive,
+    // with the message refused for its body, as the client sent them.
     assert!(by_subject("discard me").is_none());
     assert!(by_subject("quarantine me").is_none());
-    let held = proxy.queue_files("hold");
-    assert_eq!(held.len(), 2, "{held:?}");
-    let envelope = std::fs::read_to_string(proxy.queue_dir().join("hold").join(&held[0])).unwrap();
+    let archived: Vec<String> = list_files(&proxy.dir.path().join("quarantine"))
+        .into_iter()
+        .map(|f| std::fs::read_to_string(proxy.dir.path().join("quarantine").join(f)).unwrap())
+        .collect();
+    assert_eq!(archived.len(), 3, "{archived:?}");
+    for subject in ["discard me", "quarantine me", "Subject: x"] {
+        assert!(
+            archived.iter().any(|m| m.contains(subject)),
+            "{subject} not archived"
+        );
+    }
     assert!(
-        envelope.contains("bob") || envelope.contains("alice"),
-        "{envelope}"
+        archived.iter().all(|m| m.starts_with("From: <")),
+        "kept without mailmoat's Received line"
     );
+    assert!(proxy.queue_files("hold").is_empty());
 }
 
 #[tokio::test]

@@ -1,0 +1,187 @@
+//! `mailmoat quarantine list|show|release|delete|purge`: the administrator's view
+//! of the archive. Runs inside a running server (through the control socket) or on
+//! the archive of a stopped one.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Archive, Record, unix_now};
+use crate::queue::Queue;
+use crate::queue::admin::AdminReply;
+use crate::rules::RuleSet;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum QuarantineCommand {
+    List {
+        /// Unix seconds.
+        since: Option<u64>,
+        rule: Option<String>,
+        sender: Option<String>,
+        recipient: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Release {
+        id: String,
+        rcpts: Vec<String>,
+        by: String,
+    },
+    Delete {
+        id: String,
+    },
+    Purge {
+        older_than_secs: u64,
+    },
+}
+
+fn reply(ok: bool, text: impl Into<String>) -> AdminReply {
+    AdminReply {
+        ok,
+        text: text.into(),
+    }
+}
+
+fn matches(record: &Record, command: &QuarantineCommand) -> bool {
+    let QuarantineCommand::List {
+        since,
+        rule,
+        sender,
+        recipient,
+    } = command
+    else {
+        return true;
+    };
+    let contains = |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
+    since.is_none_or(|t| record.time >= t)
+        && rule.as_deref().is_none_or(|r| contains(&record.rule, r))
+        && sender
+            .as_deref()
+            .is_none_or(|s| contains(&record.sender, s))
+        && recipient
+            .as_deref()
+            .is_none_or(|r| record.recipients.iter().any(|x| contains(x, r)))
+}
+
+pub async fn execute(
+    archive: &Archive,
+    rules: &RuleSet,
+    queue: &Queue,
+    hostname: &str,
+    command: &QuarantineCommand,
+) -> AdminReply {
+    match command {
+        QuarantineCommand::List { .. } => {
+            let mut out = String::new();
+            let _ = writeln!(
+                out,
+                "{:<17} {:<19} {:<10} {:<28} Sender -> Recipients",
+                "Archive ID", "Time", "Outcome", "Rule/check"
+            );
+            let mut count = 0;
+            for record in archive.records().filter(|r| matches(r, command)) {
+                count += 1;
+                let time = chrono::DateTime::from_timestamp(record.time as i64, 0)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default();
+                let sender = if record.sender.is_empty() {
+                    "<>"
+                } else {
+                    &record.sender
+                };
+                let note = match (&record.released, record.has_message) {
+                    (Some(r), _) => format!("  [released to {}]", r.recipients.join(", ")),
+                    (None, true) => "  [message kept]".into(),
+                    (None, false) => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<17} {:<19} {:<10} {:<28} {} -> {}{}",
+                    record.id,
+                    time,
+                    record.outcome,
+                    record.rule,
+                    sender,
+                    record.recipients.join(", "),
+                    note
+                );
+            }
+            if count == 0 {
+                return reply(true, "The archive holds nothing that matches");
+            }
+            let _ = writeln!(out, "-- {count} item(s)");
+            reply(true, out)
+        }
+        QuarantineCommand::Show { id } => {
+            let Some(record) = archive.record(id) else {
+                return reply(false, format!("{id}: no such item in the archive"));
+            };
+            let mut out = format!("# {id}\n");
+            out.push_str(&toml::to_string(&record).unwrap_or_default());
+            if let Some(address) = record
+                .has_message
+                .then(|| archive.release_address(id))
+                .flatten()
+            {
+                let _ = writeln!(out, "release_address = \"{address}\"");
+            }
+            if record.has_message {
+                match archive.message(id) {
+                    Ok(message) => {
+                        let content = crate::mime::Content::analyze(&message, &Default::default());
+                        out.push_str("\n# headers\n");
+                        out.push_str(&String::from_utf8_lossy(
+                            &message[..crate::mime::edit::header_end(&message)],
+                        ));
+                        out.push_str("# parts\n");
+                        for attachment in &content.attachments {
+                            let _ = writeln!(
+                                out,
+                                "attachment {:?} type {} magic {}{}",
+                                attachment.names,
+                                attachment.declared_type,
+                                attachment.sniffed.unwrap_or("-"),
+                                attachment
+                                    .inside
+                                    .as_deref()
+                                    .map(|a| format!(" inside {a}"))
+                                    .unwrap_or_default()
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "(message file unreadable: {e})");
+                    }
+                }
+            }
+            reply(true, out)
+        }
+        QuarantineCommand::Release { id, rcpts, by } => {
+            match super::release::release(archive, rules, queue, hostname, id, rcpts, by).await {
+                Ok(queue_id) => reply(true, format!("{id}: released, queued as {queue_id}")),
+                Err(e) => reply(false, e),
+            }
+        }
+        QuarantineCommand::Delete { id } => match archive.delete(id) {
+            Ok(true) => reply(true, format!("{id}: deleted")),
+            Ok(false) => reply(false, format!("{id}: no such item in the archive")),
+            Err(e) => reply(false, format!("{id}: {e}")),
+        },
+        QuarantineCommand::Purge { older_than_secs } => {
+            let cutoff = unix_now().saturating_sub(*older_than_secs);
+            let old: Vec<String> = archive
+                .records()
+                .filter(|r| r.time < cutoff)
+                .map(|r| r.id)
+                .collect();
+            for id in &old {
+                if let Err(e) = archive.delete(id) {
+                    return reply(false, format!("{id}: {e}"));
+                }
+            }
+            reply(true, format!("{} item(s) purged", old.len()))
+        }
+    }
+}

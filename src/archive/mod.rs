@@ -1,0 +1,263 @@
+//! The archive of refused mail: every message refused at the end of DATA, every
+//! quarantined and every discarded one, byte-exact with its envelope and the full
+//! decision; refusals during the dialogue as records without a message. Kept in the
+//! archive folder (`quarantine/` by default) with an index in the embedded store,
+//! reported to the backup mailbox, and released from there by the administrator.
+
+pub mod admin;
+pub mod release;
+pub mod report;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::config::ArchiveConfig;
+
+/// At which point of the dialogue the refusal came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Connect,
+    Mail,
+    Rcpt,
+    Data,
+}
+
+/// Who released an archived message, when, to whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    pub time: u64,
+    /// `admin (user)` or `mail from 10.0.0.5`.
+    pub by: String,
+    pub recipients: Vec<String>,
+    /// The queue id the released message got.
+    pub queue_id: String,
+}
+
+/// One archived refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    /// Unix seconds.
+    pub time: u64,
+    pub stage: Stage,
+    pub client_ip: String,
+    #[serde(default)]
+    pub client_name: Option<String>,
+    pub helo: String,
+    pub authenticated: bool,
+    /// Empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// Octets of the archived message (0: no message).
+    pub size: u64,
+    /// reject, tempfail, discard or quarantine.
+    pub outcome: String,
+    /// The rule or check that decided.
+    pub rule: String,
+    pub reason: String,
+    /// The reply the client was given.
+    pub reply: String,
+    /// Whether the message itself is kept (not for dialogue-time refusals).
+    pub has_message: bool,
+    #[serde(default)]
+    pub released: Option<Released>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The archive: message files in a folder, records in the embedded store.
+pub struct Archive {
+    pub config: ArchiveConfig,
+    dir: PathBuf,
+    index: sled::Tree,
+    /// Whose release address is this: the proxy's host name.
+    hostname: String,
+    /// Releases happen one at a time, so none is delivered twice.
+    pub release_guard: tokio::sync::Mutex<()>,
+}
+
+impl Archive {
+    pub fn open(config: &ArchiveConfig, index: sled::Tree, hostname: &str) -> io::Result<Archive> {
+        std::fs::create_dir_all(&config.path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the archive folder {}: {e}",
+                    config.path.display()
+                ),
+            )
+        })?;
+        Ok(Archive {
+            config: config.clone(),
+            dir: config.path.clone(),
+            index,
+            hostname: hostname.to_string(),
+            release_guard: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn message_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.eml"))
+    }
+
+    /// Keeps a record and, if given, the message. The message is flushed to disk
+    /// before this returns Ok; the caller refuses with a 4xx instead when it fails.
+    pub fn keep(&self, record: &Record, message: Option<&[u8]>) -> io::Result<()> {
+        if let Some(message) = message {
+            let path = self.message_path(&record.id);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            file.write_all(message)?;
+            file.sync_data()?;
+            if let Ok(folder) = std::fs::File::open(&self.dir) {
+                let _ = folder.sync_all();
+            }
+        }
+        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        self.index
+            .insert(record.id.as_bytes(), bytes)
+            .map_err(io::Error::other)?;
+        // A kept message is indexed durably; records without one (a flood of
+        // refused recipients, say) ride on the store's periodic flush.
+        if message.is_some() {
+            self.index.flush().map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    pub fn record(&self, id: &str) -> Option<Record> {
+        let bytes = self.index.get(id.as_bytes()).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn message(&self, id: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.message_path(id))
+    }
+
+    /// Every record, oldest first.
+    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.index
+            .iter()
+            .values()
+            .filter_map(|v| v.ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    pub fn update(&self, record: &Record) -> io::Result<()> {
+        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        self.index
+            .insert(record.id.as_bytes(), bytes)
+            .map_err(io::Error::other)?;
+        self.index.flush().map_err(io::Error::other)?;
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &str) -> io::Result<bool> {
+        let existed = self
+            .index
+            .remove(id.as_bytes())
+            .map_err(io::Error::other)?
+            .is_some();
+        self.index.flush().map_err(io::Error::other)?;
+        match std::fs::remove_file(self.message_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(existed)
+    }
+
+    /// Removes what is older than `max_age` and, oldest first, what makes the
+    /// archive larger than `max_size`. Returns how many records went.
+    pub fn enforce_retention(&self) -> io::Result<usize> {
+        let now = unix_now();
+        let max_age = self.config.max_age.as_secs();
+        let records: Vec<Record> = self.records().collect();
+        let mut total: u64 = records.iter().map(|r| r.size).sum();
+        let mut removed = 0;
+        for record in records {
+            let too_old = now.saturating_sub(record.time) > max_age;
+            let too_big = total > self.config.max_size;
+            if !(too_old || too_big) {
+                break;
+            }
+            self.delete(&record.id)?;
+            total -= record.size;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// `release+<id>.<signature>@<hostname>`, when release by mail is on.
+    pub fn release_address(&self, id: &str) -> Option<String> {
+        let signature = self.signature(id)?;
+        Some(format!("release+{id}.{signature}@{}", self.hostname))
+    }
+
+    fn signature(&self, id: &str) -> Option<String> {
+        let key = self
+            .config
+            .release_key
+            .as_deref()
+            .filter(|k| !k.is_empty())?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).ok()?;
+        mac.update(id.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        Some(tag[..10].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Whether an address is a release address of this proxy (right or wrong).
+    pub fn is_release_address(&self, local: &str, domain: &str) -> bool {
+        local.to_ascii_lowercase().starts_with("release+")
+            && domain.eq_ignore_ascii_case(&self.hostname)
+    }
+
+    /// The archive id a release address names, if its signature is right.
+    pub fn verify_release(&self, local: &str) -> Option<String> {
+        let rest = local.get("release+".len()..)?;
+        let (id, signature) = rest.split_once('.')?;
+        let expected = self.signature(id)?;
+        // Compare without an early exit, so timing tells nothing.
+        let same = expected.len() == signature.len()
+            && expected
+                .bytes()
+                .zip(signature.to_ascii_lowercase().bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        same.then(|| id.to_string())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Runs retention in the background, once a minute.
+pub async fn retention_loop(archive: Arc<Archive>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let archive = archive.clone();
+        match tokio::task::spawn_blocking(move || archive.enforce_retention()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "archive retention"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "archive retention failed"),
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

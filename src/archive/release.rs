@@ -1,0 +1,141 @@
+//! Getting a wrongly refused message to its recipients: the original goes through
+//! the rules again without the one that caught it, then into the queue. An item is
+//! released once; a second release is refused with when and by whom.
+
+use super::{Archive, Released, unix_now};
+use crate::mime::{Content, Limits};
+use crate::queue::Queue;
+use crate::queue::envelope::{Envelope, QueuedRecipient, RecipientStatus};
+use crate::queue::spool::new_id;
+use crate::rules::{Facts, Outcome, RuleSet};
+
+/// Releases archive item `id` to its recipients, or only to `only`. `by` says who
+/// asked, for the log and the record. Returns the new queue id.
+pub async fn release(
+    archive: &Archive,
+    rules: &RuleSet,
+    queue: &Queue,
+    hostname: &str,
+    id: &str,
+    only: &[String],
+    by: &str,
+) -> Result<String, String> {
+    let _one_at_a_time = archive.release_guard.lock().await;
+    let mut record = archive
+        .record(id)
+        .ok_or_else(|| format!("{id}: no such item in the archive"))?;
+    if let Some(done) = &record.released {
+        return Err(format!(
+            "{id}: already released {} by {} (queued as {}); not delivering twice",
+            super::report::time_text(done.time),
+            done.by,
+            done.queue_id
+        ));
+    }
+    if !record.has_message {
+        return Err(format!(
+            "{id}: a refusal during the SMTP dialogue, so there is no message to release"
+        ));
+    }
+    let recipients: Vec<String> = if only.is_empty() {
+        record.recipients.clone()
+    } else {
+        for wanted in only {
+            if !record
+                .recipients
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(wanted))
+            {
+                return Err(format!(
+                    "{id}: {wanted} is not a recipient of this message (its recipients: {})",
+                    record.recipients.join(", ")
+                ));
+            }
+        }
+        only.to_vec()
+    };
+    let message = archive
+        .message(id)
+        .map_err(|e| format!("{id}: cannot read the archived message: {e}"))?;
+
+    // Through the rules again, leaving out only the rule that caught it.
+    let skip = record
+        .rule
+        .strip_prefix("rule:")
+        .unwrap_or(&record.rule)
+        .to_string();
+    let content = Content::analyze(&message, &Limits::default());
+    let client_ip = record
+        .client_ip
+        .parse()
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let facts = Facts {
+        client_ip,
+        client_name: record.client_name.as_deref(),
+        helo: &record.helo,
+        authenticated: record.authenticated,
+        trusted: false,
+        sender: &record.sender,
+        recipients: &recipients,
+        size: message.len(),
+        content: Some(&content),
+    };
+    let verdict = rules.evaluate_except(&facts, Some(&skip));
+    if verdict.outcome != Outcome::Deliver {
+        return Err(format!(
+            "{id}: rule {} catches it as well ({:?}); change that rule or release it with the rule in shadow mode",
+            verdict.decided_by.unwrap_or_default(),
+            verdict.outcome
+        ));
+    }
+    let changed = verdict.apply(&message);
+    let queue_id = new_id();
+    let mut bytes = format!(
+        "Received: by {hostname} (released from the archive, item {id}) id {queue_id};\r\n\t{}\r\n",
+        chrono::Utc::now().to_rfc2822()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&changed);
+    let envelope = Envelope {
+        id: queue_id.clone(),
+        arrived: unix_now(),
+        sender: verdict.sender.clone(),
+        client_ip: record.client_ip.clone(),
+        helo: record.helo.clone(),
+        eight_bit: !bytes.is_ascii(),
+        smtputf8: false,
+        size: bytes.len() as u64,
+        message_crc32: String::new(),
+        next_hop: None,
+        attempts: 0,
+        next_attempt: 0,
+        recipients: verdict
+            .recipients
+            .iter()
+            .map(|address| QueuedRecipient {
+                address: address.clone(),
+                status: RecipientStatus::Pending,
+                last_reply: String::new(),
+            })
+            .collect(),
+    };
+    // Marked released before it is queued: a crash in between loses the release
+    // (the administrator releases again with `quarantine show` telling why), never
+    // delivers twice.
+    record.released = Some(Released {
+        time: unix_now(),
+        by: by.to_string(),
+        recipients: recipients.clone(),
+        queue_id: queue_id.clone(),
+    });
+    archive
+        .update(&record)
+        .map_err(|e| format!("{id}: cannot update the archive: {e}"))?;
+    if let Err(e) = queue.enqueue(envelope, bytes).await {
+        record.released = None;
+        let _ = archive.update(&record);
+        return Err(format!("{id}: cannot queue the message: {e}"));
+    }
+    tracing::info!(archive_id = id, queue_id = %queue_id, by, recipients = %recipients.join(","), "released from the archive");
+    Ok(queue_id)
+}

@@ -1,0 +1,72 @@
+use super::*;
+use std::time::Duration;
+
+fn archive(dir: &Path, max_age: Duration, max_size: u64) -> Archive {
+    let config = ArchiveConfig {
+        path: dir.join("quarantine"),
+        max_age,
+        max_size,
+        release_key: Some("0123456789abcdef0123".into()),
+        ..ArchiveConfig::default()
+    };
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    Archive::open(&config, db.open_tree("archive").unwrap(), "mx.example.test").unwrap()
+}
+
+fn record(id: &str, time: u64, size: u64) -> Record {
+    Record {
+        id: id.into(),
+        time,
+        stage: Stage::Data,
+        client_ip: "192.0.2.1".into(),
+        client_name: None,
+        helo: "h".into(),
+        authenticated: false,
+        sender: "a@remote.test".into(),
+        recipients: vec!["b@example.test".into()],
+        size,
+        outcome: "reject".into(),
+        rule: "rule:x".into(),
+        reason: "r".into(),
+        reply: "550 5.7.1 no".into(),
+        has_message: size > 0,
+        released: None,
+    }
+}
+
+#[test]
+fn retention_removes_the_too_old_and_then_the_oldest_beyond_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = unix_now();
+    let archive = archive(dir.path(), Duration::from_secs(3600), 250);
+    let old = record("0001", now - 7200, 10);
+    archive.keep(&old, Some(&[b'x'; 10])).unwrap();
+    for (id, age) in [("0002", 30), ("0003", 20), ("0004", 10)] {
+        archive
+            .keep(&record(id, now - age, 100), Some(&[b'y'; 100]))
+            .unwrap();
+    }
+    assert_eq!(archive.enforce_retention().unwrap(), 2);
+    let left: Vec<String> = archive.records().map(|r| r.id).collect();
+    assert_eq!(left, vec!["0003", "0004"]);
+    assert!(!dir.path().join("quarantine/0001.eml").exists());
+    assert!(!dir.path().join("quarantine/0002.eml").exists());
+    assert!(dir.path().join("quarantine/0004.eml").exists());
+}
+
+#[test]
+fn release_addresses_are_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = archive(dir.path(), Duration::from_secs(3600), 1 << 30);
+    let address = archive.release_address("0ABC").unwrap();
+    let (local, domain) = address.split_once('@').unwrap();
+    assert_eq!(domain, "mx.example.test");
+    assert!(archive.is_release_address(local, "MX.example.test"));
+    assert_eq!(archive.verify_release(local).as_deref(), Some("0ABC"));
+    assert_eq!(archive.verify_release(&local.replace("0ABC", "0ABD")), None);
+    assert_eq!(
+        archive.verify_release("release+0ABC.00000000000000000000"),
+        None
+    );
+    assert!(!archive.is_release_address("alice", "mx.example.test"));
+}

@@ -1,0 +1,107 @@
+//! The control socket of a running server (`control.sock` in the spool folder):
+//! how `mailmoat queue …` and `mailmoat quarantine …` reach the server that holds
+//! the spool and the store, so its state and its files never disagree.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::archive::Archive;
+use crate::archive::admin::QuarantineCommand;
+use crate::queue::Queue;
+use crate::queue::admin::{AdminCommand, AdminReply, execute};
+use crate::rules::RulesHandle;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Queue(AdminCommand),
+    Quarantine(QuarantineCommand),
+}
+
+/// What the server lends to the commands.
+pub struct Context {
+    pub queue: Arc<Queue>,
+    pub archive: Option<Arc<Archive>>,
+    pub rules: Arc<RulesHandle>,
+    pub hostname: String,
+}
+
+impl Context {
+    pub async fn handle(&self, request: Request) -> AdminReply {
+        match request {
+            Request::Queue(command) => {
+                let spool = self.queue.spool.clone();
+                let scheduler = self.queue.scheduler.clone();
+                tokio::task::spawn_blocking(move || execute(&spool, Some(&scheduler), &command))
+                    .await
+                    .unwrap_or_else(|e| AdminReply {
+                        ok: false,
+                        text: e.to_string(),
+                    })
+            }
+            Request::Quarantine(command) => match &self.archive {
+                Some(archive) => {
+                    let rules = self.rules.current();
+                    crate::archive::admin::execute(
+                        archive,
+                        &rules,
+                        &self.queue,
+                        &self.hostname,
+                        &command,
+                    )
+                    .await
+                }
+                None => AdminReply {
+                    ok: false,
+                    text: "the archive is off ([archive] enabled = false)".into(),
+                },
+            },
+        }
+    }
+}
+
+/// Serves the control socket.
+pub async fn serve(path: &Path, context: Arc<Context>) -> io::Result<tokio::task::JoinHandle<()>> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let context = context.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                if BufReader::new(read).read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let reply = match serde_json::from_str::<Request>(&line) {
+                    Ok(request) => context.handle(request).await,
+                    Err(e) => AdminReply {
+                        ok: false,
+                        text: format!("bad request: {e}"),
+                    },
+                };
+                let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
+                bytes.push(b'\n');
+                let _ = write.write_all(&bytes).await;
+            });
+        }
+    }))
+}
+
+/// Sends a request to a running server.
+pub async fn send(path: &Path, request: &Request) -> io::Result<AdminReply> {
+    let stream = tokio::net::UnixStream::connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    let mut bytes = serde_json::to_vec(request)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
