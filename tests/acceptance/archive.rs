@@ -1,0 +1,344 @@
+//! Refused mail is kept, reported to the backup mailbox with the original attached,
+//! and can be released — once — by the CLI or by mail.
+
+use std::process::Command;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailmoat");
+const TRUSTED_2: &str = "trusted_networks = [\"127.0.0.2/32\"]";
+
+const RULES: &str = r#"
+[[rule]]
+name = "no-reject-me"
+when.subject = "reject me"
+action = "reject"
+reply = "550 5.7.1 Refused by policy"
+
+[[rule]]
+name = "hold-me"
+when.subject = "hold me"
+action = "quarantine"
+
+[[rule]]
+name = "strip-programs"
+when.attachment_magic = "exe"
+action = "strip_attachments"
+"#;
+
+/// A proxy with RULES and an `[archive]` table of the test's choosing.
+async fn proxy_with_archive(backend: &Backend, archive: &str) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/50-test.toml"), RULES).unwrap();
+    Proxy::start_in(dir, &base_config(backend.addr, TRUSTED_2, archive)).await
+}
+
+fn cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(proxy.config_path())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The message/rfc822 attachment of a report, as it arrived.
+fn attached_original(report: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(report).to_string();
+    let start = text
+        .find("Content-Type: message/rfc822")
+        .expect("an attached original");
+    let body = start + text[start..].find("\r\n\r\n").unwrap() + 4;
+    let end = text.rfind("--=_report_").unwrap();
+    text.as_bytes()[body..end].to_vec()
+}
+
+fn message(subject: &str) -> Vec<u8> {
+    let exe = base64(b"MZ\x90\x00\x03\x00\x00\x00PAYLOAD-OF-THE-PROGRAM\x00\x00\x00\x00");
+    format!(
+        "From: <s@remote.test>\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\n\
+         Hello.\r\n..a dot line\r\n--B\r\nContent-Type: application/octet-stream; name=\"tool.exe\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{exe}\r\n--B--\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_reaches_the_backup_server_byte_identical() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let backup = Backend::start(DataEnd::Strict).await;
+    let archive = format!(
+        "[archive]\nbackup_server = \"{}\"\nbackup_address = \"review@backup.test\"\n",
+        backup.addr
+    );
+    // Only the backup server: the backup address is a remote one here, so the
+    // backend copy goes to the same sink the test does not read.
+    let proxy = proxy_with_archive(&backend, &archive).await;
+    let sent = message("reject me");
+    let mut client = proxy.client().await;
+    let reply = client
+        .send_mail("s@remote.test", &["alice@example.test"], &sent)
+        .await;
+    assert_eq!(reply.text, "550 5.7.1 Refused by policy\r\n");
+
+    let reports = backup.wait_for(1).await;
+    assert_eq!(reports[0].mail_from, "<>");
+    assert_eq!(reports[0].rcpt_to, vec!["review@backup.test"]);
+    let text = String::from_utf8_lossy(&reports[0].data);
+    assert!(text.contains("Rule/check:  rule:no-reject-me"), "{text}");
+    assert!(
+        text.contains("Reply sent:  550 5.7.1 Refused by policy"),
+        "{text}"
+    );
+    assert!(text.contains("Recipients:  alice@example.test"), "{text}");
+    assert!(text.contains("mailmoat quarantine release "), "{text}");
+    // The original, exactly as the client sent it (dots unstuffed), .exe included.
+    assert_eq!(attached_original(&reports[0].data), sent);
+    // The refused message itself went nowhere.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        backend.messages().iter().all(|m| m.mail_from == "<>"),
+        "only reports at the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_address_on_a_hosted_domain_gets_the_program_untouched_and_one_report() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_archive(
+        &backend,
+        "[archive]\nbackup_address = \"quarantine@example.test\"\n",
+    )
+    .await;
+    let sent = message("reject me");
+    let mut client = proxy.client().await;
+    assert_eq!(
+        client
+            .send_mail("s@remote.test", &["alice@example.test"], &sent)
+            .await
+            .codes(),
+        "550 5.7.1"
+    );
+    let received = backend.wait_for(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(backend.messages().len(), 1, "exactly one report");
+    assert_eq!(received[0].rcpt_to, vec!["quarantine@example.test"]);
+    let (_, report) = strip_received_if_any(&received[0].data);
+    assert_eq!(
+        attached_original(report),
+        sent,
+        "the program is still in the report"
+    );
+    assert!(!String::from_utf8_lossy(report).contains("mailmoat removed"));
+    let (ok, list) = cli(&proxy, &["quarantine", "list"]);
+    assert!(ok, "{list}");
+    assert!(
+        list.contains("-- 1 item(s)"),
+        "the report was not archived itself: {list}"
+    );
+}
+
+/// Reports are queued directly: they have no Received line of their own.
+fn strip_received_if_any(data: &[u8]) -> (&str, &[u8]) {
+    if data.starts_with(b"Received: ") {
+        strip_received(data)
+    } else {
+        ("", data)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_delivers_the_original_once_and_rcpt_limits_it() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_archive(&backend, "").await;
+    let sent = b"From: <s@remote.test>\r\nSubject: hold me\r\n\r\nPlease review.\r\n".to_vec();
+    let mut client = proxy.client().await;
+    let reply = client
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test", "bob@example.test"],
+            &sent,
+        )
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0", "quarantine looks accepted");
+    let id = reply
+        .text
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let (ok, list) = cli(
+        &proxy,
+        &["quarantine", "list", "--rule", "hold-me", "--since", "1h"],
+    );
+    assert!(
+        ok && list.contains(&id) && list.contains("quarantine"),
+        "{list}"
+    );
+    let (ok, show) = cli(&proxy, &["quarantine", "show", &id]);
+    assert!(
+        ok && show.contains("Subject: hold me") && show.contains("rule = \"rule:hold-me\""),
+        "{show}"
+    );
+
+    let (ok, out) = cli(
+        &proxy,
+        &["quarantine", "release", &id, "--rcpt", "bob@example.test"],
+    );
+    assert!(ok, "{out}");
+    let received = backend.wait_for(1).await;
+    assert_eq!(received[0].rcpt_to, vec!["bob@example.test"]);
+    let (trace, original) = strip_received(&received[0].data);
+    assert!(trace.contains("released from the archive"), "{trace}");
+    assert_eq!(original, &sent[..]);
+
+    let (ok, again) = cli(&proxy, &["quarantine", "release", &id]);
+    assert!(!ok, "{again}");
+    assert!(
+        again.contains("already released") && again.contains("admin ("),
+        "{again}"
+    );
+    let (ok, wrong) = cli(
+        &proxy,
+        &["quarantine", "release", "0000", "--rcpt", "x@example.test"],
+    );
+    assert!(!ok && wrong.contains("no such item"), "{wrong}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(backend.messages().len(), 1, "not delivered twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_by_mail_needs_a_trusted_client_and_the_right_signature() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_archive(
+        &backend,
+        "[archive]\nrelease_key = \"a-long-enough-test-secret\"\n",
+    )
+    .await;
+    let sent = b"From: <s@remote.test>\r\nSubject: hold me\r\n\r\nRelease me by mail.\r\n".to_vec();
+    let mut client = proxy.client().await;
+    let reply = client
+        .send_mail("s@remote.test", &["alice@example.test"], &sent)
+        .await;
+    let id = reply
+        .text
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, show) = cli(&proxy, &["quarantine", "show", &id]);
+    let address = show
+        .lines()
+        .find_map(|l| l.strip_prefix("release_address = \""))
+        .map(|a| a.trim_end_matches('"').to_string())
+        .expect("a release address");
+    assert!(
+        address.starts_with(&format!("release+{id}.")) && address.ends_with("@mx.example.test")
+    );
+
+    // Untrusted client: refused.
+    let mut untrusted = proxy.client().await;
+    untrusted.expect("MAIL FROM:<s@remote.test>", "250").await;
+    untrusted
+        .expect(&format!("RCPT TO:<{address}>"), "550 5.7.1")
+        .await;
+    // Trusted client, wrong signature: refused.
+    let mut trusted = Client::connect_from("127.0.0.2".parse().unwrap(), proxy.addr).await;
+    trusted.hello().await;
+    trusted
+        .expect("MAIL FROM:<reviewer@example.test>", "250")
+        .await;
+    let forged = format!("release+{id}.{}@mx.example.test", "0".repeat(20));
+    trusted
+        .expect(&format!("RCPT TO:<{forged}>"), "550 5.7.1")
+        .await;
+    // Trusted client, right signature: released.
+    trusted.expect(&format!("RCPT TO:<{address}>"), "250").await;
+    trusted.expect("DATA", "354").await;
+    trusted.send(b"Subject: release\r\n\r\nok\r\n.\r\n").await;
+    let done = trusted.reply().await;
+    assert!(
+        done.text.starts_with(&format!("250 2.0.0 Released {id}")),
+        "{done:?}"
+    );
+    let received = backend.wait_for(1).await;
+    assert_eq!(strip_received(&received[0].data).1, &sent[..]);
+    // Twice: refused, nothing more delivered.
+    trusted
+        .expect("MAIL FROM:<reviewer@example.test>", "250")
+        .await;
+    trusted.expect(&format!("RCPT TO:<{address}>"), "250").await;
+    trusted.expect("DATA", "354").await;
+    trusted.send(b"Subject: release\r\n\r\nok\r\n.\r\n").await;
+    assert_eq!(trusted.reply().await.codes(), "550 5.7.1");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(backend.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_that_cannot_be_written_turns_the_refusal_into_a_4xx() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_archive(&backend, "").await;
+    // Not a folder any more: nothing can be written in it (root ignores modes).
+    let folder = proxy.dir.path().join("quarantine");
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::write(&folder, b"not a folder").unwrap();
+    let mut client = proxy.client().await;
+    let reply = client
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test"],
+            &message("reject me"),
+        )
+        .await;
+    assert_eq!(reply.codes(), "451 4.3.0", "{reply:?}");
+    let held = client
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test"],
+            b"Subject: hold me\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(held.codes(), "451 4.3.0", "{held:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(backend.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialogue_refusals_are_listed_as_records() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_archive(&backend, "").await;
+    let mut client = proxy.client().await;
+    client.expect("MAIL FROM:<s@remote.test>", "250").await;
+    client
+        .expect("RCPT TO:<nobody@example.test>", "550 5.1.1")
+        .await;
+    client
+        .expect("RCPT TO:<user@elsewhere.test>", "550 5.7.1")
+        .await;
+    let (ok, list) = cli(&proxy, &["quarantine", "list", "--sender", "s@remote"]);
+    assert!(ok, "{list}");
+    assert!(
+        list.contains("recipients") && list.contains("nobody@example.test"),
+        "{list}"
+    );
+    assert!(
+        list.contains("relay") && list.contains("user@elsewhere.test"),
+        "{list}"
+    );
+    assert!(!list.contains("[message kept]"), "{list}");
+    let (ok, none) = cli(&proxy, &["quarantine", "list", "--rule", "no-such-rule"]);
+    assert!(ok && none.contains("holds nothing"), "{none}");
+}
