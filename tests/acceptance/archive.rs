@@ -342,3 +342,48 @@ async fn dialogue_refusals_are_listed_as_records() {
     let (ok, none) = cli(&proxy, &["quarantine", "list", "--rule", "no-such-rule"]);
     assert!(ok && none.contains("holds nothing"), "{none}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_lists_every_refusal_of_its_interval_in_one_report() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let backup = Backend::start(DataEnd::Strict).await;
+    let archive = format!(
+        "[archive]\nbackup_server = \"{}\"\ndigest_interval = \"3s\"\n",
+        backup.addr
+    );
+    let proxy = proxy_with_archive(&backend, &archive).await;
+    let mut client = proxy.client().await;
+    for subject in ["reject me 1", "reject me 2"] {
+        let message = format!("Subject: {subject}\r\n\r\nx\r\n");
+        assert_eq!(
+            client
+                .send_mail("s@remote.test", &["alice@example.test"], message.as_bytes())
+                .await
+                .codes(),
+            "550 5.7.1"
+        );
+    }
+    client.expect("MAIL FROM:<s@remote.test>", "250").await;
+    client
+        .expect("RCPT TO:<nobody@example.test>", "550 5.1.1")
+        .await;
+    let reports = backup.wait_for(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        backup.messages().len(),
+        1,
+        "one digest, not one report each"
+    );
+    let text = String::from_utf8_lossy(&reports[0].data);
+    assert!(
+        text.contains("Subject: [mailmoat] 3 refused message(s)"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("Rule/check:  rule:no-reject-me").count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("Rule/check:  recipients"), "{text}");
+    assert_eq!(reports[0].rcpt_to, vec!["quarantine@mx.example.test"]);
+}
