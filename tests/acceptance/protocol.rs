@@ -326,3 +326,33 @@ async fn per_ip_connection_limit_answers_421_and_spares_other_clients() {
     assert!(freed, "a closed connection must free its place");
     second.expect("NOOP", "250").await;
 }
+
+#[tokio::test]
+async fn total_connection_limit_answers_421() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "")
+        .replace("shutdown_grace", "max_connections = 2\nshutdown_grace");
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut first = Client::connect_from("127.0.0.5".parse().unwrap(), proxy.addr).await;
+    assert_eq!(first.reply().await.code, 220);
+    let mut second = Client::connect_from("127.0.0.6".parse().unwrap(), proxy.addr).await;
+    assert_eq!(second.reply().await.code, 220);
+    let mut third = Client::connect_from("127.0.0.7".parse().unwrap(), proxy.addr).await;
+    assert_eq!(third.reply().await.codes(), "421 4.7.0");
+    assert!(third.closed().await);
+    first.expect("NOOP", "250").await;
+}
+
+#[tokio::test]
+async fn an_idle_client_is_told_421_when_the_command_timeout_expires() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "")
+        .replace("command_timeout = \"10s\"", "command_timeout = \"1s\"");
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    let started = std::time::Instant::now();
+    let reply = client.reply().await;
+    assert_eq!(reply.codes(), "421 4.4.2", "{reply:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert!(client.closed().await);
+}
