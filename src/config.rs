@@ -24,6 +24,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub rules: RulesConfig,
     pub archive: ArchiveConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -32,6 +34,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Addresses to accept SMTP on.
     pub listen: Vec<SocketAddr>,
+    /// Addresses to accept SMTP over implicit TLS on (RFC 8314; port 465).
+    pub listen_tls: Vec<SocketAddr>,
     /// The name this proxy gives in its banner, EHLO reply and Received: headers.
     pub hostname: String,
     /// Text after the hostname in the 220 greeting. No version, by default.
@@ -49,6 +53,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: vec!["127.0.0.1:2525".parse().expect("valid address")],
+            listen_tls: Vec::new(),
             hostname: system_hostname(),
             banner: "ESMTP".into(),
             max_connections: 2000,
@@ -305,6 +310,71 @@ impl Default for StoreConfig {
     }
 }
 
+/// Certificate and key for STARTTLS and implicit TLS. Without them, no TLS.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM: the certificate, then its chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Where SMTP AUTH checks passwords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthSource {
+    /// No AUTH offered.
+    Off,
+    /// `auth.users_file`, argon2id hashes (`mailmoat passwd add NAME`).
+    Users,
+    /// AUTH against the backend, which holds the accounts.
+    Backend,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub source: AuthSource,
+    pub users_file: Option<PathBuf>,
+    /// Clients that may log in without TLS (everyone else: only after STARTTLS).
+    pub plaintext_networks: Vec<Network>,
+    /// Failed logins from one address, then one from a name, before a lockout.
+    pub max_failures_per_ip: u32,
+    pub max_failures_per_user: u32,
+    /// Failures older than this are forgotten.
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long a lockout lasts.
+    #[serde(with = "humantime_serde")]
+    pub lockout: Duration,
+    /// The wait before answering a failed login.
+    #[serde(with = "humantime_serde")]
+    pub failure_delay: Duration,
+    /// Logged-in users may send only as themselves (their login, or login@a hosted
+    /// domain) and as `sender_logins` allows.
+    pub restrict_senders: bool,
+    /// Sender address (or "@domain") → the logins that may use it.
+    pub sender_logins: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            source: AuthSource::Off,
+            users_file: None,
+            plaintext_networks: Vec::new(),
+            max_failures_per_ip: 5,
+            max_failures_per_user: 20,
+            failure_window: Duration::from_secs(900),
+            lockout: Duration::from_secs(900),
+            failure_delay: Duration::from_secs(1),
+            restrict_senders: true,
+            sender_logins: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
@@ -525,6 +595,16 @@ impl Config {
         anchor(&mut self.store.path);
         anchor(&mut self.rules.path);
         anchor(&mut self.archive.path);
+        for path in [
+            &mut self.tls.cert_file,
+            &mut self.tls.key_file,
+            &mut self.auth.users_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            anchor(path);
+        }
         if let Some(ca) = &mut self.backend.ca_file {
             anchor(ca);
         }
@@ -578,6 +658,24 @@ impl Config {
             return Err((
                 Some("address".into()),
                 "backend.address: give the backend as host:port, such as \"10.0.0.5:25\"".into(),
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err((
+                Some("[tls]".into()),
+                "tls: give both cert_file and key_file, or neither".into(),
+            ));
+        }
+        if !self.server.listen_tls.is_empty() && self.tls.cert_file.is_none() {
+            return Err((
+                Some("listen_tls".into()),
+                "server.listen_tls needs [tls] cert_file and key_file".into(),
+            ));
+        }
+        if self.auth.source == AuthSource::Users && self.auth.users_file.is_none() {
+            return Err((
+                Some("source".into()),
+                "auth.source = \"users\" needs auth.users_file = \"users.txt\" (mailmoat passwd add NAME fills it)".into(),
             ));
         }
         if let Some(address) = self.archive.backup_address.as_deref()

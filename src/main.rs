@@ -60,11 +60,25 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Manage the users file of SMTP AUTH (auth.users_file).
+    Passwd {
+        #[command(subcommand)]
+        action: PasswdAction,
+    },
     /// Review refused, quarantined and discarded mail in the archive; release it.
     Quarantine {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+}
+
+#[derive(Subcommand)]
+enum PasswdAction {
+    /// Add a user or change their password; the password is read from standard
+    /// input (one line), so it never appears in a process list.
+    Add { user: String },
+    /// Remove a user.
+    Delete { user: String },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(config),
+        Command::Passwd { action } => passwd(&config, action),
         Command::Quarantine { action } => {
             let command = match action {
                 QuarantineAction::List {
@@ -275,6 +290,60 @@ fn with_newline(text: &str) -> String {
     } else {
         format!("{text}\n")
     }
+}
+
+/// Edits the users file: write aside, then rename over, so a running server
+/// never reads half a file.
+fn passwd(config: &Config, action: PasswdAction) -> anyhow::Result<ExitCode> {
+    let path = config
+        .auth
+        .users_file
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("auth.users_file is not set in the configuration"))?;
+    let mut lines: Vec<String> = match std::fs::read_to_string(&path) {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
+    };
+    let named =
+        |line: &String, user: &str| line.split_once(':').is_some_and(|(name, _)| name == user);
+    let message = match action {
+        PasswdAction::Add { user } => {
+            if user.is_empty() || user.contains(':') || user.contains(char::is_whitespace) {
+                anyhow::bail!("'{user}': a user name has no ':' and no spaces");
+            }
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!("no password given on standard input");
+            }
+            let entry = format!(
+                "{user}:{}",
+                mailmoat::policy::auth::hash_password(password)?
+            );
+            match lines.iter_mut().find(|l| named(l, &user)) {
+                Some(line) => *line = entry,
+                None => lines.push(entry),
+            }
+            format!("{user}: password set in {}", path.display())
+        }
+        PasswdAction::Delete { user } => {
+            let before = lines.len();
+            lines.retain(|l| !named(l, &user));
+            if lines.len() == before {
+                anyhow::bail!("{user}: not in {}", path.display());
+            }
+            format!("{user}: removed from {}", path.display())
+        }
+    };
+    let aside = path.with_extension("tmp");
+    std::fs::write(&aside, lines.join("\n") + "\n")?;
+    // Password hashes are for the server's eyes only.
+    std::fs::set_permissions(&aside, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::rename(&aside, &path)?;
+    println!("{message}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--since`: a duration ago ("2h") or a date ("2026-11-22"), as unix seconds.

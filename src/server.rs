@@ -118,7 +118,20 @@ impl Server {
         };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(crate::smtp::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let backend_target = Target::from_backend(
+            &config.backend,
+            &config.backend.address,
+            &config.server.hostname,
+        )?;
+        let auth =
+            crate::policy::auth::Authenticator::new(&config.auth, &backend_target)?.map(Arc::new);
         let shared = Arc::new(Shared {
+            tls: tls.clone(),
+            auth,
             config: config.clone(),
             queue: queue.clone(),
             recipients,
@@ -133,13 +146,16 @@ impl Server {
         );
         let mut local_addrs = Vec::new();
         let mut listeners = Vec::new();
-        for address in &config.server.listen {
+        let plain = config.server.listen.iter().map(|a| (a, None));
+        let implicit = config.server.listen_tls.iter().map(|a| (a, tls.clone()));
+        for (address, implicit_tls) in plain.chain(implicit) {
             let listener = TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address}"))?;
             local_addrs.push(listener.local_addr()?);
             listeners.push(tokio::spawn(accept_loop(
                 listener,
+                implicit_tls,
                 shared.clone(),
                 limits.clone(),
                 shutdown_rx.clone(),

@@ -1,4 +1,5 @@
 //! Envelope-time checks: who may relay, and which recipients exist.
 
+pub mod auth;
 pub mod recipients;
 pub mod relay;

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request};
 
 use crate::reply::Reply;
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
 /// A command the session acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +32,22 @@ pub enum Command {
     Vrfy,
     Expn,
     Help,
-    /// Recognised but not offered here (STARTTLS, AUTH, BDAT, ETRN …).
+    StartTls,
+    /// AUTH with a mechanism and the optional initial response (RFC 4954).
+    Auth {
+        mechanism: Mechanism,
+        initial: Option<String>,
+    },
+    /// Recognised but not offered here (BDAT, ETRN …).
     NotImplemented(&'static str),
+}
+
+/// The SASL mechanisms offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Login,
+    Other,
 }
 
 /// The MAIL FROM parameters mailmoat announces (RFC 1870, 6152, 6531).
@@ -112,7 +127,6 @@ fn parse_mail(text: &str) -> Result<Command, Refusal> {
     let known = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
     if from.flags & !known != 0
         || from.env_id.is_some()
-        || from.auth.is_some()
         || from.trans_id.is_some()
         || from.mtrk.is_some()
         || from.solicit.is_some()
@@ -176,6 +190,20 @@ fn parse_other(text: &str) -> Result<Command, Refusal> {
         Request::Vrfy { .. } => Command::Vrfy,
         Request::Expn { .. } => Command::Expn,
         Request::Help { .. } => Command::Help,
+        Request::StartTls => Command::StartTls,
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => Command::Auth {
+            mechanism: if mechanism == AUTH_PLAIN {
+                Mechanism::Plain
+            } else if mechanism == AUTH_LOGIN {
+                Mechanism::Login
+            } else {
+                Mechanism::Other
+            },
+            initial: (!initial_response.is_empty()).then(|| initial_response.into_owned()),
+        },
         other => Command::NotImplemented(other.name()),
     })
 }

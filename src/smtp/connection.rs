@@ -50,6 +50,8 @@ pub struct Connection {
     output: Vec<u8>,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The connection is encrypted (implicit TLS or after STARTTLS).
+    pub tls: bool,
 }
 
 impl Connection {
@@ -61,7 +63,31 @@ impl Connection {
             output: Vec::with_capacity(1024),
             peer,
             local,
+            tls: false,
         }
+    }
+
+    /// Starts TLS on this connection (after `220 Ready to start TLS`). Whatever
+    /// the client sent after STARTTLS in plain text is thrown away unread: it must
+    /// not be taken for commands of the encrypted session (CVE-2011-0411).
+    /// Returns how many bytes were thrown away.
+    pub async fn start_tls(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        timeout: Duration,
+    ) -> io::Result<usize> {
+        self.flush().await?;
+        let discarded = self.input.len() - self.start;
+        self.input.clear();
+        self.start = 0;
+        let placeholder: Box<dyn Stream> = Box::new(tokio::io::duplex(1).0);
+        let plain = std::mem::replace(&mut self.stream, placeholder);
+        let tls = tokio::time::timeout(timeout, acceptor.accept(plain))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        self.stream = Box::new(tls);
+        self.tls = true;
+        Ok(discarded)
     }
 
     /// Queues a reply; it is sent before the next wait for input or at [`flush`].

@@ -83,6 +83,7 @@ impl ConnectionLimits {
 /// Accepts connections until shutdown.
 pub async fn accept_loop(
     listener: TcpListener,
+    implicit_tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     limits: Arc<ConnectionLimits>,
     mut shutdown: watch::Receiver<bool>,
@@ -111,10 +112,28 @@ pub async fn accept_loop(
         match limits.admit(ip) {
             Ok(slot) => {
                 let shared = shared.clone();
+                let implicit_tls = implicit_tls.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let local = stream.local_addr().unwrap_or(peer);
-                    let conn = Connection::new(Box::new(stream), peer, local);
+                    let conn = match implicit_tls {
+                        None => Connection::new(Box::new(stream), peer, local),
+                        // Implicit TLS (RFC 8314): the handshake comes before the banner.
+                        Some(acceptor) => {
+                            let timeout = shared.config.limits.command_timeout;
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    let mut conn = Connection::new(Box::new(tls), peer, local);
+                                    conn.tls = true;
+                                    conn
+                                }
+                                _ => {
+                                    tracing::info!(client = %ip, "TLS handshake failed");
+                                    return;
+                                }
+                            }
+                        }
+                    };
                     session::run(conn, shared).await;
                 });
             }

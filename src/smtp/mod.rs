@@ -6,3 +6,4 @@ pub mod connection;
 pub mod data;
 pub mod listener;
 pub mod session;
+pub mod tls;

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::command::{self, Command, MailParams};
+use super::command::{self, Command, MailParams, Mechanism};
 use super::connection::{Connection, Line, ReadError};
 use super::data::{DataOutcome, DataReader};
 use crate::address::Path;
 use crate::archive::{Record, Stage as ArchiveStage};
 use crate::config::Config;
+use crate::policy::auth::Login;
 use crate::policy::recipients::{RecipientValidator, unix_now};
 use crate::policy::relay::{self, Destination};
 use crate::queue::Queue;
@@ -32,6 +33,10 @@ pub struct Shared {
     pub archive: Option<Arc<crate::archive::Archive>>,
     /// Sends reports of archived mail to the backup mailbox.
     pub reporter: Option<Arc<crate::archive::report::Reporter>>,
+    /// For STARTTLS; None without a certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// For AUTH; None when AUTH is off.
+    pub auth: Option<Arc<crate::policy::auth::Authenticator>>,
     /// Turns true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -52,8 +57,12 @@ struct Session {
     /// The name given in HELO/EHLO.
     helo: Option<String>,
     esmtp: bool,
-    /// Decided once per connection: trusted network, not on the never-relay list.
+    /// Trusted network or logged in, and not on the never-relay list.
     may_relay: bool,
+    /// In `relay.trusted_networks` (and not never-relay): for rules and precedence.
+    trusted: bool,
+    /// The account the client logged in with.
+    auth_user: Option<String>,
     /// The rules in force when the session began; it keeps them to its end.
     rules: Arc<RuleSet>,
     transaction: Option<Transaction>,
@@ -114,6 +123,8 @@ pub async fn run(conn: Connection, shared: Arc<Shared>) {
     let rules = shared.rules.current();
     let mut session = Session {
         rules,
+        trusted: may_relay,
+        auth_user: None,
         conn,
         shared,
         client_ip,
@@ -279,12 +290,180 @@ impl Session {
                 self.reply(221, "2.0.0", "Bye");
                 return Flow::Close;
             }
+            Command::StartTls => return self.start_tls().await,
+            Command::Auth { mechanism, initial } => self.authenticate(mechanism, initial).await,
             Command::NotImplemented(_) => {
                 self.errors += 1;
                 self.reply(502, "5.5.1", "Error: command not implemented");
             }
         }
         Flow::Continue
+    }
+
+    /// AUTH is offered once the connection is encrypted, or in plain text to the
+    /// networks configured for it.
+    fn auth_offered(&self) -> bool {
+        self.auth_user.is_none()
+            && self
+                .shared
+                .auth
+                .as_ref()
+                .is_some_and(|auth| self.conn.tls || auth.plaintext_allowed(self.client_ip))
+    }
+
+    /// STARTTLS (RFC 3207): the handshake, then a fresh session that forgets
+    /// everything said in plain text.
+    async fn start_tls(&mut self) -> Flow {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            self.errors += 1;
+            self.reply(502, "5.5.1", "Error: command not implemented");
+            return Flow::Continue;
+        };
+        if self.conn.tls {
+            self.errors += 1;
+            self.reply(503, "5.5.1", "Error: TLS already active");
+            return Flow::Continue;
+        }
+        self.reply(220, "2.0.0", "Ready to start TLS");
+        let timeout = self.config().limits.command_timeout;
+        match self.conn.start_tls(&acceptor, timeout).await {
+            Ok(discarded) => {
+                if discarded > 0 {
+                    tracing::warn!(client = %self.client_ip, bytes = discarded, "plain text pipelined after STARTTLS thrown away");
+                }
+                self.helo = None;
+                self.esmtp = false;
+                self.transaction = None;
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::info!(client = %self.client_ip, error = %e, "TLS handshake failed");
+                Flow::Close
+            }
+        }
+    }
+
+    /// AUTH PLAIN and LOGIN (RFC 4954).
+    async fn authenticate(&mut self, mechanism: Mechanism, initial: Option<String>) {
+        let Some(auth) = self.shared.auth.clone() else {
+            self.errors += 1;
+            return self.reply(502, "5.5.1", "Error: authentication not enabled");
+        };
+        if self.auth_user.is_some() {
+            self.errors += 1;
+            return self.reply(503, "5.5.1", "Error: already authenticated");
+        }
+        if self.transaction.is_some() {
+            self.errors += 1;
+            return self.reply(
+                503,
+                "5.5.1",
+                "Error: AUTH not allowed during a mail transaction",
+            );
+        }
+        if !self.auth_offered() {
+            self.errors += 1;
+            return self.reply(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            );
+        }
+        let credentials = match mechanism {
+            Mechanism::Plain => {
+                let response = match initial {
+                    Some(initial) => Some(initial),
+                    None => self.challenge("").await,
+                };
+                response
+                    .map(|r| if r == "=" { String::new() } else { r })
+                    .map(|r| {
+                        decode(&r).and_then(|bytes| {
+                            let mut parts = bytes.split(|&b| b == 0);
+                            let (_authzid, user, password) =
+                                (parts.next()?, parts.next()?, parts.next()?);
+                            Some((
+                                String::from_utf8(user.to_vec()).ok()?,
+                                String::from_utf8(password.to_vec()).ok()?,
+                            ))
+                        })
+                    })
+            }
+            Mechanism::Login => {
+                let user = match initial {
+                    Some(initial) => Some(initial),
+                    None => self.challenge("VXNlcm5hbWU6").await,
+                };
+                match user {
+                    None => None,
+                    Some(user) => self.challenge("UGFzc3dvcmQ6").await.map(|password| {
+                        let user = decode(&user).and_then(|u| String::from_utf8(u).ok());
+                        let password = decode(&password).and_then(|p| String::from_utf8(p).ok());
+                        user.zip(password)
+                    }),
+                }
+            }
+            Mechanism::Other => {
+                self.errors += 1;
+                return self.reply(
+                    504,
+                    "5.5.4",
+                    "Unrecognized authentication type; use PLAIN or LOGIN",
+                );
+            }
+        };
+        let (user, password) = match credentials {
+            None => {
+                return self.reply(501, "5.0.0", "Authentication cancelled");
+            }
+            Some(None) => {
+                self.errors += 1;
+                return self.reply(501, "5.5.2", "Error: bad base64 or a malformed response");
+            }
+            Some(Some(pair)) => pair,
+        };
+        match auth.login(self.client_ip, &user, &password).await {
+            Login::Accepted(user) => {
+                tracing::info!(client = %self.client_ip, auth_user = %user, "login");
+                self.may_relay = relay::may_relay(&self.shared.config, self.client_ip, true);
+                self.auth_user = Some(user);
+                self.reply(235, "2.7.0", "Authentication successful");
+            }
+            Login::Refused => {
+                self.errors += 1;
+                tracing::info!(client = %self.client_ip, auth_user = %user, "login failed");
+                self.reply(535, "5.7.8", "Authentication credentials invalid");
+            }
+            Login::LockedOut => {
+                tracing::warn!(client = %self.client_ip, auth_user = %user, "login refused: too many failures");
+                self.reply(454, "4.7.0", "Too many failed logins; try again later");
+            }
+            Login::Unavailable(why) => {
+                tracing::warn!(client = %self.client_ip, auth_user = %user, error = %why, "login could not be checked");
+                self.reply(454, "4.7.0", "Temporary authentication failure");
+            }
+        }
+    }
+
+    /// A `334` challenge and the client's answer; None when it cancels with `*`
+    /// or goes away.
+    async fn challenge(&mut self, text: &str) -> Option<String> {
+        self.conn.reply(&Reply::plain(334, vec![text.to_string()]));
+        let config = self.shared.config.clone();
+        let line = self
+            .conn
+            .read_line(
+                config.limits.line_length_limit,
+                config.limits.command_timeout,
+            )
+            .await
+            .ok()?;
+        let Line::Complete(line) = line else {
+            return Some(String::new());
+        };
+        let text = String::from_utf8(line).ok()?;
+        let text = text.trim_end_matches(['\r', '\n']).to_string();
+        (text != "*").then_some(text)
     }
 
     fn hello(&mut self, name: String, esmtp: bool) {
@@ -296,7 +475,7 @@ impl Session {
             self.conn.reply(&Reply::plain(250, vec![hostname]));
             return;
         }
-        let lines = vec![
+        let mut lines = vec![
             hostname,
             "PIPELINING".into(),
             format!("SIZE {}", self.config().limits.message_size_limit),
@@ -304,6 +483,12 @@ impl Session {
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
         ];
+        if self.shared.tls.is_some() && !self.conn.tls {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         self.conn.reply(&Reply::plain(250, lines));
     }
 
@@ -339,6 +524,17 @@ impl Session {
             return self.reply(552, "5.3.4", "Message size exceeds fixed limit");
         }
         let address = sender.to_string();
+        if let (Some(user), Some(auth)) = (&self.auth_user, &self.shared.auth) {
+            let config = self.shared.config.clone();
+            if !auth.owns(user, &address, &|domain| config.is_hosted(domain)) {
+                tracing::info!(client = %self.client_ip, auth_user = %user, sender = %address, "sender not owned by the logged-in user");
+                return self.reply(
+                    553,
+                    "5.7.1",
+                    format!("<{address}>: Sender address not owned by user {user}"),
+                );
+            }
+        }
         match self
             .rules
             .check_early(Stage::Mail, &self.facts(&address, &[]))
@@ -506,7 +702,7 @@ impl Session {
             client_ip: self.client_ip.to_string(),
             client_name: None,
             helo: self.helo.clone().unwrap_or_default(),
-            authenticated: false,
+            authenticated: self.auth_user.is_some(),
             sender: kept.sender.to_string(),
             recipients: kept.recipients,
             size: kept.message.as_ref().map_or(0, |m| m.len() as u64),
@@ -583,8 +779,8 @@ impl Session {
             client_ip: self.client_ip,
             client_name: None,
             helo: self.helo.as_deref().unwrap_or(""),
-            authenticated: false,
-            trusted: self.may_relay,
+            authenticated: self.auth_user.is_some(),
+            trusted: self.trusted,
             sender,
             recipients,
             size: 0,
@@ -882,11 +1078,17 @@ impl Session {
 
     /// The trace header (RFC 5321 4.4) prepended to every accepted message.
     fn received_header(&self, id: &str, t: &Transaction) -> Vec<u8> {
-        let protocol = match (t.params.smtputf8, self.esmtp) {
+        // RFC 3848 / 6531: S for TLS, A for a logged-in client.
+        let base = match (t.params.smtputf8, self.esmtp) {
             (true, _) => "UTF8SMTP",
             (false, true) => "ESMTP",
             (false, false) => "SMTP",
         };
+        let protocol = format!(
+            "{base}{}{}",
+            if self.conn.tls { "S" } else { "" },
+            if self.auth_user.is_some() { "A" } else { "" }
+        );
         let helo = self.helo.as_deref().unwrap_or("unknown");
         let ip = match self.client_ip {
             IpAddr::V4(v4) => v4.to_string(),
@@ -938,4 +1140,11 @@ async fn release_all(
         }
     }
     Ok(done.join("; "))
+}
+
+fn decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
 }

@@ -2,6 +2,7 @@
 //! recording backend server on another port.
 
 mod archive;
+mod auth;
 mod cli;
 mod delivery;
 mod fixtures;

@@ -44,6 +44,8 @@ struct BackendState {
     connections: usize,
     /// Replies to RCPT for particular addresses (lower case); 250 otherwise.
     rcpt_replies: HashMap<String, String>,
+    /// Accounts for AUTH PLAIN; no AUTH offered without them.
+    accounts: HashMap<String, String>,
 }
 
 /// A backend SMTP server on a loopback port that records what it receives.
@@ -87,6 +89,15 @@ impl Backend {
             .unwrap()
             .rcpt_replies
             .insert(address.to_lowercase(), reply.to_string());
+    }
+
+    /// Offers AUTH and accepts this account.
+    pub fn add_account(&self, user: &str, password: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .accounts
+            .insert(user.to_string(), password.to_string());
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -139,7 +150,30 @@ async fn serve_backend(stream: TcpStream, state: Arc<Mutex<BackendState>>, end: 
         state.lock().unwrap().commands.push(text.clone());
         let upper = text.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-backend.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+            let auth = if state.lock().unwrap().accounts.is_empty() {
+                ""
+            } else {
+                "250-AUTH PLAIN LOGIN\r\n"
+            };
+            format!(
+                "250-backend.test\r\n{auth}250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"
+            )
+        } else if upper.starts_with("AUTH PLAIN ") {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(text[11..].trim())
+                .unwrap_or_default();
+            let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+            let ok = parts.len() == 3 && {
+                let user = String::from_utf8_lossy(parts[1]).to_string();
+                let password = String::from_utf8_lossy(parts[2]).to_string();
+                state.lock().unwrap().accounts.get(&user) == Some(&password)
+            };
+            if ok {
+                "235 2.7.0 ok\r\n".into()
+            } else {
+                "535 5.7.8 bad credentials\r\n".into()
+            }
         } else if upper.starts_with("HELO") {
             "250 backend.test\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
@@ -210,9 +244,13 @@ async fn read_backend_data<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
+/// A byte stream the test client can speak over: TCP, or TLS over TCP.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// A raw SMTP client for protocol-level tests.
 pub struct Client {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
 }
 
 /// One reply: its code and all its lines as received.
@@ -242,7 +280,32 @@ impl Client {
         socket.bind(SocketAddr::new(local, 0)).unwrap();
         let stream = socket.connect(proxy).await.expect("connect to proxy");
         Client {
-            stream: BufReader::new(stream),
+            stream: BufReader::new(Box::new(stream)),
+        }
+    }
+
+    /// Connects with implicit TLS (port 465 style), trusting `ca`.
+    pub async fn connect_tls(proxy: SocketAddr, ca: &[u8]) -> Client {
+        let stream = TcpStream::connect(proxy).await.expect("connect to proxy");
+        let tls = tls_connector(ca)
+            .connect("mx.example.test".try_into().unwrap(), stream)
+            .await
+            .expect("TLS handshake");
+        Client {
+            stream: BufReader::new(Box::new(tls)),
+        }
+    }
+
+    /// After `220 Ready to start TLS`: the handshake, on whatever the connection
+    /// is. Bytes already buffered from the server are dropped (there should be none).
+    pub async fn start_tls(self, ca: &[u8]) -> Client {
+        let plain = self.stream.into_inner();
+        let tls = tls_connector(ca)
+            .connect("mx.example.test".try_into().unwrap(), plain)
+            .await
+            .expect("TLS handshake");
+        Client {
+            stream: BufReader::new(Box::new(tls)),
         }
     }
 
@@ -551,4 +614,31 @@ pub fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
         writer.finish().unwrap();
     }
     buffer.into_inner()
+}
+
+/// A self-signed certificate for mx.example.test: (certificate PEM, key PEM).
+pub fn test_certificate() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()]).unwrap();
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+pub fn tls_connector(ca_pem: &[u8]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+pub fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }

@@ -1,0 +1,349 @@
+//! Who may log in, and as whom they may send: SMTP AUTH credentials checked against
+//! a users file (argon2id hashes) or against the backend, with failed attempts
+//! limited per client address and per user name.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
+use crate::config::{AuthConfig, AuthSource};
+use crate::smtp_client::{Client, Target};
+
+/// The outcome of one login attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    Accepted(String),
+    Refused,
+    /// Too many failures from this address or for this name: not even checked.
+    LockedOut,
+    /// The credentials could not be checked now (backend unreachable).
+    Unavailable(String),
+}
+
+/// Failed attempts of one client address or user name.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    since: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Counts failures; bounded, so a flood of addresses cannot exhaust memory.
+struct Limiter {
+    entries: Mutex<HashMap<String, Failures>>,
+    max: u32,
+}
+
+/// At most this many addresses and names are tracked at once.
+const MAX_TRACKED: usize = 100_000;
+
+impl Limiter {
+    fn locked(&self, key: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .and_then(|f| f.locked_until)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn fail(&self, key: &str, window: Duration, lockout: Duration) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_TRACKED && !entries.contains_key(key) {
+            entries.retain(|_, f| {
+                now.duration_since(f.since) < window || f.locked_until.is_some_and(|u| now < u)
+            });
+            if entries.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let entry = entries.entry(key.to_string()).or_insert(Failures {
+            count: 0,
+            since: now,
+            locked_until: None,
+        });
+        if now.duration_since(entry.since) > window {
+            *entry = Failures {
+                count: 0,
+                since: now,
+                locked_until: None,
+            };
+        }
+        entry.count += 1;
+        if entry.count >= self.max {
+            entry.locked_until = Some(now + lockout);
+        }
+    }
+
+    fn clear(&self, key: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// The users file: `name:$argon2id$…` per line, `#` comments. Read again when it
+/// changes.
+struct UsersFile {
+    path: PathBuf,
+    loaded: Mutex<(Option<SystemTime>, HashMap<String, String>)>,
+}
+
+impl UsersFile {
+    fn hash_of(&self, user: &str) -> Option<String> {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.0 != modified {
+            match read_users(&self.path) {
+                Ok(users) => *loaded = (modified, users),
+                Err(e) => tracing::error!(error = %e, "users file not reloaded"),
+            }
+        }
+        loaded.1.get(user).cloned()
+    }
+}
+
+/// Reads a users file; errors name the file and line.
+pub fn read_users(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!(
+            "auth.users_file {}: {e} (add a user with: mailmoat passwd add NAME)",
+            path.display()
+        )
+    })?;
+    let mut users = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            anyhow::bail!(
+                "{}:{}: write name:hash (use mailmoat passwd add NAME)",
+                path.display(),
+                n + 1
+            );
+        };
+        if PasswordHash::new(hash).is_err() {
+            anyhow::bail!(
+                "{}:{}: '{user}' has no valid password hash (use mailmoat passwd add {user})",
+                path.display(),
+                n + 1
+            );
+        }
+        users.insert(user.to_string(), hash.to_string());
+    }
+    Ok(users)
+}
+
+/// An argon2id hash of a password, for the users file.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    rand::fill(&mut salt);
+    let hash: PasswordHash = Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(hash.to_string())
+}
+
+/// Checks logins.
+pub struct Authenticator {
+    config: AuthConfig,
+    users: Option<UsersFile>,
+    backend: Option<Target>,
+    by_ip: Limiter,
+    by_user: Limiter,
+}
+
+impl Authenticator {
+    /// None when AUTH is off.
+    pub fn new(config: &AuthConfig, backend: &Target) -> anyhow::Result<Option<Authenticator>> {
+        let (users, backend) = match config.source {
+            AuthSource::Off => return Ok(None),
+            AuthSource::Users => {
+                let path = config.users_file.clone().ok_or_else(|| {
+                    anyhow::anyhow!("auth.source = \"users\" needs auth.users_file")
+                })?;
+                read_users(&path)?;
+                (
+                    Some(UsersFile {
+                        path,
+                        loaded: Mutex::new((None, HashMap::new())),
+                    }),
+                    None,
+                )
+            }
+            AuthSource::Backend => (None, Some(backend.clone())),
+        };
+        Ok(Some(Authenticator {
+            config: config.clone(),
+            users,
+            backend,
+            by_ip: Limiter {
+                entries: Mutex::new(HashMap::new()),
+                max: config.max_failures_per_ip,
+            },
+            by_user: Limiter {
+                entries: Mutex::new(HashMap::new()),
+                max: config.max_failures_per_user,
+            },
+        }))
+    }
+
+    /// May this client log in without TLS?
+    pub fn plaintext_allowed(&self, ip: IpAddr) -> bool {
+        self.config
+            .plaintext_networks
+            .iter()
+            .any(|n| n.contains(&ip))
+    }
+
+    /// One login attempt. Failures are slowed down and counted; past the limit,
+    /// the address (or the name) is locked out for a while.
+    pub async fn login(&self, ip: IpAddr, user: &str, password: &str) -> Login {
+        let ip_key = ip.to_string();
+        let user_key = user.to_lowercase();
+        if self.by_ip.locked(&ip_key) || self.by_user.locked(&user_key) {
+            return Login::LockedOut;
+        }
+        let result = self.check(user, password).await;
+        match &result {
+            Login::Accepted(_) => {
+                self.by_ip.clear(&ip_key);
+            }
+            Login::Refused => {
+                tokio::time::sleep(self.config.failure_delay).await;
+                self.by_ip
+                    .fail(&ip_key, self.config.failure_window, self.config.lockout);
+                self.by_user
+                    .fail(&user_key, self.config.failure_window, self.config.lockout);
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn check(&self, user: &str, password: &str) -> Login {
+        if let Some(users) = &self.users {
+            let Some(hash) = users.hash_of(user) else {
+                return Login::Refused;
+            };
+            let password = password.to_string();
+            let user = user.to_string();
+            // argon2 takes tens of milliseconds of CPU by design: not on an async worker.
+            return tokio::task::spawn_blocking(move || {
+                let parsed = PasswordHash::new(&hash).ok()?;
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .ok()?;
+                Some(user)
+            })
+            .await
+            .ok()
+            .flatten()
+            .map_or(Login::Refused, Login::Accepted);
+        }
+        if let Some(backend) = &self.backend {
+            return backend_login(backend, user, password).await;
+        }
+        Login::Refused
+    }
+
+    /// May `user` send as `sender`? Their own address, or what the sender-logins
+    /// map gives them; a name without a domain owns that name at the hosted domains.
+    pub fn owns(&self, user: &str, sender: &str, hosted: &dyn Fn(&str) -> bool) -> bool {
+        if !self.config.restrict_senders || sender.is_empty() {
+            return true;
+        }
+        let sender = sender.to_lowercase();
+        let user = user.to_lowercase();
+        if sender == user {
+            return true;
+        }
+        if let Some((local, domain)) = sender.rsplit_once('@')
+            && local == user
+            && hosted(domain)
+        {
+            return true;
+        }
+        self.config.sender_logins.iter().any(|(pattern, owners)| {
+            let pattern = pattern.to_lowercase();
+            let applies =
+                pattern == sender || (pattern.starts_with('@') && sender.ends_with(&pattern));
+            applies && owners.iter().any(|o| o.eq_ignore_ascii_case(&user))
+        })
+    }
+}
+
+/// AUTH PLAIN against the backend, which holds the accounts (Exchange).
+async fn backend_login(backend: &Target, user: &str, password: &str) -> Login {
+    use base64::Engine;
+    let mut client = match Client::connect(backend).await {
+        Ok(client) => client,
+        Err(e) => return Login::Unavailable(e.0),
+    };
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    let result = match client.command(format!("AUTH PLAIN {token}")).await {
+        Ok(reply) if reply.code == 235 => Login::Accepted(user.to_string()),
+        Ok(reply) if reply.is_permanent() => Login::Refused,
+        Ok(reply) => Login::Unavailable(format!("backend answered {reply}")),
+        Err(e) => Login::Unavailable(e.0),
+    };
+    client.quit().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_the_users_file_names_bad_lines() {
+        let hash = hash_password("secret").unwrap();
+        let parsed = PasswordHash::new(&hash).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"secret", &parsed)
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"wrong", &parsed)
+                .is_err()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, format!("# users\nalice:{hash}\nbob\n")).unwrap();
+        let err = read_users(&path).unwrap_err().to_string();
+        assert!(
+            err.ends_with(":3: write name:hash (use mailmoat passwd add NAME)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limiter_locks_after_the_maximum_and_forgets_after_the_window() {
+        let limiter = Limiter {
+            entries: Mutex::new(HashMap::new()),
+            max: 3,
+        };
+        for _ in 0..2 {
+            limiter.fail("x", Duration::from_secs(60), Duration::from_secs(60));
+        }
+        assert!(!limiter.locked("x"));
+        limiter.fail("x", Duration::from_secs(60), Duration::from_secs(60));
+        assert!(limiter.locked("x"));
+        assert!(!limiter.locked("y"));
+        limiter.clear("x");
+        assert!(!limiter.locked("x"));
+    }
+}
