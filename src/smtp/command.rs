@@ -313,9 +313,24 @@ mod tests {
             parse(b"ehlo client.test\r\n"),
             Ok(Command::Ehlo("client.test".into()))
         );
+        assert_eq!(parse(b"STARTTLS\r\n"), Ok(Command::StartTls));
         assert_eq!(
-            parse(b"STARTTLS\r\n"),
-            Ok(Command::NotImplemented("STARTTLS"))
+            parse(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"),
+            Ok(Command::Auth {
+                mechanism: Mechanism::Plain,
+                initial: Some("AGFsaWNlAHNlY3JldA==".into())
+            })
+        );
+        assert_eq!(
+            parse(b"auth login\r\n"),
+            Ok(Command::Auth {
+                mechanism: Mechanism::Login,
+                initial: None
+            })
+        );
+        assert_eq!(
+            parse(b"BDAT 10 LAST\r\n"),
+            Ok(Command::NotImplemented("BDAT"))
         );
         assert_eq!(parse(b"QUIT\r\n"), Ok(Command::Quit));
     }
