@@ -10,6 +10,7 @@ pub mod address;
 pub mod archive;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod logging;
 pub mod mime;
 pub mod policy;

@@ -79,7 +79,12 @@ impl Server {
         tracing::info!(rules = rules.current().rules().len(), dir = %config.rules.path.display(), "rules loaded");
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut background = vec![tokio::spawn(rules.clone().watch(hangup))];
-        let delivery = Arc::new(Delivery::new(config.clone(), queue.clone())?);
+        let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
+        let delivery = Arc::new(Delivery::new(
+            config.clone(),
+            queue.clone(),
+            Some(dns.clone()),
+        )?);
         let workers = delivery.spawn_workers(config.queue.delivery_workers);
 
         let archive = if config.archive.enabled {
@@ -129,7 +134,11 @@ impl Server {
         )?;
         let auth =
             crate::policy::auth::Authenticator::new(&config.auth, &backend_target)?.map(Arc::new);
+        let checks = Arc::new(crate::policy::checks::Checks::new(&config, dns.clone())?);
+        let mailbomb = Arc::new(crate::policy::limits::MailBomb::new(&config.mailbomb));
         let shared = Arc::new(Shared {
+            checks,
+            mailbomb,
             tls: tls.clone(),
             auth,
             config: config.clone(),

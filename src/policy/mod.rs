@@ -1,5 +1,7 @@
 //! Envelope-time checks: who may relay, and which recipients exist.
 
 pub mod auth;
+pub mod checks;
+pub mod limits;
 pub mod recipients;
 pub mod relay;

@@ -13,7 +13,8 @@ use super::envelope::{Envelope, QueuedRecipient, RecipientStatus};
 use super::scheduler::{backoff, now_millis};
 use super::spool::{QueueState, new_id};
 use crate::address::Mailbox;
-use crate::config::Config;
+use crate::config::{Config, OutboundRoute};
+use crate::dns::{DnsError, MailHosts};
 use crate::reply::Reply;
 use crate::smtp_client::{Client, ClientError, Target};
 
@@ -58,11 +59,36 @@ pub struct Delivery {
     queue: Arc<Queue>,
     backend: Target,
     relayhost: Option<Target>,
+    /// For MX lookups of outbound mail.
+    dns: Option<Arc<crate::dns::Dns>>,
     pool: Pool,
 }
 
+/// Where a group of recipients goes.
+#[derive(Debug, Clone)]
+enum Route {
+    /// One server (backend, smart host, backup mail server).
+    Fixed(Target),
+    /// The MX hosts of a domain.
+    Mx(String),
+}
+
+impl Route {
+    /// Recipients with the same key share one transaction.
+    fn key(&self) -> String {
+        match self {
+            Route::Fixed(target) => target.address.clone(),
+            Route::Mx(domain) => format!("mx:{domain}"),
+        }
+    }
+}
+
 impl Delivery {
-    pub fn new(config: Arc<Config>, queue: Arc<Queue>) -> anyhow::Result<Delivery> {
+    pub fn new(
+        config: Arc<Config>,
+        queue: Arc<Queue>,
+        dns: Option<Arc<crate::dns::Dns>>,
+    ) -> anyhow::Result<Delivery> {
         let helo = config.server.hostname.clone();
         let backend = Target::from_backend(&config.backend, &config.backend.address, &helo)?;
         let relayhost = match &config.outbound.relayhost {
@@ -80,6 +106,7 @@ impl Delivery {
             queue,
             backend,
             relayhost,
+            dns,
         })
     }
 
@@ -105,21 +132,94 @@ impl Delivery {
             .collect()
     }
 
-    /// Where mail for this recipient goes.
-    fn target_for(&self, envelope: &Envelope, address: &str) -> Target {
+    /// Where mail for this recipient goes: hosted domains to the backend, others
+    /// as `[outbound] route` says.
+    fn route_for(&self, envelope: &Envelope, address: &str) -> Route {
         if let Some(hop) = &envelope.next_hop {
             let mut target = self.backend.clone();
             target.address = hop.clone();
-            return target;
+            return Route::Fixed(target);
         }
-        let hosted = Mailbox::parse(address)
-            .ok()
+        let mailbox = Mailbox::parse(address).ok();
+        let domain = mailbox.as_ref().map(|m| m.domain.clone());
+        let hosted = mailbox
+            .as_ref()
             .and_then(|m| m.domain_name().map(|d| self.config.is_hosted(d)))
             .unwrap_or(false);
-        match (&self.relayhost, hosted) {
-            (Some(relayhost), false) => relayhost.clone(),
-            _ => self.backend.clone(),
+        if hosted {
+            return Route::Fixed(self.backend.clone());
         }
+        match (self.config.outbound.route, &self.relayhost, domain) {
+            (OutboundRoute::Relayhost, Some(relayhost), _) => Route::Fixed(relayhost.clone()),
+            // An address literal names its host itself.
+            (OutboundRoute::Mx, _, Some(crate::address::Domain::Literal(literal))) => {
+                let mut target = self.backend.clone();
+                let ip = literal
+                    .trim_start_matches("IPv6:")
+                    .trim_start_matches("ipv6:");
+                target.address = format!("{}:{}", bracket(ip), self.config.outbound.port);
+                Route::Fixed(target)
+            }
+            (OutboundRoute::Mx, _, Some(crate::address::Domain::Name(name))) => Route::Mx(name),
+            _ => Route::Fixed(self.backend.clone()),
+        }
+    }
+
+    /// The servers to try for a route, in order; or the outcome for everyone when
+    /// DNS says there is no server.
+    async fn targets(&self, route: &Route) -> Result<Vec<Target>, Outcome> {
+        let domain = match route {
+            Route::Fixed(target) => return Ok(vec![target.clone()]),
+            Route::Mx(domain) => domain,
+        };
+        let Some(dns) = &self.dns else {
+            return Err(Outcome::Deferred("no DNS resolver for MX lookups".into()));
+        };
+        let hosts = match dns.mail_hosts(domain).await {
+            Ok(MailHosts::Hosts(hosts)) => hosts,
+            Ok(MailHosts::NullMx) => {
+                return Err(Outcome::Refused(Reply::new(
+                    556,
+                    "5.1.10",
+                    format!("{domain} accepts no mail (null MX, RFC 7505)"),
+                )));
+            }
+            Err(DnsError::NotFound) => {
+                return Err(Outcome::Refused(Reply::new(
+                    550,
+                    "5.1.2",
+                    format!("{domain}: no such domain, or no mail server for it"),
+                )));
+            }
+            Err(DnsError::Temporary(why)) => {
+                return Err(Outcome::Deferred(format!(
+                    "DNS lookup of {domain} failed: {why}"
+                )));
+            }
+        };
+        let mut targets = Vec::new();
+        for host in hosts {
+            match dns.addresses(&host).await {
+                Ok(addresses) => {
+                    for ip in addresses {
+                        let mut target = self.backend.clone();
+                        target.address =
+                            format!("{}:{}", bracket(&ip.to_string()), self.config.outbound.port);
+                        // Outbound: opportunistic STARTTLS, like any MTA.
+                        target.starttls = crate::config::TlsMode::Opportunistic;
+                        target.tls_verify = false;
+                        targets.push(target);
+                    }
+                }
+                Err(e) => tracing::info!(domain, host, error = ?e, "MX host has no address"),
+            }
+        }
+        if targets.is_empty() {
+            return Err(Outcome::Deferred(format!(
+                "no MX host of {domain} has an address"
+            )));
+        }
+        Ok(targets)
     }
 
     /// One delivery attempt of one message. Returns when and where to try again, or
@@ -163,22 +263,29 @@ impl Delivery {
         };
 
         // Group pending recipients by next hop: one transaction per hop.
-        let mut by_target: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut by_route: BTreeMap<String, (Route, Vec<usize>)> = BTreeMap::new();
         for (i, rcpt) in envelope.recipients.iter().enumerate() {
             if rcpt.status == RecipientStatus::Pending {
-                by_target
-                    .entry(self.target_for(&envelope, &rcpt.address).address)
-                    .or_default()
+                let route = self.route_for(&envelope, &rcpt.address);
+                by_route
+                    .entry(route.key())
+                    .or_insert((route, Vec::new()))
+                    .1
                     .push(i);
             }
         }
         let mut failures = Vec::new();
-        for indices in by_target.values() {
-            let target = self.target_for(&envelope, &envelope.recipients[indices[0]].address);
-            let outcomes = self.send(&target, &envelope, indices, &message).await;
+        for (route, indices) in by_route.values() {
+            let (relay, outcomes) = match self.targets(route).await {
+                Ok(targets) => {
+                    self.send_to_first(&targets, &envelope, indices, &message)
+                        .await
+                }
+                Err(outcome) => (route.key(), vec![outcome; indices.len()]),
+            };
             for (&i, outcome) in indices.iter().zip(outcomes) {
                 let rcpt = &mut envelope.recipients[i];
-                log_outcome(&envelope.id, &rcpt.address, &target.address, &outcome);
+                log_outcome(&envelope.id, &rcpt.address, &relay, &outcome);
                 match outcome {
                     Outcome::Delivered(reply) => {
                         rcpt.status = RecipientStatus::Delivered;
@@ -186,7 +293,7 @@ impl Delivery {
                     }
                     Outcome::Refused(reply) => {
                         rcpt.last_reply = reply.to_string();
-                        failures.push(failure(rcpt, &reply, Some(&target.address)));
+                        failures.push(failure(rcpt, &reply, Some(&relay)));
                     }
                     Outcome::Deferred(why) => rcpt.last_reply = why,
                 }
@@ -289,6 +396,29 @@ impl Delivery {
         self.queue.enqueue(envelope, report).await?;
         tracing::info!(queue_id = %original.id, bounce_id = %id, to = %original.sender, "sender notified of non-delivery");
         Ok(())
+    }
+
+    /// Tries the servers in order (MX preference, then addresses) until one takes
+    /// part in a conversation; returns which one, and the outcomes.
+    async fn send_to_first(
+        &self,
+        targets: &[Target],
+        envelope: &Envelope,
+        indices: &[usize],
+        message: &[u8],
+    ) -> (String, Vec<Outcome>) {
+        let mut last = Vec::new();
+        for target in targets {
+            let outcomes = self.send(target, envelope, indices, message).await;
+            let unreachable = outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_)));
+            if !unreachable || targets.len() == 1 {
+                return (target.address.clone(), outcomes);
+            }
+            tracing::info!(queue_id = %envelope.id, relay = %target.address, "no delivery there; trying the next host");
+            last = outcomes;
+        }
+        let tried: Vec<&str> = targets.iter().map(|t| t.address.as_str()).collect();
+        (tried.join(","), last)
     }
 
     /// One SMTP transaction to one next hop for the given recipients.
@@ -433,5 +563,14 @@ fn log_outcome(id: &str, to: &str, relay: &str, outcome: &Outcome) {
         Outcome::Deferred(why) => {
             tracing::info!(queue_id = %id, to, relay, status = "deferred", reply = %why, "will retry")
         }
+    }
+}
+
+/// IPv6 addresses in `host:port` need brackets.
+fn bracket(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
     }
 }

@@ -108,6 +108,16 @@ impl Connection {
         self.start < self.input.len()
     }
 
+    /// Waits up to `timeout` for the client to send something (before the banner,
+    /// it should not). True when it did.
+    pub async fn wait_input(&mut self, timeout: Duration) -> bool {
+        self.input.reserve(READ_CHUNK);
+        matches!(
+            tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input)).await,
+            Ok(Ok(n)) if n > 0
+        )
+    }
+
     /// Whether a whole command line is already buffered.
     pub fn has_complete_line(&self) -> bool {
         memchr::memchr(b'\n', &self.input[self.start..]).is_some()

@@ -37,6 +37,10 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// For AUTH; None when AUTH is off.
     pub auth: Option<Arc<crate::policy::auth::Authenticator>>,
+    /// Connection and sender checks (lists, DNSBL, sender domain, HELO).
+    pub checks: Arc<crate::policy::checks::Checks>,
+    /// Mail-bomb limits.
+    pub mailbomb: Arc<crate::policy::limits::MailBomb>,
     /// Turns true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -61,6 +65,10 @@ struct Session {
     may_relay: bool,
     /// In `relay.trusted_networks` (and not never-relay): for rules and precedence.
     trusted: bool,
+    /// On the client allow list: skips the deny lists, DNSBLs and limits.
+    allowed: bool,
+    /// The client's confirmed reverse name, when looked up.
+    client_name: Option<String>,
     /// The account the client logged in with.
     auth_user: Option<String>,
     /// The rules in force when the session began; it keeps them to its end.
@@ -121,9 +129,13 @@ pub async fn run(conn: Connection, shared: Arc<Shared>) {
     let client_ip = relay::canonical(conn.peer.ip());
     let may_relay = relay::may_relay(&shared.config, client_ip, false);
     let rules = shared.rules.current();
+    let allowed = shared.checks.allowed(client_ip);
+    let client_name = shared.checks.client_name(client_ip).await;
     let mut session = Session {
         rules,
         trusted: may_relay,
+        allowed,
+        client_name,
         auth_user: None,
         conn,
         shared,
@@ -160,9 +172,62 @@ impl Session {
         self.conn.reply(&Reply::new(code, status, text));
     }
 
+    /// Trusted, logged in, or allow-listed: the deny lists, DNSBLs and mail-bomb
+    /// limits do not apply (README, "Precedence").
+    fn exempt(&self) -> bool {
+        self.allowed || self.trusted || self.auth_user.is_some()
+    }
+
+    /// Before the banner: deny lists, DNSBLs (if judged at connect), the
+    /// connection rate, and whether the client talks before it is greeted.
+    async fn admit(&mut self) -> Result<(), (Decision, &'static str)> {
+        if self.exempt() {
+            return Ok(());
+        }
+        let checks = self.shared.checks.clone();
+        checks
+            .connect(self.client_ip, self.client_name.as_deref())
+            .await
+            .map_err(|d| (d, "refused at connect"))?;
+        let limits = self.shared.mailbomb.clone();
+        limits
+            .connect(self.client_ip)
+            .map_err(|d| (d, "connection rate"))?;
+        let delay = checks.config().greet_delay;
+        if !delay.is_zero() && self.conn.wait_input(delay).await {
+            let decision = Decision::new(
+                "pregreet",
+                Reply::new(
+                    554,
+                    "5.5.1",
+                    "Error: you talked before the greeting; goodbye",
+                ),
+                "client sent data before the banner",
+            );
+            return Err((decision, "talked before the banner"));
+        }
+        Ok(())
+    }
+
     /// The dialogue; returns how it ended, for the log.
     async fn serve(&mut self) -> &'static str {
         let config = self.shared.config.clone();
+        if let Err((decision, end)) = self.admit().await {
+            self.refused += 1;
+            self.log_refusal_of("connection", "", "", &decision);
+            let _ = self
+                .archive(Kept::dialogue(
+                    ArchiveStage::Connect,
+                    &decision,
+                    "",
+                    Vec::new(),
+                ))
+                .await;
+            let mut reply = decision.reply.clone();
+            reply.lines = vec![format!("{} {}", config.server.hostname, reply.text())];
+            self.conn.reply(&reply);
+            return end;
+        }
         self.conn.reply(&Reply::plain(
             220,
             vec![format!(
@@ -467,6 +532,13 @@ impl Session {
     }
 
     fn hello(&mut self, name: String, esmtp: bool) {
+        if !self.exempt()
+            && let Err(decision) = self.shared.checks.helo(&name, self.conn.local.ip())
+        {
+            self.refused += 1;
+            self.log_refusal_of("helo", "", "", &decision);
+            return self.conn.reply(&decision.reply);
+        }
         self.transaction = None;
         self.helo = Some(name);
         self.esmtp = esmtp;
@@ -533,6 +605,29 @@ impl Session {
                     "5.7.1",
                     format!("<{address}>: Sender address not owned by user {user}"),
                 );
+            }
+        }
+        if !self.exempt() {
+            let checks = self.shared.checks.clone();
+            let domain = sender
+                .mailbox()
+                .and_then(|m| m.domain_name().map(str::to_string));
+            let verdict = match checks.sender(domain.as_deref()).await {
+                Ok(()) => self.shared.mailbomb.message(self.client_ip, &address),
+                Err(decision) => Err(decision),
+            };
+            if let Err(decision) = verdict {
+                self.refused += 1;
+                self.log_refusal_of("sender", &address, "", &decision);
+                let _ = self
+                    .archive(Kept::dialogue(
+                        ArchiveStage::Mail,
+                        &decision,
+                        &address,
+                        Vec::new(),
+                    ))
+                    .await;
+                return self.conn.reply(&decision.reply);
             }
         }
         match self
@@ -626,9 +721,25 @@ impl Session {
                     }
                 }
             });
+        // DNSBL (when judged at RCPT; postmaster always gets through) and the
+        // recipient limits, for clients that are not exempt.
         let decided = match decided {
-            Ok(destination) => Ok(destination),
-            Err((decision, archive)) => Err((decision, archive)),
+            Ok(destination) if !self.exempt() => {
+                let recipient = destination.mailbox().to_string();
+                let checks = self.shared.checks.clone();
+                let dnsbl = if checks.config().dnsbl_at == crate::config::DnsblAt::Rcpt {
+                    checks.dnsbl(self.client_ip, Some(&recipient)).await
+                } else {
+                    Ok(())
+                };
+                match dnsbl
+                    .and_then(|()| self.shared.mailbomb.recipient(self.client_ip, &recipient))
+                {
+                    Ok(()) => Ok(destination),
+                    Err(decision) => Err((decision, true)),
+                }
+            }
+            other => other,
         };
         match decided {
             Ok(destination) => {
@@ -700,7 +811,7 @@ impl Session {
             time: unix_now(),
             stage: kept.stage,
             client_ip: self.client_ip.to_string(),
-            client_name: None,
+            client_name: self.client_name.clone(),
             helo: self.helo.clone().unwrap_or_default(),
             authenticated: self.auth_user.is_some(),
             sender: kept.sender.to_string(),
@@ -777,7 +888,7 @@ impl Session {
     fn facts<'a>(&'a self, sender: &'a str, recipients: &'a [String]) -> Facts<'a> {
         Facts {
             client_ip: self.client_ip,
-            client_name: None,
+            client_name: self.client_name.as_deref(),
             helo: self.helo.as_deref().unwrap_or(""),
             authenticated: self.auth_user.is_some(),
             trusted: self.trusted,
@@ -856,7 +967,7 @@ impl Session {
             self.conn.reply(&reply);
             return Flow::Continue;
         }
-        self.finish_message(&id, transaction, message, size, received_len)
+        self.finish_message_checked(&id, transaction, message, size, received_len)
             .await;
         Flow::Continue
     }
@@ -902,6 +1013,36 @@ impl Session {
     }
 
     /// The end of DATA: the rules' verdict, then queue, archive, discard or refuse.
+    async fn finish_message_checked(
+        &mut self,
+        id: &str,
+        transaction: Transaction,
+        message: Vec<u8>,
+        size: usize,
+        received_len: usize,
+    ) {
+        if !self.exempt()
+            && let Err(decision) = self.shared.mailbomb.body(&message[received_len..])
+        {
+            self.refused += 1;
+            let reply = self
+                .keep_refused(
+                    id,
+                    "tempfail",
+                    &decision,
+                    &transaction,
+                    &message,
+                    received_len,
+                )
+                .await;
+            self.log_message(id, &transaction, "tempfail", &reply, size);
+            tracing::info!(queue_id = %id, check = %decision.check, reason = %decision.reason, "message refused");
+            return self.conn.reply(&reply);
+        }
+        self.finish_message(id, transaction, message, size, received_len)
+            .await;
+    }
+
     async fn finish_message(
         &mut self,
         id: &str,

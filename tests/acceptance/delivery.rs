@@ -198,11 +198,15 @@ async fn mail_that_cannot_be_delivered_in_time_is_bounced_via_the_relayhost() {
     // The backend is down for good; bounces to a remote sender go to the relay host.
     let relayhost = Backend::start(DataEnd::Strict).await;
     let dead_backend = unused_addr().await;
-    let extra = format!("[outbound]\nrelayhost = \"{}\"\n", relayhost.addr);
-    let text = base_config(dead_backend, UNTRUSTED_ONLY, &extra).replace(
-        "max_backoff = \"2s\"",
-        "max_backoff = \"2s\"\nmax_lifetime = \"2s\"",
-    );
+    let text = base_config(dead_backend, UNTRUSTED_ONLY, "")
+        .replace(
+            "max_backoff = \"2s\"",
+            "max_backoff = \"2s\"\nmax_lifetime = \"2s\"",
+        )
+        .replace(
+            "route = \"backend\"",
+            &format!("route = \"relayhost\"\nrelayhost = \"{}\"", relayhost.addr),
+        );
     let proxy = Proxy::start_with_text(&text).await;
     let mut client = proxy.client().await;
     let reply = client

@@ -446,6 +446,17 @@ address = "{backend}"
 connect_timeout = "2s"
 command_timeout = "5s"
 
+# Tests never leave loopback: no MX lookups, no real name servers.
+[outbound]
+route = "backend"
+
+[dns]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+
+[checks]
+sender_domain_exists = false
+
 [queue]
 path = "queue"
 min_backoff = "1s"
