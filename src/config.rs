@@ -767,14 +767,16 @@ impl Config {
             &mut self.tls.cert_file,
             &mut self.tls.key_file,
             &mut self.auth.users_file,
+            &mut self.backend.ca_file,
+            &mut self.checks.client_allow_file,
+            &mut self.checks.client_deny_file,
+            &mut self.checks.client_name_deny_file,
+            &mut self.checks.sender_deny_file,
         ]
         .into_iter()
         .flatten()
         {
             anchor(path);
-        }
-        if let Some(ca) = &mut self.backend.ca_file {
-            anchor(ca);
         }
         for domain in self.recipients.domains.values_mut() {
             if let Some(file) = &mut domain.file {

@@ -4,6 +4,7 @@
 mod archive;
 mod auth;
 mod cli;
+mod defences;
 mod delivery;
 mod fixtures;
 mod protocol;

@@ -653,3 +653,125 @@ pub fn b64(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// A DNS server on a loopback port answering from a table, for tests that need
+/// MX, address, PTR and blocklist answers without leaving the machine.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    zone: Arc<Mutex<DnsZone>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct DnsZone {
+    records: HashMap<String, Vec<hickory_proto::rr::RData>>,
+    servfail: Vec<String>,
+}
+
+fn dns_name(name: &str) -> hickory_proto::rr::Name {
+    hickory_proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.'))).unwrap()
+}
+
+impl DnsServer {
+    pub async fn start() -> DnsServer {
+        use hickory_proto::op::{Message, OpCode, ResponseCode};
+        use hickory_proto::rr::Record;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let zone = Arc::new(Mutex::new(DnsZone::default()));
+        let table = zone.clone();
+        let task = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buffer).await else {
+                    return;
+                };
+                let Ok(query) = Message::from_vec(&buffer[..n]) else {
+                    continue;
+                };
+                let Some(question) = query.queries.first().cloned() else {
+                    continue;
+                };
+                let name = question
+                    .name()
+                    .to_string()
+                    .trim_end_matches('.')
+                    .to_lowercase();
+                let mut response = Message::response(query.metadata.id, OpCode::Query);
+                response.metadata.authoritative = true;
+                response.metadata.recursion_available = true;
+                response.add_query(question.clone());
+                {
+                    let zone = table.lock().unwrap();
+                    if zone.servfail.contains(&name) {
+                        response.metadata.response_code = ResponseCode::ServFail;
+                    } else if let Some(records) = zone.records.get(&name) {
+                        for rdata in records
+                            .iter()
+                            .filter(|r| r.record_type() == question.query_type())
+                        {
+                            response.add_answer(Record::from_rdata(
+                                question.name().clone(),
+                                60,
+                                rdata.clone(),
+                            ));
+                        }
+                    } else {
+                        response.metadata.response_code = ResponseCode::NXDomain;
+                    }
+                }
+                let _ = socket.send_to(&response.to_vec().unwrap(), peer).await;
+            }
+        });
+        DnsServer { addr, zone, task }
+    }
+
+    fn add(&self, name: &str, rdata: hickory_proto::rr::RData) {
+        self.zone
+            .lock()
+            .unwrap()
+            .records
+            .entry(name.trim_end_matches('.').to_lowercase())
+            .or_default()
+            .push(rdata);
+    }
+
+    pub fn a(&self, name: &str, ip: &str) {
+        self.add(
+            name,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A(ip.parse().unwrap())),
+        );
+    }
+
+    pub fn mx(&self, domain: &str, preference: u16, host: &str) {
+        let exchange = if host == "." {
+            hickory_proto::rr::Name::root()
+        } else {
+            dns_name(host)
+        };
+        self.add(
+            domain,
+            hickory_proto::rr::RData::MX(hickory_proto::rr::rdata::MX::new(preference, exchange)),
+        );
+    }
+
+    /// A name that exists with no records of the asked type (NODATA).
+    pub fn exists(&self, name: &str) {
+        self.zone
+            .lock()
+            .unwrap()
+            .records
+            .entry(name.trim_end_matches('.').to_lowercase())
+            .or_default();
+    }
+
+    pub fn servfail(&self, name: &str) {
+        self.zone.lock().unwrap().servfail.push(name.to_lowercase());
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
