@@ -178,9 +178,23 @@ impl Session {
         self.allowed || self.trusted || self.auth_user.is_some()
     }
 
+    /// The mail-bomb limits spare the allow list, and trusted networks and
+    /// logged-in clients unless `[mailbomb] exempt_trusted = false`.
+    fn limits_exempt(&self) -> bool {
+        self.allowed
+            || ((self.trusted || self.auth_user.is_some())
+                && self.shared.config.mailbomb.exempt_trusted)
+    }
+
     /// Before the banner: deny lists, DNSBLs (if judged at connect), the
     /// connection rate, and whether the client talks before it is greeted.
     async fn admit(&mut self) -> Result<(), (Decision, &'static str)> {
+        if !self.limits_exempt() {
+            let limits = self.shared.mailbomb.clone();
+            limits
+                .connect(self.client_ip)
+                .map_err(|d| (d, "connection rate"))?;
+        }
         if self.exempt() {
             return Ok(());
         }
@@ -189,10 +203,6 @@ impl Session {
             .connect(self.client_ip, self.client_name.as_deref())
             .await
             .map_err(|d| (d, "refused at connect"))?;
-        let limits = self.shared.mailbomb.clone();
-        limits
-            .connect(self.client_ip)
-            .map_err(|d| (d, "connection rate"))?;
         let delay = checks.config().greet_delay;
         if !delay.is_zero() && self.conn.wait_input(delay).await {
             let decision = Decision::new(
@@ -607,28 +617,34 @@ impl Session {
                 );
             }
         }
-        if !self.exempt() {
-            let checks = self.shared.checks.clone();
-            let domain = sender
-                .mailbox()
-                .and_then(|m| m.domain_name().map(str::to_string));
-            let verdict = match checks.sender(domain.as_deref()).await {
-                Ok(()) => self.shared.mailbomb.message(self.client_ip, &address),
-                Err(decision) => Err(decision),
-            };
-            if let Err(decision) = verdict {
-                self.refused += 1;
-                self.log_refusal_of("sender", &address, "", &decision);
-                let _ = self
-                    .archive(Kept::dialogue(
-                        ArchiveStage::Mail,
-                        &decision,
-                        &address,
-                        Vec::new(),
-                    ))
-                    .await;
-                return self.conn.reply(&decision.reply);
+        let checks = self.shared.checks.clone();
+        let domain = sender
+            .mailbox()
+            .and_then(|m| m.domain_name().map(str::to_string));
+        let checked = if self.exempt() {
+            Ok(())
+        } else {
+            checks.sender(domain.as_deref()).await
+        };
+        let verdict = checked.and_then(|()| {
+            if self.limits_exempt() {
+                Ok(())
+            } else {
+                self.shared.mailbomb.message(self.client_ip, &address)
             }
+        });
+        if let Err(decision) = verdict {
+            self.refused += 1;
+            self.log_refusal_of("sender", &address, "", &decision);
+            let _ = self
+                .archive(Kept::dialogue(
+                    ArchiveStage::Mail,
+                    &decision,
+                    &address,
+                    Vec::new(),
+                ))
+                .await;
+            return self.conn.reply(&decision.reply);
         }
         match self
             .rules
@@ -724,22 +740,27 @@ impl Session {
         // DNSBL (when judged at RCPT; postmaster always gets through) and the
         // recipient limits, for clients that are not exempt.
         let decided = match decided {
-            Ok(destination) if !self.exempt() => {
+            Ok(destination) => {
                 let recipient = destination.mailbox().to_string();
                 let checks = self.shared.checks.clone();
-                let dnsbl = if checks.config().dnsbl_at == crate::config::DnsblAt::Rcpt {
-                    checks.dnsbl(self.client_ip, Some(&recipient)).await
-                } else {
-                    Ok(())
-                };
-                match dnsbl
-                    .and_then(|()| self.shared.mailbomb.recipient(self.client_ip, &recipient))
-                {
-                    Ok(()) => Ok(destination),
-                    Err(decision) => Err((decision, true)),
-                }
+                let dnsbl =
+                    if !self.exempt() && checks.config().dnsbl_at == crate::config::DnsblAt::Rcpt {
+                        checks.dnsbl(self.client_ip, Some(&recipient)).await
+                    } else {
+                        Ok(())
+                    };
+                let limited = dnsbl.and_then(|()| {
+                    if self.limits_exempt() {
+                        Ok(())
+                    } else {
+                        self.shared.mailbomb.recipient(self.client_ip, &recipient)
+                    }
+                });
+                limited
+                    .map(|()| destination)
+                    .map_err(|decision| (decision, true))
             }
-            other => other,
+            Err(refused) => Err(refused),
         };
         match decided {
             Ok(destination) => {
@@ -1021,7 +1042,7 @@ impl Session {
         size: usize,
         received_len: usize,
     ) {
-        if !self.exempt()
+        if !self.limits_exempt()
             && let Err(decision) = self.shared.mailbomb.body(&message[received_len..])
         {
             self.refused += 1;

@@ -234,3 +234,23 @@ async fn helo_as_us_early_talkers_and_denied_sender_domains_are_refused() {
     assert_eq!(reply.codes(), "554 5.5.1", "{reply:?}");
     assert!(talker.closed().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_clients_are_counted_when_asked_to() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    for (exempt, second) in [(true, "250 2.1.5"), (false, "451 4.7.1")] {
+        let limits =
+            format!("[mailbomb]\nmessages_per_recipient = 1\nexempt_trusted = {exempt}\n\n[store]");
+        let proxy =
+            Proxy::start_with_text(&config(backend.addr, &dns, &[("[store]", &limits)])).await;
+        let mut client = trusted(&proxy).await;
+        client.expect("MAIL FROM:<alice@example.test>", "250").await;
+        client
+            .expect("RCPT TO:<bob@example.test>", "250 2.1.5")
+            .await;
+        client.expect("RSET", "250").await;
+        client.expect("MAIL FROM:<alice@example.test>", "250").await;
+        client.expect("RCPT TO:<bob@example.test>", second).await;
+    }
+}
