@@ -340,3 +340,51 @@ impl Checks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_lists_cover_subdomains_and_nothing_else() {
+        let list = vec!["dynamic.test".to_string()];
+        assert!(in_domains("host-1.DYNAMIC.test.", &list));
+        assert!(in_domains("dynamic.test", &list));
+        assert!(!in_domains("notdynamic.test", &list));
+        assert_eq!(parse_domain("*.Example.NET"), Some("example.net".into()));
+        assert_eq!(
+            parse_network("192.0.2.7"),
+            Some("192.0.2.7/32".parse().unwrap())
+        );
+        assert_eq!(parse_network("not a network"), None);
+    }
+
+    #[tokio::test]
+    async fn a_denied_reverse_name_is_refused_at_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("names.txt"),
+            "# dial-up pools\ndynamic.test\n",
+        )
+        .unwrap();
+        let config = Config::parse(
+            "[checks]\nclient_name_deny_file = \"names.txt\"\n[dns]\nservers = [\"127.0.0.1:9\"]\n",
+            Path::new("t.toml"),
+            dir.path(),
+        )
+        .unwrap();
+        let dns = Arc::new(Dns::new(&config.dns).unwrap());
+        let checks = Checks::new(&config, dns).unwrap();
+        let ip = "192.0.2.1".parse().unwrap();
+        let refused = checks
+            .connect(ip, Some("host-1.dynamic.test"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.reply.code, refused.check.as_str()),
+            (554, "lists.client_name_deny")
+        );
+        assert!(checks.connect(ip, Some("mail.partner.test")).await.is_ok());
+        assert!(checks.connect(ip, None).await.is_ok());
+    }
+}

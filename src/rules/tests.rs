@@ -276,3 +276,22 @@ fn errors_name_file_line_and_what_to_write() {
         );
     }
 }
+
+#[test]
+fn client_conditions_see_the_reverse_name_and_the_address() {
+    let set = rules(
+        r#"
+        [[rule]]
+        name = "partner"
+        when.client_name = "*.remote.test"
+        when.client_ip = ["192.0.2.0/24"]
+        action = "tag"
+        add_header = { "X-Partner" = "yes" }
+        "#,
+    );
+    let to = rcpts(&["bob@example.test"]);
+    assert_eq!(set.evaluate(&facts("a@x.test", &to, None)).matched.len(), 1);
+    let mut unnamed = facts("a@x.test", &to, None);
+    unnamed.client_name = None;
+    assert!(set.evaluate(&unnamed).matched.is_empty());
+}

@@ -1183,6 +1183,8 @@ impl Session {
             result,
             rule = %decided_by,
             rules = %verdict.summary(),
+            auth_user = self.auth_user.as_deref().unwrap_or(""),
+            tls = self.conn.tls,
             reply = %reply,
             "message"
         );
