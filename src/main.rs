@@ -240,14 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .as_secs(),
                 },
             };
-            let reply = control_request(&config, Request::Quarantine(command))?;
-            if reply.ok {
-                print!("{}", with_newline(&reply.text));
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprint!("mailmoat: {}", with_newline(&reply.text));
-                Ok(ExitCode::from(1))
-            }
+            answer(&config, Request::Quarantine(command))
         }
         Command::Queue { action } => {
             let command = match action {
@@ -258,14 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueAction::Release { id } => AdminCommand::Release(id),
                 QueueAction::Flush => AdminCommand::Flush,
             };
-            let reply = control_request(&config, Request::Queue(command))?;
-            if reply.ok {
-                print!("{}", with_newline(&reply.text));
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprint!("mailmoat: {}", with_newline(&reply.text));
-                Ok(ExitCode::from(1))
-            }
+            answer(&config, Request::Queue(command))
         }
     }
 }
@@ -282,6 +268,19 @@ fn crlf(raw: &[u8]) -> Vec<u8> {
         previous = b;
     }
     out
+}
+
+/// Runs a queue or quarantine command and prints its answer: on standard output
+/// and exit 0, or on standard error and exit 1.
+fn answer(config: &Config, request: Request) -> anyhow::Result<ExitCode> {
+    let reply = control_request(config, request)?;
+    if reply.ok {
+        print!("{}", with_newline(&reply.text));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("mailmoat: {}", with_newline(&reply.text));
+        Ok(ExitCode::from(1))
+    }
 }
 
 fn with_newline(text: &str) -> String {

@@ -168,6 +168,12 @@ impl Session {
         &self.shared.config
     }
 
+    /// A command that moves no mail along, counted against the junk limit.
+    fn junk(&mut self, code: u16, status: &str, text: &str) {
+        self.junk += 1;
+        self.reply(code, status, text);
+    }
+
     fn reply(&mut self, code: u16, status: &str, text: impl Into<String>) {
         self.conn.reply(&Reply::new(code, status, text));
     }
@@ -333,34 +339,21 @@ impl Session {
             Command::Rcpt { path } => self.rcpt(&path).await,
             Command::Data => return self.data().await,
             Command::Rset => {
-                self.junk += 1;
                 self.transaction = None;
-                self.reply(250, "2.0.0", "Ok");
+                self.junk(250, "2.0.0", "Ok");
             }
-            Command::Noop => {
-                self.junk += 1;
-                self.reply(250, "2.0.0", "Ok");
-            }
-            Command::Vrfy => {
-                self.junk += 1;
-                self.reply(
-                    252,
-                    "2.5.0",
-                    "Cannot VRFY user; send mail and delivery will be attempted",
-                );
-            }
-            Command::Expn => {
-                self.junk += 1;
-                self.reply(502, "5.5.1", "Error: EXPN not available");
-            }
-            Command::Help => {
-                self.junk += 1;
-                self.reply(
-                    214,
-                    "2.0.0",
-                    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP (RFC 5321)",
-                );
-            }
+            Command::Noop => self.junk(250, "2.0.0", "Ok"),
+            Command::Vrfy => self.junk(
+                252,
+                "2.5.0",
+                "Cannot VRFY user; send mail and delivery will be attempted",
+            ),
+            Command::Expn => self.junk(502, "5.5.1", "Error: EXPN not available"),
+            Command::Help => self.junk(
+                214,
+                "2.0.0",
+                "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP (RFC 5321)",
+            ),
             Command::Quit => {
                 self.reply(221, "2.0.0", "Bye");
                 return Flow::Close;
