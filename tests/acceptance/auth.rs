@@ -223,3 +223,61 @@ async fn repeated_bad_passwords_lock_out_the_address_not_the_user() {
     )
     .await;
 }
+
+/// The backend here is a second mailmoat with a certificate, in front of the
+/// recording sink: real STARTTLS on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_to_the_backend_uses_starttls_when_told_to() {
+    let inner = setup(USERS, &[], "").await;
+    let ca_file = inner.proxy.dir.path().join("cert.pem");
+    let backend_tls = format!(
+        "command_timeout = \"5s\"\nstarttls = \"required\"\nca_file = \"{}\"",
+        ca_file.display()
+    );
+    // Another name: the inner proxy refuses a HELO that claims to be itself.
+    let text = base_config(inner.proxy.addr, "trusted_networks = []", "")
+        .replacen("command_timeout = \"5s\"", &backend_tls, 1)
+        .replace(
+            "hostname = \"mx.example.test\"",
+            "hostname = \"edge.example.test\"",
+        );
+    let outer = Proxy::start_with_text(&text).await;
+    let mut client = outer.client().await;
+    let reply = client
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test"],
+            b"Subject: over TLS\r\n\r\nhi\r\n",
+        )
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0");
+    let received = inner.backend.wait_for(1).await;
+    let (trace, _) = strip_received(&received[0].data);
+    assert!(
+        trace.contains("with ESMTPS id"),
+        "the hop into the inner proxy was encrypted: {trace}"
+    );
+
+    // Required, but the backend offers no STARTTLS: the mail waits in the queue.
+    let plain = Backend::start(DataEnd::Strict).await;
+    let text = base_config(plain.addr, "trusted_networks = []", "").replacen(
+        "command_timeout = \"5s\"",
+        "command_timeout = \"5s\"\nstarttls = \"required\"",
+        1,
+    );
+    let strict = Proxy::start_with_text(&text).await;
+    let mut client = strict.client().await;
+    let reply = client
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test"],
+            b"Subject: must wait\r\n\r\nhi\r\n",
+        )
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0");
+    eventually("the message waits, deferred", || {
+        strict.queue_files("deferred").len() == 2
+    })
+    .await;
+    assert!(plain.messages().is_empty());
+}

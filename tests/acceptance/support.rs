@@ -627,9 +627,11 @@ pub fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     buffer.into_inner()
 }
 
-/// A self-signed certificate for mx.example.test: (certificate PEM, key PEM).
+/// A self-signed certificate for mx.example.test and 127.0.0.1:
+/// (certificate PEM, key PEM).
 pub fn test_certificate() -> (String, String) {
-    let cert = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()]).unwrap();
+    let names = vec!["mx.example.test".to_string(), "127.0.0.1".to_string()];
+    let cert = rcgen::generate_simple_self_signed(names).unwrap();
     (cert.cert.pem(), cert.signing_key.serialize_pem())
 }
 
