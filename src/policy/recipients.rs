@@ -70,8 +70,45 @@ impl RecipientList {
 
 /// How one hosted domain's recipients are checked.
 enum Source {
-    List(Arc<RecipientList>),
+    List(ReloadingList),
     Callout,
+}
+
+/// A recipients file, read again when it changes (an administrator adds a user
+/// and the next RCPT sees it). A file with an error keeps the list in force.
+struct ReloadingList {
+    path: std::path::PathBuf,
+    loaded: std::sync::Mutex<(Option<std::time::SystemTime>, Arc<RecipientList>)>,
+}
+
+impl ReloadingList {
+    fn load(path: &Path) -> anyhow::Result<ReloadingList> {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        Ok(ReloadingList {
+            path: path.to_path_buf(),
+            loaded: std::sync::Mutex::new((modified, Arc::new(RecipientList::load(path)?))),
+        })
+    }
+
+    fn current(&self) -> Arc<RecipientList> {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.0 != modified {
+            loaded.0 = modified;
+            match RecipientList::load(&self.path) {
+                Ok(list) => {
+                    tracing::info!(file = %self.path.display(), "recipients file reloaded");
+                    loaded.1 = Arc::new(list);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "recipients file not reloaded; the list in force stays")
+                }
+            }
+        }
+        loaded.1.clone()
+    }
 }
 
 /// A remembered answer of the backend.
@@ -111,7 +148,7 @@ impl RecipientValidator {
         let mut sources = HashMap::new();
         for (domain, how) in &config.recipients.domains {
             let source = match &how.file {
-                Some(file) => Source::List(Arc::new(RecipientList::load(file)?)),
+                Some(file) => Source::List(ReloadingList::load(file)?),
                 None => Source::Callout,
             };
             sources.insert(domain.to_lowercase(), source);
@@ -143,7 +180,7 @@ impl RecipientValidator {
         match self.source_for(domain) {
             None => Ok(()),
             Some(Source::List(list)) => {
-                if list.contains(mailbox) {
+                if list.current().contains(mailbox) {
                     Ok(())
                 } else {
                     Err(unknown(mailbox, "not in the recipients file".into()))

@@ -67,3 +67,26 @@ async fn callout_to_an_unreachable_backend_is_a_temporary_failure() {
         .expect("RCPT TO:<someone@other.test>", "451 4.4.3")
         .await;
 }
+
+#[tokio::test]
+async fn a_user_added_to_the_recipients_file_is_accepted_without_a_restart() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = Proxy::start(backend.addr, UNTRUSTED, "").await;
+    let mut client = proxy.client().await;
+    client.expect("MAIL FROM:<sender@remote.test>", "250").await;
+    client
+        .expect("RCPT TO:<newcomer@example.test>", "550 5.1.1")
+        .await;
+    let file = proxy.dir.path().join("recipients.txt");
+    let mut list = std::fs::read_to_string(&file).unwrap();
+    list.push_str("newcomer@example.test\n");
+    std::fs::write(&file, list).unwrap();
+    client
+        .expect("RCPT TO:<newcomer@example.test>", "250 2.1.5")
+        .await;
+    // A broken edit keeps the list in force.
+    std::fs::write(&file, "alice@example.test\nthis is not an address\n").unwrap();
+    client
+        .expect("RCPT TO:<newcomer@example.test>", "250 2.1.5")
+        .await;
+}
