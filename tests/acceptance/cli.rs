@@ -315,7 +315,11 @@ async fn the_shipped_example_configuration_starts_a_working_proxy() {
     let text = std::fs::read_to_string(repo.join("packaging/mailmoat.toml"))
         .unwrap()
         .replace("127.0.0.1:2525", &addr.to_string())
-        .replace("127.0.0.1:2526", &backend.addr.to_string());
+        .replace("127.0.0.1:2526", &backend.addr.to_string())
+        // The copy lives elsewhere: the shipped rules by their full path, the
+        // archive beside the copy.
+        .replace("path = \"../rules\"", &format!("path = \"{}\"", repo.join("rules").display()))
+        .replace("path = \"../quarantine\"", "path = \"quarantine\"");
     let config = dir.path().join("mailmoat.toml");
     std::fs::write(&config, text).unwrap();
     std::fs::copy(
