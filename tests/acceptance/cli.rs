@@ -318,7 +318,10 @@ async fn the_shipped_example_configuration_starts_a_working_proxy() {
         .replace("127.0.0.1:2526", &backend.addr.to_string())
         // The copy lives elsewhere: the shipped rules by their full path, the
         // archive beside the copy.
-        .replace("path = \"../rules\"", &format!("path = \"{}\"", repo.join("rules").display()))
+        .replace(
+            "path = \"../rules\"",
+            &format!("path = \"{}\"", repo.join("rules").display()),
+        )
         .replace("path = \"../quarantine\"", "path = \"quarantine\"");
     let config = dir.path().join("mailmoat.toml");
     std::fs::write(&config, text).unwrap();
