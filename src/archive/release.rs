@@ -5,7 +5,7 @@
 use super::{Archive, Released, unix_now};
 use crate::mime::{Content, Limits};
 use crate::queue::Queue;
-use crate::queue::envelope::{Envelope, QueuedRecipient, RecipientStatus};
+use crate::queue::envelope::Envelope;
 use crate::queue::spool::new_id;
 use crate::rules::{Facts, Outcome, RuleSet};
 
@@ -97,27 +97,14 @@ pub async fn release(
     .into_bytes();
     bytes.extend_from_slice(&changed);
     let envelope = Envelope {
-        id: queue_id.clone(),
-        arrived: unix_now(),
-        sender: verdict.sender.clone(),
         client_ip: record.client_ip.clone(),
         helo: record.helo.clone(),
         eight_bit: !bytes.is_ascii(),
-        smtputf8: false,
-        size: bytes.len() as u64,
-        message_crc32: String::new(),
-        next_hop: None,
-        attempts: 0,
-        next_attempt: 0,
-        recipients: verdict
-            .recipients
-            .iter()
-            .map(|address| QueuedRecipient {
-                address: address.clone(),
-                status: RecipientStatus::Pending,
-                last_reply: String::new(),
-            })
-            .collect(),
+        ..Envelope::new(
+            queue_id.clone(),
+            verdict.sender.clone(),
+            verdict.recipients.clone(),
+        )
     };
     // Marked released before it is queued: a crash in between loses the release
     // (the administrator releases again with `quarantine show` telling why), never

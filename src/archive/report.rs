@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{Archive, Record};
 use crate::queue::Queue;
-use crate::queue::envelope::{Envelope, QueuedRecipient, RecipientStatus};
+use crate::queue::envelope::Envelope;
 use crate::queue::spool::new_id;
 
 pub fn time_text(unix: u64) -> String {
@@ -228,23 +228,11 @@ impl Reporter {
     async fn send(&self, destination: &Destination, report: Vec<u8>, about: &str) {
         let id = new_id();
         let envelope = Envelope {
-            id: id.clone(),
-            arrived: super::unix_now(),
-            sender: String::new(),
             client_ip: "127.0.0.1".into(),
             helo: self.hostname.clone(),
             eight_bit: !report.is_ascii(),
-            smtputf8: false,
-            size: report.len() as u64,
-            message_crc32: String::new(),
             next_hop: destination.next_hop.clone(),
-            attempts: 0,
-            next_attempt: 0,
-            recipients: vec![QueuedRecipient {
-                address: destination.address.clone(),
-                status: RecipientStatus::Pending,
-                last_reply: String::new(),
-            }],
+            ..Envelope::new(id.clone(), String::new(), [destination.address.clone()])
         };
         match self.queue.enqueue(envelope, report).await {
             Ok(()) => {

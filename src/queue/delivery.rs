@@ -375,23 +375,10 @@ impl Delivery {
         let report = dsn::build(hostname, original, message, failures);
         let id = new_id();
         let envelope = Envelope {
-            id: id.clone(),
-            arrived: now_millis() / 1000,
-            sender: String::new(),
             client_ip: "127.0.0.1".into(),
             helo: hostname.clone(),
-            eight_bit: false,
             smtputf8: original.smtputf8,
-            size: report.len() as u64,
-            message_crc32: String::new(),
-            next_hop: None,
-            attempts: 0,
-            next_attempt: 0,
-            recipients: vec![QueuedRecipient {
-                address: original.sender.clone(),
-                status: RecipientStatus::Pending,
-                last_reply: String::new(),
-            }],
+            ..Envelope::new(id.clone(), String::new(), [original.sender.clone()])
         };
         self.queue.enqueue(envelope, report).await?;
         tracing::info!(queue_id = %original.id, bounce_id = %id, to = %original.sender, "sender notified of non-delivery");

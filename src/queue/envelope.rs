@@ -70,6 +70,43 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A new message's envelope: every recipient pending (each once), arrived
+    /// now. The queue sets the size and checksum when it writes the message;
+    /// callers fill in the client and the body flags.
+    pub fn new(
+        id: String,
+        sender: String,
+        recipients: impl IntoIterator<Item = String>,
+    ) -> Envelope {
+        let mut queued: Vec<QueuedRecipient> = Vec::new();
+        for address in recipients {
+            if queued.iter().all(|r| r.address != address) {
+                queued.push(QueuedRecipient {
+                    address,
+                    status: RecipientStatus::Pending,
+                    last_reply: String::new(),
+                });
+            }
+        }
+        Envelope {
+            id,
+            arrived: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            sender,
+            client_ip: String::new(),
+            helo: String::new(),
+            eight_bit: false,
+            smtputf8: false,
+            size: 0,
+            message_crc32: String::new(),
+            next_hop: None,
+            attempts: 0,
+            next_attempt: 0,
+            recipients: queued,
+        }
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = &QueuedRecipient> {
         self.recipients
             .iter()

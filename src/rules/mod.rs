@@ -308,6 +308,13 @@ pub struct Refusal {
     pub matched: Vec<Matched>,
 }
 
+impl Refusal {
+    /// The refusal as the session logs and archives it.
+    pub fn decision(&self, reason: &str) -> crate::reply::Decision {
+        crate::reply::Decision::new(&format!("rule:{}", self.rule), self.reply.clone(), reason)
+    }
+}
+
 /// Hits of every pattern on one message.
 #[derive(Debug, Default)]
 struct Hits {

@@ -18,7 +18,7 @@ use crate::policy::auth::Login;
 use crate::policy::recipients::{RecipientValidator, unix_now};
 use crate::policy::relay::{self, Destination};
 use crate::queue::Queue;
-use crate::queue::envelope::{Envelope, QueuedRecipient, RecipientStatus};
+use crate::queue::envelope::Envelope;
 use crate::queue::spool::new_id;
 use crate::reply::{Decision, Reply};
 use crate::rules::{Facts, Matched, Outcome, RuleSet, RulesHandle, Stage};
@@ -619,52 +619,38 @@ impl Session {
         } else {
             checks.sender(domain.as_deref()).await
         };
-        let verdict = checked.and_then(|()| {
+        let checked = checked.and_then(|()| {
             if self.limits_exempt() {
                 Ok(())
             } else {
                 self.shared.mailbomb.message(self.client_ip, &address)
             }
         });
-        if let Err(decision) = verdict {
+        // Checks and limits first, then the rules that can judge a sender now.
+        let refused = match checked {
+            Err(decision) => Some((decision, true)),
+            Ok(()) => match self
+                .rules
+                .check_early(Stage::Mail, &self.facts(&address, &[]))
+            {
+                Ok(shadow) => {
+                    self.log_shadow(&shadow);
+                    None
+                }
+                Err(refusal) => {
+                    self.log_shadow(&refusal.matched);
+                    Some((refusal.decision("sender refused by rule"), refusal.archive))
+                }
+            },
+        };
+        if let Some((decision, archive)) = refused {
             self.refused += 1;
             self.log_refusal_of("sender", &address, "", &decision);
-            let _ = self
-                .archive(Kept::dialogue(
-                    ArchiveStage::Mail,
-                    &decision,
-                    &address,
-                    Vec::new(),
-                ))
-                .await;
-            return self.conn.reply(&decision.reply);
-        }
-        match self
-            .rules
-            .check_early(Stage::Mail, &self.facts(&address, &[]))
-        {
-            Ok(shadow) => self.log_shadow(&shadow),
-            Err(refusal) => {
-                self.log_shadow(&refusal.matched);
-                let decision = Decision::new(
-                    &format!("rule:{}", refusal.rule),
-                    refusal.reply,
-                    "sender refused by rule",
-                );
-                self.refused += 1;
-                self.log_refusal_of("sender", &address, "", &decision);
-                if refusal.archive {
-                    let _ = self
-                        .archive(Kept::dialogue(
-                            ArchiveStage::Mail,
-                            &decision,
-                            &address,
-                            Vec::new(),
-                        ))
-                        .await;
-                }
-                return self.conn.reply(&decision.reply);
+            if archive {
+                let kept = Kept::dialogue(ArchiveStage::Mail, &decision, &address, Vec::new());
+                let _ = self.archive(kept).await;
             }
+            return self.conn.reply(&decision.reply);
         }
         self.transaction = Some(Transaction {
             sender,
@@ -721,12 +707,10 @@ impl Session {
                     }
                     Err(refusal) => {
                         self.log_shadow(&refusal.matched);
-                        let decision = Decision::new(
-                            &format!("rule:{}", refusal.rule),
-                            refusal.reply,
-                            "recipient refused by rule",
-                        );
-                        Err((decision, refusal.archive))
+                        Err((
+                            refusal.decision("recipient refused by rule"),
+                            refusal.archive,
+                        ))
                     }
                 }
             });
@@ -1130,17 +1114,17 @@ impl Session {
                 } else {
                     message
                 };
-                let mut envelope = self.envelope(id, &transaction, changed.len());
-                envelope.sender = verdict.sender.clone();
-                envelope.recipients = verdict
-                    .recipients
-                    .iter()
-                    .map(|address| QueuedRecipient {
-                        address: address.clone(),
-                        status: RecipientStatus::Pending,
-                        last_reply: String::new(),
-                    })
-                    .collect();
+                let envelope = Envelope {
+                    client_ip: self.client_ip.to_string(),
+                    helo: self.helo.clone().unwrap_or_default(),
+                    eight_bit: transaction.params.eight_bit,
+                    smtputf8: transaction.params.smtputf8,
+                    ..Envelope::new(
+                        id.to_string(),
+                        verdict.sender.clone(),
+                        verdict.recipients.clone(),
+                    )
+                };
                 // Without an archive, quarantine is the queue's hold folder.
                 let queued = if held {
                     self.shared.queue.enqueue_held(envelope, changed).await
@@ -1202,35 +1186,6 @@ impl Session {
             reply = %reply,
             "message"
         );
-    }
-
-    fn envelope(&self, id: &str, t: &Transaction, size: usize) -> Envelope {
-        let mut recipients: Vec<QueuedRecipient> = Vec::with_capacity(t.recipients.len());
-        for destination in &t.recipients {
-            let address = destination.mailbox().to_string();
-            if recipients.iter().all(|r| r.address != address) {
-                recipients.push(QueuedRecipient {
-                    address,
-                    status: RecipientStatus::Pending,
-                    last_reply: String::new(),
-                });
-            }
-        }
-        Envelope {
-            id: id.to_string(),
-            arrived: unix_now(),
-            sender: t.sender.to_string(),
-            client_ip: self.client_ip.to_string(),
-            helo: self.helo.clone().unwrap_or_default(),
-            eight_bit: t.params.eight_bit,
-            smtputf8: t.params.smtputf8,
-            size: size as u64,
-            message_crc32: String::new(),
-            next_hop: None,
-            attempts: 0,
-            next_attempt: 0,
-            recipients,
-        }
     }
 
     /// The trace header (RFC 5321 4.4) prepended to every accepted message.
