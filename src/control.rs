@@ -26,7 +26,7 @@ pub struct Context {
     pub queue: Arc<Queue>,
     pub archive: Option<Arc<Archive>>,
     pub rules: Arc<RulesHandle>,
-    pub hostname: String,
+    pub config: Arc<crate::config::Config>,
 }
 
 impl Context {
@@ -49,7 +49,7 @@ impl Context {
                         archive,
                         &rules,
                         &self.queue,
-                        &self.hostname,
+                        &self.config,
                         &command,
                     )
                     .await

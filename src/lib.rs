@@ -3,8 +3,9 @@
 //! accepts in a durable spool and forwards it.
 //!
 //! The way of a message, module by module: [`smtp`] (listener, session, DATA reader)
-//! → [`policy`] (relay decision, recipient validation) → [`queue`] (spool, schedule,
-//! delivery, bounces). [`reply`] holds the decision value they all share.
+//! → [`pipeline`] (the named, ordered checks of each stage: [`policy`] and [`rules`])
+//! → [`queue`] (spool, schedule, delivery, bounces) or [`archive`] (refused mail).
+//! [`verdict`] holds the vocabulary they all share: stage, outcome, decision.
 
 pub mod address;
 pub mod archive;
@@ -13,6 +14,7 @@ pub mod control;
 pub mod dns;
 pub mod logging;
 pub mod mime;
+pub mod pipeline;
 pub mod policy;
 pub mod queue;
 pub mod reply;
@@ -21,3 +23,4 @@ pub mod server;
 pub mod smtp;
 pub mod smtp_client;
 pub mod store;
+pub mod verdict;

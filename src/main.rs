@@ -32,25 +32,33 @@ enum Command {
     Serve,
     /// Validate the configuration and print the effective settings.
     Check,
-    /// Show what the rules do with a message, stage by stage, and the verdict.
+    /// Show what the server would do with a message, stage by stage — every check
+    /// and rule, with this configuration — and the verdict. Nothing is queued or
+    /// archived.
     TestRules {
         /// The message file (.eml).
-        message: PathBuf,
+        #[arg(required_unless_present = "fixtures")]
+        message: Option<PathBuf>,
         /// Envelope sender ("" for the null sender).
-        #[arg(long)]
-        from: String,
+        #[arg(long, required_unless_present = "fixtures")]
+        from: Option<String>,
         /// Envelope recipient; repeat for more.
-        #[arg(long = "to", required = true)]
+        #[arg(long = "to", required_unless_present = "fixtures")]
         to: Vec<String>,
+        /// Check every fixture in this folder instead (NAME.eml with NAME.toml
+        /// saying what must happen to it; see rules/README.md). Exits 1 when one
+        /// fails.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["message", "from", "to", "output"])]
+        fixtures: Option<PathBuf>,
         /// Client address.
         #[arg(long, default_value = "192.0.2.1")]
         ip: std::net::IpAddr,
         /// Client HELO name.
         #[arg(long, default_value = "client.example")]
         helo: String,
-        /// As if the client had authenticated.
-        #[arg(long)]
-        authenticated: bool,
+        /// As if the client had logged in with this account (SMTP AUTH).
+        #[arg(long, value_name = "ACCOUNT")]
+        login: Option<String>,
         /// Write the message as it would be delivered to this file.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -171,32 +179,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             message,
             from,
             to,
+            fixtures,
             ip,
             helo,
-            authenticated,
+            login,
             output,
         } => {
+            use mailmoat::pipeline::{Pipeline, fixtures as fixture, trial};
             let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
-            let raw = std::fs::read(&message)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", message.display()))?;
-            let raw = crlf(&raw);
-            let input = mailmoat::rules::trial::TrialInput {
-                client_ip: ip,
-                client_name: None,
-                helo,
-                authenticated,
-                trusted: mailmoat::policy::relay::may_relay(&config, ip, false),
-                sender: from,
-                recipients: to,
-                message: &raw,
-                limits: config.rules.limits(),
-            };
-            let trial = mailmoat::rules::trial::run(&rules, &input);
             println!(
                 "{} rule(s) from {}",
                 rules.rules().len(),
                 config.rules.path.display()
             );
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let pipeline = Pipeline::for_trial(std::sync::Arc::new(config))?;
+            if let Some(dir) = fixtures {
+                let (report, ok) = runtime.block_on(fixture::check_all(&pipeline, &rules, &dir))?;
+                print!("{report}");
+                return Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            let message = message.unwrap_or_default();
+            let raw = std::fs::read(&message)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", message.display()))?;
+            let raw = fixture::crlf(&raw);
+            let input = trial::TrialInput {
+                client_ip: ip,
+                helo,
+                login,
+                sender: from.unwrap_or_default(),
+                recipients: to,
+                message: &raw,
+            };
+            let trial = runtime.block_on(trial::run(&pipeline, &rules, &input));
             print!("{}", trial.report(&input));
             if let (Some(path), Some(delivered)) = (output, &trial.delivered) {
                 std::fs::write(&path, delivered)
@@ -254,20 +275,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             answer(&config, Request::Queue(command))
         }
     }
-}
-
-/// Message files saved on Unix end lines with LF; on the wire they are CRLF.
-fn crlf(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    let mut previous = 0u8;
-    for &b in raw {
-        if b == b'\n' && previous != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        previous = b;
-    }
-    out
 }
 
 /// Runs a queue or quarantine command and prints its answer: on standard output
@@ -400,14 +407,7 @@ async fn offline_quarantine(
     )?;
     let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
     let queue = mailmoat::queue::Queue::new(Spool::open(&config.queue.path)?, config.queue.flush)?;
-    Ok(mailmoat::archive::admin::execute(
-        &archive,
-        &rules,
-        &queue,
-        &config.server.hostname,
-        command,
-    )
-    .await)
+    Ok(mailmoat::archive::admin::execute(&archive, &rules, &queue, config, command).await)
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {

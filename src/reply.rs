@@ -1,8 +1,5 @@
-//! The one value every check produces: an SMTP reply with its enhanced status code
-//! (RFC 3463), plus the name of the check that made it and why.
-//!
-//! Logs, replies and (later) the archive all read this value, so nothing has to
-//! re-derive why a message or a recipient was refused.
+//! An SMTP reply with its enhanced status code (RFC 3463), as it goes on the wire.
+//! Who decided it and why travel with it in [`crate::verdict::Decision`].
 
 use std::fmt;
 
@@ -87,33 +84,6 @@ impl fmt::Display for Reply {
         } else {
             write!(f, "{} {} {}", self.code, self.status, self.text())
         }
-    }
-}
-
-/// A check's refusal (or tempfail) together with who made it and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    /// What the client is told.
-    pub reply: Reply,
-    /// The check or rule that decided, e.g. "relay", "recipients", "limits.size".
-    pub check: String,
-    /// Why, for the administrator; may say more than the reply does.
-    pub reason: String,
-}
-
-impl Decision {
-    pub fn new(check: &str, reply: Reply, reason: impl Into<String>) -> Self {
-        Decision {
-            reply,
-            check: check.to_string(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}: {})", self.reply, self.check, self.reason)
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::policy::recipients::RecipientValidator;
+use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::delivery::Delivery;
 use crate::queue::spool::Spool;
@@ -62,16 +62,6 @@ impl Server {
             "queue loaded"
         );
 
-        let backend = Target::from_backend(
-            &config.backend,
-            &config.backend.address,
-            &config.server.hostname,
-        )?;
-        let recipients = Arc::new(RecipientValidator::new(
-            config.clone(),
-            backend,
-            Some(store.tree("recipient-callouts")?),
-        )?);
         let rules = Arc::new(
             crate::rules::RulesHandle::load(&config.rules.path)
                 .map_err(|e| anyhow::anyhow!("rules not loaded: {e}"))?,
@@ -112,7 +102,7 @@ impl Server {
             queue: queue.clone(),
             archive: archive.clone(),
             rules: rules.clone(),
-            hostname: config.server.hostname.clone(),
+            config: config.clone(),
         });
         let control = match crate::control::serve(&control_path, context).await {
             Ok(handle) => Some(handle),
@@ -134,19 +124,18 @@ impl Server {
         )?;
         let auth =
             crate::policy::auth::Authenticator::new(&config.auth, &backend_target)?.map(Arc::new);
-        let checks = Arc::new(crate::policy::checks::Checks::new(&config, dns.clone())?);
-        let mailbomb = Arc::new(crate::policy::limits::MailBomb::new(&config.mailbomb));
+        let pipeline = Pipeline::build(
+            config.clone(),
+            dns.clone(),
+            Some(store.tree("recipient-callouts")?),
+        )?
+        .keeping(queue.clone(), archive, reporter);
         let shared = Arc::new(Shared {
-            checks,
-            mailbomb,
+            pipeline: Arc::new(pipeline),
             tls: tls.clone(),
             auth,
             config: config.clone(),
-            queue: queue.clone(),
-            recipients,
             rules,
-            archive,
-            reporter,
             shutdown: shutdown_rx.clone(),
         });
         let limits = ConnectionLimits::new(

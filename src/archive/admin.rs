@@ -56,7 +56,9 @@ fn matches(record: &Record, command: &QuarantineCommand) -> bool {
     };
     let contains = |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
     since.is_none_or(|t| record.time >= t)
-        && rule.as_deref().is_none_or(|r| contains(&record.rule, r))
+        && rule
+            .as_deref()
+            .is_none_or(|r| contains(&record.decided_by.to_string(), r))
         && sender
             .as_deref()
             .is_none_or(|s| contains(&record.sender, s))
@@ -69,7 +71,7 @@ pub async fn execute(
     archive: &Archive,
     rules: &RuleSet,
     queue: &Queue,
-    hostname: &str,
+    config: &crate::config::Config,
     command: &QuarantineCommand,
 ) -> AdminReply {
     match command {
@@ -102,7 +104,7 @@ pub async fn execute(
                     record.id,
                     time,
                     record.outcome,
-                    record.rule,
+                    record.decided_by,
                     sender,
                     record.recipients.join(", "),
                     note
@@ -159,7 +161,7 @@ pub async fn execute(
             reply(true, out)
         }
         QuarantineCommand::Release { id, rcpts, by } => {
-            match super::release::release(archive, rules, queue, hostname, id, rcpts, by).await {
+            match super::release::release(archive, rules, queue, config, id, rcpts, by).await {
                 Ok(queue_id) => reply(true, format!("{id}: released, queued as {queue_id}")),
                 Err(e) => reply(false, e),
             }

@@ -18,16 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::config::ArchiveConfig;
-
-/// At which point of the dialogue the refusal came.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    Connect,
-    Mail,
-    Rcpt,
-    Data,
-}
+use crate::verdict::{DecidedBy, Event, Outcome, Stage};
 
 /// Who released an archived message, when, to whom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +31,7 @@ pub struct Released {
     pub queue_id: String,
 }
 
-/// One archived refusal.
+/// One archived refusal, discard or quarantine: what its log line says, kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub id: String,
@@ -57,10 +48,8 @@ pub struct Record {
     pub recipients: Vec<String>,
     /// Octets of the archived message (0: no message).
     pub size: u64,
-    /// reject, tempfail, discard or quarantine.
-    pub outcome: String,
-    /// The rule or check that decided.
-    pub rule: String,
+    pub outcome: Outcome,
+    pub decided_by: DecidedBy,
     pub reason: String,
     /// The reply the client was given.
     pub reply: String,
@@ -68,6 +57,36 @@ pub struct Record {
     pub has_message: bool,
     #[serde(default)]
     pub released: Option<Released>,
+}
+
+impl Record {
+    /// The record of an event that `decided_by` decided; `message` is what is
+    /// kept with it, if anything.
+    pub fn of(
+        event: &Event<'_>,
+        id: String,
+        decided_by: DecidedBy,
+        message: Option<&[u8]>,
+    ) -> Record {
+        Record {
+            id,
+            time: unix_now(),
+            stage: event.stage,
+            client_ip: event.peer.ip.to_string(),
+            client_name: event.peer.name.clone(),
+            helo: event.peer.helo().to_string(),
+            authenticated: event.peer.login.is_some(),
+            sender: event.sender.to_string(),
+            recipients: event.recipients.to_vec(),
+            size: message.map_or(0, |m| m.len() as u64),
+            outcome: event.outcome,
+            decided_by,
+            reason: event.reason.to_string(),
+            reply: event.reply.to_string(),
+            has_message: message.is_some(),
+            released: None,
+        }
+    }
 }
 
 pub fn unix_now() -> u64 {

@@ -3,11 +3,11 @@
 //! released once; a second release is refused with when and by whom.
 
 use super::{Archive, Released, unix_now};
-use crate::mime::{Content, Limits};
+use crate::config::Config;
 use crate::queue::Queue;
 use crate::queue::envelope::Envelope;
 use crate::queue::spool::new_id;
-use crate::rules::{Facts, Outcome, RuleSet};
+use crate::rules::{Facts, Final, RuleSet};
 
 /// Releases archive item `id` to its recipients, or only to `only`. `by` says who
 /// asked, for the log and the record. Returns the new queue id.
@@ -15,7 +15,7 @@ pub async fn release(
     archive: &Archive,
     rules: &RuleSet,
     queue: &Queue,
-    hostname: &str,
+    config: &Config,
     id: &str,
     only: &[String],
     by: &str,
@@ -58,13 +58,8 @@ pub async fn release(
         .message(id)
         .map_err(|e| format!("{id}: cannot read the archived message: {e}"))?;
 
-    // Through the rules again, leaving out only the rule that caught it.
-    let skip = record
-        .rule
-        .strip_prefix("rule:")
-        .unwrap_or(&record.rule)
-        .to_string();
-    let content = Content::analyze(&message, &Limits::default());
+    // Through the rules again — the same judging, with the configured limits —
+    // leaving out only the rule that caught it.
     let client_ip = record
         .client_ip
         .parse()
@@ -77,24 +72,25 @@ pub async fn release(
         trusted: false,
         sender: &record.sender,
         recipients: &recipients,
-        size: message.len(),
-        content: Some(&content),
+        size: 0,
+        content: None,
     };
-    let verdict = rules.evaluate_except(&facts, Some(&skip));
-    if verdict.outcome != Outcome::Deliver {
+    let verdict = rules.judge_message(
+        facts,
+        &message,
+        &config.rules.limits(),
+        record.decided_by.rule(),
+    );
+    if verdict.decision != Final::Deliver {
         return Err(format!(
             "{id}: rule {} catches it as well ({:?}); change that rule or release it with the rule in shadow mode",
             verdict.decided_by.unwrap_or_default(),
-            verdict.outcome
+            verdict.decision
         ));
     }
     let changed = verdict.apply(&message);
     let queue_id = new_id();
-    let mut bytes = format!(
-        "Received: by {hostname} (released from the archive, item {id}) id {queue_id};\r\n\t{}\r\n",
-        chrono::Utc::now().to_rfc2822()
-    )
-    .into_bytes();
+    let mut bytes = crate::queue::trace::released(&config.server.hostname, id, &queue_id);
     bytes.extend_from_slice(&changed);
     let envelope = Envelope {
         client_ip: record.client_ip.clone(),
@@ -125,4 +121,27 @@ pub async fn release(
     }
     tracing::info!(archive_id = id, queue_id = %queue_id, by, recipients = %recipients.join(","), "released from the archive");
     Ok(queue_id)
+}
+
+/// Releases the items a trusted client asked for by writing to their signed
+/// release addresses; the text says what happened, for the 250 or the 550.
+pub async fn by_mail(
+    archive: &Archive,
+    rules: &RuleSet,
+    queue: &Queue,
+    config: &Config,
+    ids: &[String],
+    by: &str,
+) -> Result<String, String> {
+    let mut done = Vec::new();
+    for id in ids {
+        match release(archive, rules, queue, config, id, &[], by).await {
+            Ok(queue_id) => done.push(format!("Released {id} (queued as {queue_id})")),
+            Err(e) => {
+                tracing::info!(archive_id = %id, by, error = %e, "release by mail refused");
+                return Err(e);
+            }
+        }
+    }
+    Ok(done.join("; "))
 }

@@ -26,8 +26,13 @@ fn describe(out: &mut String, record: &Record, release: Option<&str>) {
     };
     let _ = writeln!(out, "Archive id:  {}", record.id);
     let _ = writeln!(out, "Time:        {}", time_text(record.time));
-    let _ = writeln!(out, "Outcome:     {} at {:?}", record.outcome, record.stage);
-    let _ = writeln!(out, "Rule/check:  {}", record.rule);
+    let _ = writeln!(
+        out,
+        "Outcome:     {} at {}",
+        record.outcome,
+        record.stage.name()
+    );
+    let _ = writeln!(out, "Rule/check:  {}", record.decided_by);
     let _ = writeln!(out, "Reason:      {}", record.reason);
     let _ = writeln!(out, "Reply sent:  {}", record.reply);
     let _ = writeln!(
@@ -93,7 +98,7 @@ pub fn single(
     let subject = format!(
         "[mailmoat] {} by {}: {}",
         record.outcome,
-        record.rule,
+        record.decided_by,
         subject_of(message)
     );
     headers(&mut out, hostname, to, &subject, &boundary);

@@ -19,7 +19,7 @@ pub struct Removal {
 /// An edit of the top-level header section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
-    /// Adds a header (after mailmoat's own Received: line).
+    /// Adds a header at the top (mailmoat's own Received: line goes above it).
     Add(String, String),
     /// Removes every header of that name.
     Remove(String),
@@ -205,11 +205,11 @@ fn is_named(field: &[u8], name: &str) -> bool {
             == Some(&b':')
 }
 
-/// New headers go after mailmoat's own Received: line, which stays first.
+/// New headers go first. Edits apply to the message as the client sent it;
+/// mailmoat's own Received: line goes above everything when it is queued.
 fn insert(fields: &mut Vec<Vec<u8>>, name: &str, value: &str) {
-    let at = usize::from(fields.first().is_some_and(|f| is_named(f, "received")));
     let field = format!("{}: {}\r\n", clean_value(name), clean_value(value));
-    fields.insert(at, field.into_bytes());
+    fields.insert(0, field.into_bytes());
 }
 
 /// No line breaks in a header value: they would start new headers.
@@ -224,7 +224,7 @@ mod tests {
     const MESSAGE: &[u8] = b"Received: from x\r\n\tby y; date\r\nSubject: Hello\r\n  world\r\nX-Old: 1\r\n\r\nbody\r\n";
 
     #[test]
-    fn header_edits_keep_the_body_and_received_first() {
+    fn header_edits_keep_the_body_and_add_at_the_top() {
         let out = edit_headers(
             MESSAGE,
             &[
@@ -235,7 +235,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "Received: from x\r\n\tby y; date\r\nX-Tag: yesBcc: evil\r\nSubject: [EXT] Hello\r\n  world\r\n\r\nbody\r\n"
+            "X-Tag: yesBcc: evil\r\nReceived: from x\r\n\tby y; date\r\nSubject: [EXT] Hello\r\n  world\r\n\r\nbody\r\n"
         );
     }
 

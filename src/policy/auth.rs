@@ -257,31 +257,6 @@ impl Authenticator {
         }
         Login::Refused
     }
-
-    /// May `user` send as `sender`? Their own address, or what the sender-logins
-    /// map gives them; a name without a domain owns that name at the hosted domains.
-    pub fn owns(&self, user: &str, sender: &str, hosted: &dyn Fn(&str) -> bool) -> bool {
-        if !self.config.restrict_senders || sender.is_empty() {
-            return true;
-        }
-        let sender = sender.to_lowercase();
-        let user = user.to_lowercase();
-        if sender == user {
-            return true;
-        }
-        if let Some((local, domain)) = sender.rsplit_once('@')
-            && local == user
-            && hosted(domain)
-        {
-            return true;
-        }
-        self.config.sender_logins.iter().any(|(pattern, owners)| {
-            let pattern = pattern.to_lowercase();
-            let applies =
-                pattern == sender || (pattern.starts_with('@') && sender.ends_with(&pattern));
-            applies && owners.iter().any(|o| o.eq_ignore_ascii_case(&user))
-        })
-    }
 }
 
 /// AUTH PLAIN against the backend, which holds the accounts (Exchange).
@@ -300,6 +275,30 @@ async fn backend_login(backend: &Target, user: &str, password: &str) -> Login {
     };
     client.quit().await;
     result
+}
+
+/// May `user` send as `sender`? Their own address, or what the sender-logins
+/// map gives them; a name without a domain owns that name at the hosted domains.
+pub fn owns(config: &AuthConfig, user: &str, sender: &str, hosted: &dyn Fn(&str) -> bool) -> bool {
+    if !config.restrict_senders || sender.is_empty() {
+        return true;
+    }
+    let sender = sender.to_lowercase();
+    let user = user.to_lowercase();
+    if sender == user {
+        return true;
+    }
+    if let Some((local, domain)) = sender.rsplit_once('@')
+        && local == user
+        && hosted(domain)
+    {
+        return true;
+    }
+    config.sender_logins.iter().any(|(pattern, owners)| {
+        let pattern = pattern.to_lowercase();
+        let applies = pattern == sender || (pattern.starts_with('@') && sender.ends_with(&pattern));
+        applies && owners.iter().any(|o| o.eq_ignore_ascii_case(&user))
+    })
 }
 
 #[cfg(test)]

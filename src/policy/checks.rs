@@ -16,7 +16,8 @@ use ipnet::IpNet;
 
 use crate::config::{ChecksConfig, Config};
 use crate::dns::{Dns, DnsError, dnsbl_query};
-use crate::reply::{Decision, Reply};
+use crate::reply::Reply;
+use crate::verdict::Decision;
 
 /// A list file, read again whenever it changes.
 struct ListFile<T> {
@@ -102,7 +103,7 @@ fn in_domains(domain: &str, list: &[String]) -> bool {
 }
 
 fn refuse(check: &str, code: u16, status: &str, text: String, reason: String) -> Decision {
-    Decision::new(check, Reply::new(code, status, text), reason)
+    Decision::refuse(check, Reply::new(code, status, text), reason)
 }
 
 pub struct Checks {
@@ -167,8 +168,8 @@ impl Checks {
         self.dns.confirmed_name(ip).await
     }
 
-    /// At connect: deny lists, and the DNSBLs when they are judged there.
-    pub async fn connect(&self, ip: IpAddr, name: Option<&str>) -> Result<(), Decision> {
+    /// The client address deny list.
+    pub fn client_deny(&self, ip: IpAddr) -> Result<(), Decision> {
         if let Some(list) = &self.client_deny
             && list.entries().iter().any(|n| n.contains(&ip))
         {
@@ -180,6 +181,11 @@ impl Checks {
                 "client address on the deny list".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// The reverse-name deny list (only for a client whose name was looked up).
+    pub fn client_name_deny(&self, ip: IpAddr, name: Option<&str>) -> Result<(), Decision> {
         if let (Some(list), Some(name)) = (&self.name_deny, name)
             && in_domains(name, &list.entries())
         {
@@ -192,9 +198,6 @@ impl Checks {
                 ),
                 "client name on the deny list".into(),
             ));
-        }
-        if self.config.dnsbl_at == crate::config::DnsblAt::Connect {
-            self.dnsbl(ip, None).await?;
         }
         Ok(())
     }
@@ -292,12 +295,9 @@ impl Checks {
         Ok(())
     }
 
-    /// MAIL FROM: the sender deny list, and the sender domain's existence.
-    pub async fn sender(&self, sender_domain: Option<&str>) -> Result<(), Decision> {
-        let Some(domain) = sender_domain else {
-            return Ok(());
-        };
-        if let Some(list) = &self.sender_deny
+    /// The sender domain deny list (the null sender has no domain to judge).
+    pub fn sender_deny(&self, sender_domain: Option<&str>) -> Result<(), Decision> {
+        if let (Some(list), Some(domain)) = (&self.sender_deny, sender_domain)
             && in_domains(domain, &list.entries())
         {
             return Err(refuse(
@@ -308,6 +308,14 @@ impl Checks {
                 "sender domain on the deny list".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// The sender domain must exist (MX or address records) and take mail.
+    pub async fn sender_domain(&self, sender_domain: Option<&str>) -> Result<(), Decision> {
+        let Some(domain) = sender_domain else {
+            return Ok(());
+        };
         if !self.config.sender_domain_exists {
             return Ok(());
         }
@@ -359,8 +367,8 @@ mod tests {
         assert_eq!(parse_network("not a network"), None);
     }
 
-    #[tokio::test]
-    async fn a_denied_reverse_name_is_refused_at_connect() {
+    #[test]
+    fn a_denied_reverse_name_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("names.txt"),
@@ -377,14 +385,17 @@ mod tests {
         let checks = Checks::new(&config, dns).unwrap();
         let ip = "192.0.2.1".parse().unwrap();
         let refused = checks
-            .connect(ip, Some("host-1.dynamic.test"))
-            .await
+            .client_name_deny(ip, Some("host-1.dynamic.test"))
             .unwrap_err();
         assert_eq!(
-            (refused.reply.code, refused.check.as_str()),
+            (refused.reply.code, refused.by.to_string().as_str()),
             (554, "lists.client_name_deny")
         );
-        assert!(checks.connect(ip, Some("mail.partner.test")).await.is_ok());
-        assert!(checks.connect(ip, None).await.is_ok());
+        assert!(
+            checks
+                .client_name_deny(ip, Some("mail.partner.test"))
+                .is_ok()
+        );
+        assert!(checks.client_name_deny(ip, None).is_ok());
     }
 }

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::MailBombConfig;
-use crate::reply::{Decision, Reply};
+use crate::reply::Reply;
+use crate::verdict::Decision;
 
 /// One count over a fixed window.
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +107,7 @@ pub struct MailBomb {
 }
 
 fn slow_down(check: &str, text: String, reason: String) -> Decision {
-    Decision::new(check, Reply::new(451, "4.7.1", text), reason)
+    Decision::refuse(check, Reply::new(451, "4.7.1", text), reason)
 }
 
 impl MailBomb {
@@ -255,7 +256,7 @@ mod tests {
             (refused.reply.code, refused.reply.status.as_str()),
             (451, "4.7.1")
         );
-        assert_eq!(refused.check, "mailbomb.mailbox");
+        assert_eq!(refused.by.to_string(), "mailbomb.mailbox");
         assert!(limits.recipient(ip, "other@example.test").is_ok());
     }
 

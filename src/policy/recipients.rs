@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Mailbox;
 use crate::config::{CalloutUnreachable, Config};
-use crate::reply::{Decision, Reply};
+use crate::reply::Reply;
 use crate::smtp_client::{Client, Target};
+use crate::verdict::Decision;
 
 /// The addresses of a recipients file.
 #[derive(Debug, Default)]
@@ -193,7 +194,7 @@ impl RecipientValidator {
                 }
                 Verified::Unavailable(why) => match self.config.recipients.callout_unreachable {
                     CalloutUnreachable::Accept => Ok(()),
-                    CalloutUnreachable::Tempfail => Err(Decision::new(
+                    CalloutUnreachable::Tempfail => Err(Decision::refuse(
                         "recipients.callout",
                         Reply::new(
                             451,
@@ -285,7 +286,7 @@ impl RecipientValidator {
 }
 
 fn unknown(mailbox: &Mailbox, why: String) -> Decision {
-    Decision::new(
+    Decision::refuse(
         "recipients",
         Reply::new(
             550,

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use crate::address::{Domain, Mailbox, Path};
 use crate::config::Config;
-use crate::reply::{Decision, Reply};
+use crate::reply::Reply;
+use crate::verdict::Decision;
 
 /// Where an accepted recipient's mail goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +54,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 fn denied(address: &str, why: String) -> Decision {
-    Decision::new(
+    Decision::refuse(
         "relay",
         Reply::new(550, "5.7.1", format!("<{address}>: Relaying denied")),
         why,
@@ -72,7 +73,7 @@ pub fn decide(config: &Config, raw: &str, may_relay: bool) -> Result<Destination
             ));
         }
         Err(e) => {
-            return Err(Decision::new(
+            return Err(Decision::refuse(
                 "syntax",
                 Reply::new(
                     501,
@@ -85,7 +86,7 @@ pub fn decide(config: &Config, raw: &str, may_relay: bool) -> Result<Destination
     };
     let mailbox = match path {
         Path::Null => {
-            return Err(Decision::new(
+            return Err(Decision::refuse(
                 "syntax",
                 Reply::new(501, "5.1.3", "<>: Bad recipient address syntax"),
                 "null recipient",
@@ -102,7 +103,7 @@ pub fn decide(config: &Config, raw: &str, may_relay: bool) -> Result<Destination
                 }));
             }
             None => {
-                return Err(Decision::new(
+                return Err(Decision::refuse(
                     "recipients",
                     Reply::new(550, "5.1.1", "<postmaster>: no hosted domain"),
                     "relay.hosted_domains is empty",

@@ -7,6 +7,7 @@ pub mod dsn;
 pub mod envelope;
 pub mod scheduler;
 pub mod spool;
+pub mod trace;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -12,7 +12,6 @@ mod compile;
 pub mod file;
 pub mod pattern;
 mod reload;
-pub mod trial;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -23,30 +22,14 @@ pub use compile::{Compiler, RuleError};
 pub use reload::RulesHandle;
 
 use crate::mime::edit::{HeaderEdit, Removal};
-use crate::mime::{Content, extension};
+use crate::mime::{Content, Limits, extension};
 use crate::reply::Reply;
+use crate::verdict::{DecidedBy, Decision, Outcome, Peer};
 use pattern::{Field, PatternId};
 
-/// When a rule can be decided, from what it looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
-    /// Client and sender only: at MAIL FROM.
-    Mail,
-    /// Recipients too: at each RCPT TO.
-    Rcpt,
-    /// The message: at the end of DATA.
-    Data,
-}
-
-impl Stage {
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Mail => "MAIL",
-            Stage::Rcpt => "RCPT",
-            Stage::Data => "DATA",
-        }
-    }
-}
+/// When a rule can be decided, from what it looks at: MAIL (client and sender
+/// only), RCPT (recipients too) or DATA (the message).
+pub use crate::verdict::Stage;
 
 /// What a rule does.
 #[derive(Debug, Clone)]
@@ -222,6 +205,24 @@ pub struct Facts<'a> {
     pub content: Option<&'a Content>,
 }
 
+impl<'a> Facts<'a> {
+    /// What the rules know before the message: the client, the sender and the
+    /// recipients so far.
+    pub fn of(peer: &'a Peer, sender: &'a str, recipients: &'a [String]) -> Facts<'a> {
+        Facts {
+            client_ip: peer.ip,
+            client_name: peer.name.as_deref(),
+            helo: peer.helo(),
+            authenticated: peer.login.is_some(),
+            trusted: peer.trusted,
+            sender,
+            recipients,
+            size: 0,
+            content: None,
+        }
+    }
+}
+
 /// A rule that matched.
 #[derive(Debug, Clone)]
 pub struct Matched {
@@ -233,9 +234,9 @@ pub struct Matched {
     pub detail: String,
 }
 
-/// The final decision of the rules.
+/// What the rules decided for a whole message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Final {
     Deliver,
     Reject(Reply),
     Tempfail(Reply),
@@ -246,7 +247,7 @@ pub enum Outcome {
 /// The result of evaluating the rules on a whole message.
 #[derive(Debug, Clone)]
 pub struct Verdict {
-    pub outcome: Outcome,
+    pub decision: Final,
     /// The rule that made the final decision, if one did.
     pub decided_by: Option<String>,
     /// Whether the deciding rule wants its catches archived.
@@ -259,6 +260,42 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Delivery as it came: what no rule changed.
+    pub fn deliver(sender: &str, recipients: Vec<String>) -> Verdict {
+        Verdict {
+            decision: Final::Deliver,
+            decided_by: None,
+            archive: true,
+            matched: Vec::new(),
+            sender: sender.to_string(),
+            recipients,
+            header_edits: Vec::new(),
+            removals: Vec::new(),
+        }
+    }
+
+    /// The decision in the shared vocabulary, when a final rule decided anything but
+    /// plain delivery. `accepted` is the reply a discarded or quarantined message's
+    /// client gets: the one any accepted message gets.
+    pub fn decided(&self, accepted: &Reply) -> Option<Decision> {
+        let rule = self.decided_by.as_deref().unwrap_or_default();
+        let kept = |outcome: Outcome| Decision {
+            reply: accepted.clone(),
+            by: DecidedBy::Rule(rule.to_string()),
+            reason: format!("{outcome} by rule"),
+            outcome,
+            archive: self.archive,
+        };
+        match &self.decision {
+            Final::Deliver => None,
+            Final::Reject(reply) | Final::Tempfail(reply) => {
+                Some(Decision::refused_by_rule(rule, reply.clone(), self.archive))
+            }
+            Final::Discard => Some(kept(Outcome::Discarded)),
+            Final::Quarantine => Some(kept(Outcome::Quarantined)),
+        }
+    }
+
     /// Whether delivering needs a changed message.
     pub fn changes_message(&self) -> bool {
         !self.header_edits.is_empty() || !self.removals.is_empty()
@@ -297,22 +334,12 @@ impl Verdict {
     }
 }
 
-/// An early refusal at MAIL or RCPT.
+/// An early refusal at MAIL or RCPT: the decision, and the shadow rules that
+/// matched on the way (they are logged too).
 #[derive(Debug, Clone)]
-pub struct Refusal {
-    pub reply: Reply,
-    pub rule: String,
-    /// Whether the rule wants its refusals archived.
-    pub archive: bool,
-    /// Shadow rules that matched on the way.
+pub struct Refused {
+    pub decision: Decision,
     pub matched: Vec<Matched>,
-}
-
-impl Refusal {
-    /// The refusal as the session logs and archives it.
-    pub fn decision(&self, reason: &str) -> crate::reply::Decision {
-        crate::reply::Decision::new(&format!("rule:{}", self.rule), self.reply.clone(), reason)
-    }
 }
 
 /// Hits of every pattern on one message.
@@ -547,7 +574,11 @@ impl RuleSet {
 
     /// At MAIL (no recipients) or RCPT (one recipient): a rule that can be decided
     /// now and refuses, unless an earlier rule could still decide otherwise.
-    pub fn check_early(&self, stage: Stage, facts: &Facts<'_>) -> Result<Vec<Matched>, Refusal> {
+    pub fn check_early(
+        &self,
+        stage: Stage,
+        facts: &Facts<'_>,
+    ) -> Result<Vec<Matched>, Box<Refused>> {
         let hits = self.hits(facts);
         let mut matched = Vec::new();
         let candidates = self.candidates(&hits);
@@ -580,18 +611,41 @@ impl RuleSet {
             match &rule.action {
                 Action::Reject(reply) | Action::Tempfail(reply) => {
                     matched.push(entry);
-                    return Err(Refusal {
-                        reply: reply.clone(),
-                        rule: rule.name.clone(),
-                        archive: rule.archive,
+                    return Err(Box::new(Refused {
+                        decision: Decision::refused_by_rule(
+                            &rule.name,
+                            reply.clone(),
+                            rule.archive,
+                        ),
                         matched,
-                    });
+                    }));
                 }
                 action if action.is_final() => break,
                 _ => {}
             }
         }
         Ok(matched)
+    }
+
+    /// Judges a whole message: its content is analysed (with the configured
+    /// limits) when a rule looks at it, then every rule runs in order, leaving out
+    /// `skip`. The server, `test-rules` and release all judge a message here.
+    pub fn judge_message(
+        &self,
+        facts: Facts<'_>,
+        message: &[u8],
+        limits: &Limits,
+        skip: Option<&str>,
+    ) -> Verdict {
+        let content = self
+            .needs_content()
+            .then(|| Content::analyze(message, limits));
+        let facts = Facts {
+            size: message.len(),
+            content: content.as_ref(),
+            ..facts
+        };
+        self.evaluate_except(&facts, skip)
     }
 
     /// At the end of DATA: every rule, in order, on the whole message.
@@ -604,7 +658,7 @@ impl RuleSet {
     pub fn evaluate_except(&self, facts: &Facts<'_>, skip: Option<&str>) -> Verdict {
         let hits = self.hits(facts);
         let mut verdict = Verdict {
-            outcome: Outcome::Deliver,
+            decision: Final::Deliver,
             decided_by: None,
             archive: true,
             matched: Vec::new(),
@@ -637,11 +691,11 @@ impl RuleSet {
                 continue;
             }
             let final_outcome = match &rule.action {
-                Action::Reject(reply) => Some(Outcome::Reject(reply.clone())),
-                Action::Tempfail(reply) => Some(Outcome::Tempfail(reply.clone())),
-                Action::Discard => Some(Outcome::Discard),
-                Action::Quarantine => Some(Outcome::Quarantine),
-                Action::Accept => Some(Outcome::Deliver),
+                Action::Reject(reply) => Some(Final::Reject(reply.clone())),
+                Action::Tempfail(reply) => Some(Final::Tempfail(reply.clone())),
+                Action::Discard => Some(Final::Discard),
+                Action::Quarantine => Some(Final::Quarantine),
+                Action::Accept => Some(Final::Deliver),
                 Action::Redirect(to) => {
                     for &i in &matched_rcpts {
                         recipients[i] = to.clone();
@@ -722,8 +776,8 @@ impl RuleSet {
                     None
                 }
             };
-            if let Some(outcome) = final_outcome {
-                verdict.outcome = outcome;
+            if let Some(decision) = final_outcome {
+                verdict.decision = decision;
                 verdict.decided_by = Some(rule.name.clone());
                 verdict.archive = rule.archive;
                 break;

@@ -47,7 +47,7 @@ fn the_first_final_action_decides_and_earlier_changes_add_up() {
     );
     let to = rcpts(&["bob@example.test"]);
     let partner = set.evaluate(&facts("x@partner.test", &to, None));
-    assert_eq!(partner.outcome, Outcome::Deliver);
+    assert_eq!(partner.decision, Final::Deliver);
     assert_eq!(partner.decided_by.as_deref(), Some("allow-partner"));
     assert_eq!(
         partner.recipients,
@@ -59,8 +59,8 @@ fn the_first_final_action_decides_and_earlier_changes_add_up() {
     );
     let other = set.evaluate(&facts("x@other.test", &to, None));
     assert_eq!(
-        other.outcome,
-        Outcome::Reject(Reply::new(550, "5.7.1", "go away"))
+        other.decision,
+        Final::Reject(Reply::new(550, "5.7.1", "go away"))
     );
     assert_eq!(
         other.summary(),
@@ -81,7 +81,7 @@ fn shadow_rules_are_reported_and_change_nothing() {
     );
     let to = rcpts(&["bob@example.test"]);
     let verdict = set.evaluate(&facts("a@remote.test", &to, None));
-    assert_eq!(verdict.outcome, Outcome::Deliver);
+    assert_eq!(verdict.decision, Final::Deliver);
     assert!(verdict.matched[0].shadow);
     let early = set
         .check_early(Stage::Mail, &facts("a@remote.test", &[], None))
@@ -106,14 +106,17 @@ fn envelope_rules_refuse_early_unless_an_earlier_final_rule_needs_the_message() 
     let refusal = set
         .check_early(Stage::Mail, &facts("x@mx.spam.test", &[], None))
         .unwrap_err();
-    assert_eq!(refusal.rule, "block-sender");
-    assert_eq!(refusal.reply.code, 550);
+    assert_eq!(refusal.decision.by.rule().unwrap(), "block-sender");
+    assert_eq!(refusal.decision.reply.code, 550);
     let ghost = rcpts(&["Ghost@example.test"]);
     let refusal = set
         .check_early(Stage::Rcpt, &facts("x@ok.test", &ghost, None))
         .unwrap_err();
     assert_eq!(
-        (refusal.rule.as_str(), refusal.reply.code),
+        (
+            refusal.decision.by.rule().unwrap(),
+            refusal.decision.reply.code
+        ),
         ("no-ghost", 451)
     );
     assert!(

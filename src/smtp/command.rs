@@ -59,16 +59,17 @@ pub struct MailParams {
     pub smtputf8: bool,
 }
 
-/// A line that is not a usable command, with the reply it gets.
+/// A line that is not a usable command, with the reply it gets. (A matter of
+/// syntax: the session answers it; no check judged anything.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub struct Malformed {
     pub reply: Reply,
     /// Counted towards the session's error limit.
     pub counts_as_error: bool,
 }
 
-fn refuse(code: u16, status: &str, text: impl Into<String>) -> Refusal {
-    Refusal {
+fn refuse(code: u16, status: &str, text: impl Into<String>) -> Malformed {
+    Malformed {
         reply: Reply::new(code, status, text),
         counts_as_error: true,
     }
@@ -76,7 +77,7 @@ fn refuse(code: u16, status: &str, text: impl Into<String>) -> Refusal {
 
 /// Checks the line ending and characters of a line (LF included) and returns the
 /// line without its CRLF.
-pub fn check_line(line: &[u8]) -> Result<&[u8], Refusal> {
+pub fn check_line(line: &[u8]) -> Result<&[u8], Malformed> {
     let Some(body) = line.strip_suffix(b"\r\n") else {
         return Err(refuse(
             500,
@@ -102,7 +103,7 @@ pub fn check_line(line: &[u8]) -> Result<&[u8], Refusal> {
 }
 
 /// Parses one command line (ending in LF).
-pub fn parse(line: &[u8]) -> Result<Command, Refusal> {
+pub fn parse(line: &[u8]) -> Result<Command, Malformed> {
     let body = check_line(line)?;
     let text = std::str::from_utf8(body)
         .map_err(|_| refuse(500, "5.5.2", "Syntax error: command is not valid UTF-8"))?;
@@ -115,7 +116,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Refusal> {
 }
 
 /// `MAIL FROM:<path> params`: the path from the raw text, the parameters by smtp-proto.
-fn parse_mail(text: &str) -> Result<Command, Refusal> {
+fn parse_mail(text: &str) -> Result<Command, Malformed> {
     let syntax = || refuse(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]");
     let argument = strip_keyword(&text[4..], "FROM:").ok_or_else(syntax)?;
     let (path, rest) = crate::address::split_path_argument(argument).ok_or_else(syntax)?;
@@ -152,7 +153,7 @@ fn parse_mail(text: &str) -> Result<Command, Refusal> {
 }
 
 /// `RCPT TO:<path>`: no RCPT parameters are announced (DSN is not offered).
-fn parse_rcpt(text: &str) -> Result<Command, Refusal> {
+fn parse_rcpt(text: &str) -> Result<Command, Malformed> {
     let syntax = || refuse(501, "5.5.4", "Syntax: RCPT TO:<address>");
     let argument = strip_keyword(&text[4..], "TO:").ok_or_else(syntax)?;
     let (path, rest) = crate::address::split_path_argument(argument).ok_or_else(syntax)?;
@@ -177,7 +178,7 @@ fn strip_keyword<'a>(text: &'a str, keyword: &str) -> Option<&'a str> {
         .then(|| text[keyword.len()..].trim_start())
 }
 
-fn parse_other(text: &str) -> Result<Command, Refusal> {
+fn parse_other(text: &str) -> Result<Command, Malformed> {
     let line = format!("{text}\r\n");
     let request = proto_parse(&line)?;
     Ok(match request {
@@ -208,7 +209,7 @@ fn parse_other(text: &str) -> Result<Command, Refusal> {
     })
 }
 
-fn proto_parse(line: &str) -> Result<Request<Cow<'_, str>>, Refusal> {
+fn proto_parse(line: &str) -> Result<Request<Cow<'_, str>>, Malformed> {
     Request::parse(&mut line.as_bytes().iter()).map_err(|e| match e {
         ProtoError::UnknownCommand | ProtoError::NeedsMoreData { .. } => {
             refuse(500, "5.5.2", "Error: command not recognized")

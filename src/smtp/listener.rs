@@ -138,28 +138,9 @@ pub async fn accept_loop(
                 });
             }
             Err(reply) => {
-                tracing::info!(client = %ip, reply = %reply, "connection refused");
-                if let Some(archive) = shared.archive.clone() {
-                    let record = crate::archive::Record {
-                        id: crate::queue::spool::new_id(),
-                        time: crate::archive::unix_now(),
-                        stage: crate::archive::Stage::Connect,
-                        client_ip: ip.to_string(),
-                        client_name: None,
-                        helo: String::new(),
-                        authenticated: false,
-                        sender: String::new(),
-                        recipients: Vec::new(),
-                        size: 0,
-                        outcome: "tempfail".into(),
-                        rule: "limits.connections".into(),
-                        reason: "connection limit reached".into(),
-                        reply: reply.to_string(),
-                        has_message: false,
-                        released: None,
-                    };
-                    tokio::task::spawn_blocking(move || archive.keep(&record, None));
-                }
+                let pipeline = shared.pipeline.clone();
+                let kept = reply.clone();
+                tokio::spawn(async move { pipeline.refuse_connection(ip, kept).await });
                 tokio::spawn(refuse(stream, reply, shared.config.server.hostname.clone()));
             }
         }

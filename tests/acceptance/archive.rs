@@ -188,7 +188,9 @@ async fn release_delivers_the_original_once_and_rcpt_limits_it() {
     );
     let (ok, show) = cli(&proxy, &["quarantine", "show", &id]);
     assert!(
-        ok && show.contains("Subject: hold me") && show.contains("rule = \"rule:hold-me\""),
+        ok && show.contains("Subject: hold me")
+            && show.contains("[decided_by]\nrule = \"hold-me\"")
+            && show.contains("outcome = \"quarantined\""),
         "{show}"
     );
 

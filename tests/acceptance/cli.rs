@@ -482,7 +482,7 @@ fn test_rules_names_the_matching_rules_and_the_verdict() {
         "{text}"
     );
     assert!(text.contains("redirect-retired-mailbox"), "{text}");
-    assert!(text.contains("verdict: deliver; sender <sender@remote.test>; recipients: alice@example.test; 1 attachment(s) removed"), "{text}");
+    assert!(text.contains("verdict: queued; sender <sender@remote.test>; recipients: alice@example.test; 1 attachment(s) removed"), "{text}");
     let written = std::fs::read_to_string(&delivered).unwrap();
     assert!(
         written.contains("[mailmoat removed the attachment \"invoice.pdf.exe\""),

@@ -1,0 +1,155 @@
+//! The end of a judged message: refused, discarded or quarantined into the
+//! archive by [`Pipeline::keep`]; otherwise queued with the rules' changes (or, a
+//! quarantine with the archive off, held in the queue). One log line either way.
+
+use super::{Judgement, Kept, Pipeline};
+use crate::queue::envelope::Envelope;
+use crate::reply::Reply;
+use crate::rules::{Final, Verdict};
+use crate::verdict::{DecidedBy, Decision, Event, Outcome, Peer, Stage};
+
+/// A message whose data has been read, with what the session knows of it.
+pub struct Received<'a> {
+    /// The queue id the client is told.
+    pub id: &'a str,
+    pub peer: &'a Peer,
+    /// Empty for the null sender.
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    /// BODY=8BITMIME and SMTPUTF8 were given.
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    /// mailmoat's trace header, then the message as the client sent it.
+    pub bytes: Vec<u8>,
+    /// Octets of the trace header at the start of `bytes`.
+    pub trace_len: usize,
+}
+
+impl Pipeline {
+    /// Acts on the judgement of a message; returns the reply for the client.
+    pub async fn finish(&self, message: Received<'_>, judged: Judgement<Verdict>) -> Reply {
+        let (id, peer, sender, recipients) =
+            (message.id, message.peer, message.sender, message.recipients);
+        let size = message.bytes.len() - message.trace_len;
+        let accepted = Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
+        let kept = |decision: Decision, rules| Kept {
+            stage: Stage::Data,
+            peer,
+            id: Some(id),
+            sender,
+            recipients,
+            decision,
+            message: Some(&message.bytes[message.trace_len..]),
+            size,
+            rules,
+        };
+        let verdict = match judged.result {
+            Ok(verdict) => verdict,
+            Err(decision) => return self.keep(kept(decision, "")).await,
+        };
+        let summary = verdict.summary();
+        if let Some(decision) = verdict.decided(&accepted) {
+            // With the archive off (or `archive = false`), a quarantined message
+            // waits in the queue's hold folder instead.
+            let held = decision.outcome == Outcome::Quarantined
+                && !(decision.archive && self.archive.is_some());
+            if !held {
+                return self.keep(kept(decision, &summary)).await;
+            }
+        }
+        let held = verdict.decision == Final::Quarantine;
+        let (outcome, reply, decided_by, reason) = match self.queue(message, &verdict, held).await {
+            Ok(()) => (
+                if held { Outcome::Held } else { Outcome::Queued },
+                accepted,
+                verdict.decided_by.clone().map(DecidedBy::Rule),
+                String::new(),
+            ),
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
+                (
+                    Outcome::Tempfailed,
+                    Reply::new(
+                        451,
+                        "4.3.0",
+                        "Error: queue file write error; try again later",
+                    ),
+                    Some(DecidedBy::check("queue")),
+                    e.to_string(),
+                )
+            }
+        };
+        Event {
+            id,
+            stage: Stage::Data,
+            peer,
+            sender,
+            recipients,
+            size,
+            outcome,
+            decided_by: decided_by.as_ref(),
+            reason: &reason,
+            reply: &reply,
+            rules: &summary,
+        }
+        .log();
+        reply
+    }
+
+    /// Writes the message, as the rules changed it, to the queue (or its hold
+    /// folder).
+    async fn queue(
+        &self,
+        message: Received<'_>,
+        verdict: &Verdict,
+        held: bool,
+    ) -> std::io::Result<()> {
+        let Some(queue) = &self.queue else {
+            return Err(std::io::Error::other("no queue to keep the message in"));
+        };
+        let mut bytes = message.bytes;
+        if verdict.changes_message() {
+            let changed = verdict.apply(&bytes[message.trace_len..]);
+            bytes.truncate(message.trace_len);
+            bytes.extend_from_slice(&changed);
+        }
+        let envelope = Envelope {
+            client_ip: message.peer.ip.to_string(),
+            helo: message.peer.helo().to_string(),
+            eight_bit: message.eight_bit,
+            smtputf8: message.smtputf8,
+            ..Envelope::new(
+                message.id.to_string(),
+                verdict.sender.clone(),
+                verdict.recipients.clone(),
+            )
+        };
+        if held {
+            queue.enqueue_held(envelope, bytes).await
+        } else {
+            queue.enqueue(envelope, bytes).await
+        }
+    }
+}
+
+impl Pipeline {
+    /// The end of a message written to signed release addresses: the items are
+    /// released (judged again by `rules`); the reply says what happened.
+    pub async fn release_by_mail(
+        &self,
+        peer: &Peer,
+        sender: &str,
+        ids: &[String],
+        rules: &crate::rules::RuleSet,
+    ) -> Reply {
+        let (Some(archive), Some(queue)) = (&self.archive, &self.queue) else {
+            return Reply::new(550, "5.7.1", "Release by mail is not available here");
+        };
+        let by = format!("mail from {} <{sender}>", peer.ip);
+        match crate::archive::release::by_mail(archive, rules, queue, &self.config, ids, &by).await
+        {
+            Ok(text) => Reply::new(250, "2.0.0", text),
+            Err(text) => Reply::new(550, "5.7.1", text),
+        }
+    }
+}

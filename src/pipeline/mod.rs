@@ -1,0 +1,508 @@
+//! The judging pipeline. Every check is a named [`Step`]; each SMTP stage is one
+//! ordered list of steps ([`CONNECT`], [`HELO`], [`MAIL`], [`RCPT`], [`DATA`]); each
+//! step declares whom it [`Spares`]. A stage runs its steps in order and the first
+//! step that refuses decides, as Postfix's `smtpd_*_restrictions` do.
+//!
+//! The session asks a stage for its judgement and speaks SMTP; `test-rules` runs
+//! the same stages without keeping anything ([`trial`]). What a refusal leads to —
+//! log line, archive copy, report, reply — is [`Pipeline::keep`], one path whatever
+//! refused; what an accepted message leads to is [`Pipeline::finish`].
+//!
+//! Adding a check: write it in `policy/` (or as a rule condition), add a [`Step`],
+//! say whom it spares, and place it in the lists below.
+
+mod finish;
+pub mod fixtures;
+mod keep;
+mod steps;
+pub mod trial;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use finish::Received;
+pub use keep::Kept;
+
+use crate::address::Path;
+use crate::archive::Archive;
+use crate::archive::report::Reporter;
+use crate::config::Config;
+use crate::policy::checks::Checks;
+use crate::policy::limits::MailBomb;
+use crate::policy::recipients::RecipientValidator;
+use crate::policy::relay::Destination;
+use crate::queue::Queue;
+use crate::rules::{Matched, RuleSet, Verdict};
+use crate::verdict::{Decision, Peer, Stage};
+
+/// The order of the checks, stage by stage (README, "Precedence"). A client that
+/// may relay, logs in or is allow-listed is spared what each step says it spares.
+///
+/// At connect: the connection rate, the address and name deny lists, the DNS
+/// blocklists when judged at connect, then whether the client talks before the
+/// banner.
+pub const CONNECT: &[Step] = &[
+    Step::ConnectionRate,
+    Step::ClientDeny,
+    Step::ClientNameDeny,
+    Step::Dnsbl,
+    Step::Pregreet,
+];
+
+/// At HELO/EHLO: a name that claims to be this server.
+pub const HELO: &[Step] = &[Step::HeloNotOurs];
+
+/// At MAIL FROM: a logged-in client's right to the sender address, the sender
+/// deny list, the sender domain's existence, the message rates, then the rules
+/// that can judge a sender.
+pub const MAIL: &[Step] = &[
+    Step::SenderLogin,
+    Step::SenderDeny,
+    Step::SenderDomain,
+    Step::MessageRate,
+    Step::Rules,
+];
+
+/// At RCPT TO: a signed release address, the relay decision, whether the
+/// recipient exists, the rules that can judge a recipient, the DNS blocklists
+/// when judged at RCPT, then the recipient rates.
+pub const RCPT: &[Step] = &[
+    Step::ReleaseAddress,
+    Step::Relay,
+    Step::Recipients,
+    Step::Rules,
+    Step::Dnsbl,
+    Step::RecipientRate,
+];
+
+/// At the end of DATA: the flood of identical bodies, then the rules on the
+/// whole message.
+pub const DATA: &[Step] = &[Step::BodyFlood, Step::Rules];
+
+/// The steps of a stage.
+pub fn steps(stage: Stage) -> &'static [Step] {
+    match stage {
+        Stage::Connect => CONNECT,
+        Stage::Helo => HELO,
+        Stage::Mail => MAIL,
+        Stage::Rcpt => RCPT,
+        Stage::Data => DATA,
+    }
+}
+
+/// One named check. What each does is in [`steps`](self::steps) (`run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `[mailbomb] connections_per_minute` per client network.
+    ConnectionRate,
+    /// `[checks] client_deny_file`.
+    ClientDeny,
+    /// `[checks] client_name_deny_file`, on the confirmed reverse name.
+    ClientNameDeny,
+    /// `[checks] dnsbl`, at the stage `dnsbl_at` names; postmaster is let
+    /// through at RCPT.
+    Dnsbl,
+    /// `[checks] greet_delay`: talking before the banner.
+    Pregreet,
+    /// `[checks] helo_not_ours`.
+    HeloNotOurs,
+    /// `[auth] restrict_senders`: a logged-in user sends as themselves.
+    SenderLogin,
+    /// `[checks] sender_deny_file`.
+    SenderDeny,
+    /// `[checks] sender_domain_exists`.
+    SenderDomain,
+    /// `[mailbomb] messages_per_hour` and `messages_per_sender_per_hour`.
+    MessageRate,
+    /// `release+ID.SIG@hostname` from a client that may relay.
+    ReleaseAddress,
+    /// Hosted domain, or a client that may relay; routing tricks refused.
+    Relay,
+    /// `[recipients]`: the file or the backend callout of a hosted domain.
+    Recipients,
+    /// `[mailbomb] recipients_per_hour` and `messages_per_recipient`.
+    RecipientRate,
+    /// `[mailbomb] identical_bodies`.
+    BodyFlood,
+    /// The administrator's rule files, at the earliest stage each can decide.
+    Rules,
+}
+
+/// Whom a step leaves alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spares {
+    /// Every client meets it.
+    Nobody,
+    /// The client allow list, trusted networks and logged-in clients.
+    Exempt,
+    /// The client allow list; trusted networks and logged-in clients too unless
+    /// `[mailbomb] exempt_trusted = false`.
+    LimitsExempt,
+}
+
+impl Step {
+    pub fn spares(self) -> Spares {
+        match self {
+            Step::ClientDeny
+            | Step::ClientNameDeny
+            | Step::Dnsbl
+            | Step::Pregreet
+            | Step::HeloNotOurs
+            | Step::SenderDeny
+            | Step::SenderDomain => Spares::Exempt,
+            Step::ConnectionRate | Step::MessageRate | Step::RecipientRate | Step::BodyFlood => {
+                Spares::LimitsExempt
+            }
+            Step::SenderLogin
+            | Step::ReleaseAddress
+            | Step::Relay
+            | Step::Recipients
+            | Step::Rules => Spares::Nobody,
+        }
+    }
+}
+
+impl Spares {
+    /// Does this spare the client?
+    pub fn spares(self, peer: &Peer, config: &Config) -> bool {
+        let own = peer.trusted || peer.login.is_some();
+        match self {
+            Spares::Nobody => false,
+            Spares::Exempt => peer.allowed || own,
+            Spares::LimitsExempt => peer.allowed || (own && config.mailbomb.exempt_trusted),
+        }
+    }
+}
+
+/// What the connect stage may ask of the connection itself.
+pub trait Greeting: Send {
+    /// Waits up to `wait` for the client to send anything before the banner;
+    /// true when it did.
+    fn talks_first(&mut self, wait: Duration) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+/// A client that waits its turn (for trials).
+pub struct Patient;
+
+impl Greeting for Patient {
+    fn talks_first(&mut self, _: Duration) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async { false })
+    }
+}
+
+/// A recipient that RCPT accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// Mail for it is delivered.
+    Deliver(Destination),
+    /// A signed release address: the archive item to release at the end of DATA.
+    Release(String),
+}
+
+/// A stage's judgement: accepted with what it found, or the decision that refused;
+/// and every rule that matched on the way (shadow rules included), for
+/// `test-rules`.
+pub struct Judgement<T> {
+    pub result: Result<T, Decision>,
+    pub matched: Vec<Matched>,
+}
+
+/// Everything that judges, and where refusals and accepted mail go.
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    pub checks: Arc<Checks>,
+    pub mailbomb: Arc<MailBomb>,
+    pub recipients: Arc<RecipientValidator>,
+    /// Where refused mail is kept; None when the archive is off (and in trials).
+    pub archive: Option<Arc<Archive>>,
+    /// Sends reports of archived mail to the backup mailbox.
+    pub reporter: Option<Arc<Reporter>>,
+    /// Where accepted mail goes; None in trials, which keep nothing.
+    pub queue: Option<Arc<Queue>>,
+}
+
+/// What one stage's steps look at, and what they find out.
+struct Judging<'a> {
+    stage: Stage,
+    peer: &'a Peer,
+    rules: &'a RuleSet,
+    /// The queue id, at DATA; for log lines.
+    id: &'a str,
+    /// From MAIL on; empty for the null sender.
+    sender: &'a str,
+    /// The sender's domain name (none for the null sender or an address literal).
+    sender_domain: Option<&'a str>,
+    /// At RCPT: the recipient as the client wrote it.
+    recipient: &'a str,
+    /// At DATA: the accepted recipients and the message as the client sent it.
+    recipients: &'a [String],
+    message: &'a [u8],
+    greeting: Option<&'a mut dyn Greeting>,
+    /// Found at RCPT.
+    accepted: Option<Recipient>,
+    /// Found at DATA.
+    verdict: Option<Verdict>,
+    matched: Vec<Matched>,
+}
+
+impl<'a> Judging<'a> {
+    fn new(stage: Stage, peer: &'a Peer, rules: &'a RuleSet) -> Self {
+        Judging {
+            stage,
+            peer,
+            rules,
+            id: crate::verdict::NOQUEUE,
+            sender: "",
+            sender_domain: None,
+            recipient: "",
+            recipients: &[],
+            message: &[],
+            greeting: None,
+            accepted: None,
+            verdict: None,
+            matched: Vec::new(),
+        }
+    }
+}
+
+/// What a step says when it does not refuse.
+enum Next {
+    /// On to the next step.
+    Continue,
+    /// Accepted: the steps after it do not run (a release address is not a
+    /// recipient for the later checks to judge).
+    Accept,
+}
+
+impl Pipeline {
+    /// The judging parts for a configuration: checks with their lists, limits,
+    /// recipient validation (`callout_cache`: where callout answers are kept).
+    /// Nothing is kept until [`Pipeline::keeping`] says where.
+    pub fn build(
+        config: Arc<Config>,
+        dns: Arc<crate::dns::Dns>,
+        callout_cache: Option<sled::Tree>,
+    ) -> anyhow::Result<Pipeline> {
+        let backend = crate::smtp_client::Target::from_backend(
+            &config.backend,
+            &config.backend.address,
+            &config.server.hostname,
+        )?;
+        Ok(Pipeline {
+            checks: Arc::new(Checks::new(&config, dns)?),
+            mailbomb: Arc::new(MailBomb::new(&config.mailbomb)),
+            recipients: Arc::new(RecipientValidator::new(
+                config.clone(),
+                backend,
+                callout_cache,
+            )?),
+            config,
+            archive: None,
+            reporter: None,
+            queue: None,
+        })
+    }
+
+    /// Where accepted and refused mail goes.
+    pub fn keeping(
+        self,
+        queue: Arc<Queue>,
+        archive: Option<Arc<Archive>>,
+        reporter: Option<Arc<Reporter>>,
+    ) -> Pipeline {
+        Pipeline {
+            queue: Some(queue),
+            archive,
+            reporter,
+            ..self
+        }
+    }
+
+    /// Runs a stage's steps in order; the first refusal ends it.
+    async fn run(&self, judging: &mut Judging<'_>) -> Result<(), Decision> {
+        for &step in steps(judging.stage) {
+            if step.spares().spares(judging.peer, &self.config) {
+                continue;
+            }
+            match self.step(step, judging).await? {
+                Next::Continue => {}
+                Next::Accept => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn judged<T>(
+        &self,
+        judging: Judging<'_>,
+        result: Result<(), Decision>,
+        found: impl FnOnce(&mut Judging<'_>) -> T,
+    ) -> Judgement<T> {
+        let mut judging = judging;
+        let result = result.map(|()| found(&mut judging));
+        self.log_shadow(judging.id, &judging.matched);
+        Judgement {
+            result,
+            matched: judging.matched,
+        }
+    }
+
+    /// Before the banner.
+    pub async fn connect(
+        &self,
+        peer: &Peer,
+        rules: &RuleSet,
+        greeting: &mut dyn Greeting,
+    ) -> Judgement<()> {
+        let mut judging = Judging::new(Stage::Connect, peer, rules);
+        judging.greeting = Some(greeting);
+        let result = self.run(&mut judging).await;
+        judging.greeting = None;
+        self.judged(judging, result, |_| ())
+    }
+
+    /// At HELO or EHLO (the name is in `peer.helo`).
+    pub async fn helo(&self, peer: &Peer, rules: &RuleSet) -> Judgement<()> {
+        let mut judging = Judging::new(Stage::Helo, peer, rules);
+        let result = self.run(&mut judging).await;
+        self.judged(judging, result, |_| ())
+    }
+
+    /// At MAIL FROM.
+    pub async fn mail(&self, peer: &Peer, rules: &RuleSet, sender: &Path) -> Judgement<()> {
+        let text = sender.to_string();
+        let mut judging = Judging::new(Stage::Mail, peer, rules);
+        judging.sender = &text;
+        judging.sender_domain = sender.mailbox().and_then(|m| m.domain_name());
+        let result = self.run(&mut judging).await;
+        self.judged(judging, result, |_| ())
+    }
+
+    /// At RCPT TO; `raw` is the recipient as the client wrote it between `<>`.
+    pub async fn rcpt(
+        &self,
+        peer: &Peer,
+        rules: &RuleSet,
+        sender: &str,
+        raw: &str,
+    ) -> Judgement<Recipient> {
+        let mut judging = Judging::new(Stage::Rcpt, peer, rules);
+        judging.sender = sender;
+        judging.recipient = raw;
+        let result = self.run(&mut judging).await;
+        let result = match result {
+            Ok(()) if judging.accepted.is_none() => Err(Decision::refuse(
+                "relay",
+                crate::reply::Reply::new(550, "5.7.1", format!("<{raw}>: Relaying denied")),
+                "no step accepted the recipient",
+            )),
+            other => other,
+        };
+        self.judged(judging, result, |j| {
+            j.accepted.take().expect("an accepted recipient")
+        })
+    }
+
+    /// At the end of DATA: `message` as the client sent it (without our trace
+    /// header), to the accepted `recipients`. The verdict may still discard or
+    /// quarantine; [`Pipeline::finish`] acts on it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn data(
+        &self,
+        peer: &Peer,
+        rules: &RuleSet,
+        id: &str,
+        sender: &str,
+        recipients: &[String],
+        message: &[u8],
+    ) -> Judgement<Verdict> {
+        let mut judging = Judging::new(Stage::Data, peer, rules);
+        judging.id = id;
+        judging.sender = sender;
+        judging.recipients = recipients;
+        judging.message = message;
+        let result = self.run(&mut judging).await;
+        self.judged(judging, result, |j| {
+            j.verdict
+                .take()
+                .unwrap_or_else(|| crate::rules::Verdict::deliver(j.sender, j.recipients.to_vec()))
+        })
+    }
+
+    /// Shadow rules change nothing but this log line.
+    fn log_shadow(&self, id: &str, matched: &[Matched]) {
+        for m in matched.iter().filter(|m| m.shadow) {
+            tracing::info!(
+                queue_id = %id,
+                rule = %m.rule,
+                stage = m.stage.name(),
+                detail = %m.detail,
+                "shadow rule would have applied {}",
+                m.action
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(trusted: bool, login: bool, allowed: bool) -> Peer {
+        Peer {
+            ip: "192.0.2.1".parse().unwrap(),
+            local_ip: "127.0.0.1".parse().unwrap(),
+            name: None,
+            helo: None,
+            login: login.then(|| "alice".to_string()),
+            trusted,
+            allowed,
+            may_relay: trusted || login,
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn exemptions_follow_the_precedence_section() {
+        let mut config = Config::default();
+        let stranger = peer(false, false, false);
+        let trusted = peer(true, false, false);
+        let logged_in = peer(false, true, false);
+        let allowed = peer(false, false, true);
+        for step in [Step::ClientDeny, Step::Dnsbl, Step::SenderDomain] {
+            let spares = step.spares();
+            assert!(!spares.spares(&stranger, &config), "{step:?}");
+            for p in [&trusted, &logged_in, &allowed] {
+                assert!(spares.spares(p, &config), "{step:?}");
+            }
+        }
+        // Limits spare trusted and logged-in clients only while exempt_trusted holds.
+        config.mailbomb.exempt_trusted = false;
+        let limits = Step::MessageRate.spares();
+        assert!(!limits.spares(&trusted, &config));
+        assert!(!limits.spares(&logged_in, &config));
+        assert!(limits.spares(&allowed, &config));
+        // The relay decision and the rules judge everyone.
+        for step in [Step::Relay, Step::Recipients, Step::Rules] {
+            assert!(!step.spares().spares(&allowed, &config), "{step:?}");
+        }
+    }
+
+    #[test]
+    fn every_step_has_its_place_once_per_stage() {
+        for stage in [
+            Stage::Connect,
+            Stage::Helo,
+            Stage::Mail,
+            Stage::Rcpt,
+            Stage::Data,
+        ] {
+            let list = steps(stage);
+            for (i, step) in list.iter().enumerate() {
+                assert!(!list[i + 1..].contains(step), "{step:?} twice in {stage:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! What each step does: one arm per [`Step`], each calling the check that owns it
+//! in `policy/` or `rules/`.
+
+use super::{Judging, Next, Pipeline, Recipient, Step};
+use crate::address::Path;
+use crate::config::DnsblAt;
+use crate::policy::relay::{self, Destination};
+use crate::reply::Reply;
+use crate::rules::Facts;
+use crate::verdict::{Decision, Stage};
+
+impl Pipeline {
+    pub(super) async fn step(&self, step: Step, j: &mut Judging<'_>) -> Result<Next, Decision> {
+        let ip = j.peer.ip;
+        match step {
+            Step::ConnectionRate => self.mailbomb.connect(ip)?,
+            Step::ClientDeny => self.checks.client_deny(ip)?,
+            Step::ClientNameDeny => self.checks.client_name_deny(ip, j.peer.name.as_deref())?,
+            Step::Dnsbl => {
+                let here = match self.checks.config().dnsbl_at {
+                    DnsblAt::Connect => Stage::Connect,
+                    DnsblAt::Rcpt => Stage::Rcpt,
+                };
+                if here == j.stage {
+                    let recipient = (j.stage == Stage::Rcpt).then_some(j.recipient);
+                    self.checks.dnsbl(ip, recipient).await?;
+                }
+            }
+            Step::Pregreet => {
+                let delay = self.checks.config().greet_delay;
+                if let Some(greeting) = j.greeting.as_deref_mut()
+                    && !delay.is_zero()
+                    && greeting.talks_first(delay).await
+                {
+                    return Err(Decision::refuse(
+                        "pregreet",
+                        Reply::new(
+                            554,
+                            "5.5.1",
+                            "Error: you talked before the greeting; goodbye",
+                        ),
+                        "client sent data before the banner",
+                    ));
+                }
+            }
+            Step::HeloNotOurs => self.checks.helo(j.peer.helo(), j.peer.local_ip)?,
+            Step::SenderLogin => {
+                if let Some(user) = &j.peer.login
+                    && !crate::policy::auth::owns(&self.config.auth, user, j.sender, &|d| {
+                        self.config.is_hosted(d)
+                    })
+                {
+                    return Err(Decision::refuse(
+                        "auth.sender_login",
+                        Reply::new(
+                            553,
+                            "5.7.1",
+                            format!("<{}>: Sender address not owned by user {user}", j.sender),
+                        ),
+                        format!("logged in as {user}"),
+                    ));
+                }
+            }
+            Step::SenderDeny => self.checks.sender_deny(j.sender_domain)?,
+            Step::SenderDomain => self.checks.sender_domain(j.sender_domain).await?,
+            Step::MessageRate => self.mailbomb.message(ip, j.sender)?,
+            Step::ReleaseAddress => return self.release_address(j),
+            Step::Relay => {
+                let destination = relay::decide(&self.config, j.recipient, j.peer.may_relay)?;
+                j.accepted = Some(Recipient::Deliver(destination));
+            }
+            Step::Recipients => {
+                if let Some(Recipient::Deliver(Destination::Hosted(mailbox))) = &j.accepted {
+                    self.recipients.check(mailbox).await?;
+                }
+            }
+            Step::RecipientRate => {
+                if let Some(Recipient::Deliver(destination)) = &j.accepted {
+                    self.mailbomb
+                        .recipient(ip, &destination.mailbox().to_string())?;
+                }
+            }
+            Step::BodyFlood => self.mailbomb.body(j.message)?,
+            Step::Rules => self.rules(j)?,
+        }
+        Ok(Next::Continue)
+    }
+
+    /// The rules that can decide at this stage: at MAIL and RCPT only a refusal
+    /// that no earlier rule could overturn; at DATA the whole verdict.
+    fn rules(&self, j: &mut Judging<'_>) -> Result<(), Decision> {
+        let rcpt;
+        let recipients: &[String] = match (&j.stage, &j.accepted) {
+            (Stage::Rcpt, Some(Recipient::Deliver(destination))) => {
+                rcpt = [destination.mailbox().to_string()];
+                &rcpt
+            }
+            (Stage::Data, _) => j.recipients,
+            _ => &[],
+        };
+        let facts = Facts::of(j.peer, j.sender, recipients);
+        match j.stage {
+            Stage::Mail | Stage::Rcpt => match j.rules.check_early(j.stage, &facts) {
+                Ok(matched) => {
+                    j.matched.extend(matched);
+                    Ok(())
+                }
+                Err(refused) => {
+                    j.matched.extend(refused.matched);
+                    Err(refused.decision)
+                }
+            },
+            Stage::Data => {
+                let verdict =
+                    j.rules
+                        .judge_message(facts, j.message, &self.config.rules.limits(), None);
+                j.matched.extend(verdict.matched.iter().cloned());
+                let refusal = verdict
+                    .decided(&Reply::new(250, "2.0.0", "Ok"))
+                    .filter(|d| d.outcome.is_refusal());
+                j.verdict = Some(verdict);
+                refusal.map_or(Ok(()), Err)
+            }
+            Stage::Connect | Stage::Helo => Ok(()),
+        }
+    }
+
+    /// `RCPT TO:<release+ID.SIG@hostname>`: a reviewer releasing an archived item
+    /// from the backup mailbox. Only clients that may relay, only with the right
+    /// signature; the release itself happens at the end of DATA.
+    fn release_address(&self, j: &mut Judging<'_>) -> Result<Next, Decision> {
+        let Some(archive) = &self.archive else {
+            return Ok(Next::Continue);
+        };
+        let Ok(Path::Mailbox(mailbox)) = Path::parse(j.recipient) else {
+            return Ok(Next::Continue);
+        };
+        let Some(domain) = mailbox.domain_name() else {
+            return Ok(Next::Continue);
+        };
+        if !archive.is_release_address(&mailbox.local_unquoted, domain) {
+            return Ok(Next::Continue);
+        }
+        let raw = j.recipient;
+        if !j.peer.may_relay {
+            return Err(Decision::refuse(
+                "release",
+                Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "<{raw}>: release requests are taken only from trusted or authenticated clients"
+                    ),
+                ),
+                "release address from a client that may not relay",
+            ));
+        }
+        match archive.verify_release(&mailbox.local_unquoted) {
+            Some(id) => {
+                j.accepted = Some(Recipient::Release(id));
+                Ok(Next::Accept)
+            }
+            None => Err(Decision::refuse(
+                "release",
+                Reply::new(
+                    550,
+                    "5.7.1",
+                    format!("<{raw}>: not a valid release address"),
+                ),
+                "release address with a wrong signature",
+            )),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! DATA (RFC 5321 4.1.1.4): the strict reader takes the message; the pipeline
+//! judges it and keeps it — queued, held or archived — before the reply.
+
+use super::{Flow, Session};
+use crate::pipeline::{Kept, Received};
+use crate::queue::spool::new_id;
+use crate::queue::trace::{self, Protocol};
+use crate::smtp::connection::ReadError;
+use crate::smtp::data::{DataOutcome, DataReader};
+use crate::verdict::{Decision, Stage};
+
+impl Session {
+    pub(super) async fn data(&mut self) -> Flow {
+        let Some(transaction) = self.transaction.take() else {
+            self.error(503, "5.5.1", "Error: need MAIL command");
+            return Flow::Continue;
+        };
+        if transaction.recipients.is_empty() && transaction.releases.is_empty() {
+            self.reply(554, "5.5.1", "Error: no valid recipients");
+            return Flow::Continue;
+        }
+        let config = self.shared.config.clone();
+        let id = new_id();
+        let only = match transaction.recipients.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        let protocol = Protocol {
+            esmtp: self.esmtp,
+            smtputf8: transaction.params.smtputf8,
+        };
+        let received = trace::received(&config.server.hostname, &self.peer, &protocol, &id, only);
+        let trace_len = received.len();
+        self.reply(354, "", "End data with <CR><LF>.<CR><LF>");
+        let mut reader = DataReader::new(
+            config.limits.line_length_limit,
+            config.limits.message_size_limit,
+            config.limits.bare_line_endings,
+            received,
+        );
+        match self
+            .conn
+            .read_data(&mut reader, config.limits.data_timeout)
+            .await
+        {
+            Ok(()) => {}
+            Err(ReadError::TimedOut) => {
+                self.reply(
+                    421,
+                    "4.4.2",
+                    format!("{} Error: timeout exceeded", config.server.hostname),
+                );
+                tracing::info!(queue_id = %id, client = %self.peer.ip, result = "lost", "timeout during DATA; nothing queued");
+                return Flow::Close;
+            }
+            Err(_) => {
+                tracing::info!(queue_id = %id, client = %self.peer.ip, result = "lost", "connection lost during DATA; nothing queued");
+                return Flow::Close;
+            }
+        }
+        self.conn.shrink();
+        let sender = transaction.sender.to_string();
+        let pipeline = self.pipeline();
+        let size = reader.size();
+        let bytes = match reader.finish() {
+            DataOutcome::Message(bytes) => bytes,
+            DataOutcome::Refused(reply, violations, read) => {
+                self.errors += 1;
+                self.refused += 1;
+                // The archive keeps the message as the client sent it, without our
+                // trace line.
+                let original = read.get(trace_len..).filter(|m| !m.is_empty());
+                let reply = pipeline
+                    .keep(Kept {
+                        stage: Stage::Data,
+                        peer: &self.peer,
+                        id: Some(&id),
+                        sender: &sender,
+                        recipients: &transaction.recipients,
+                        decision: Decision::refuse("framing", reply, format!("{violations:?}")),
+                        message: original,
+                        size,
+                        rules: "",
+                    })
+                    .await;
+                self.conn.reply(&reply);
+                return Flow::Continue;
+            }
+        };
+        if !transaction.releases.is_empty() {
+            let released = pipeline
+                .release_by_mail(&self.peer, &sender, &transaction.releases, &self.rules)
+                .await;
+            if transaction.recipients.is_empty() {
+                // Only release requests: the message itself carried nothing to deliver.
+                self.conn.reply(&released);
+                return Flow::Continue;
+            }
+        }
+        let judged = pipeline
+            .data(
+                &self.peer,
+                &self.rules,
+                &id,
+                &sender,
+                &transaction.recipients,
+                &bytes[trace_len..],
+            )
+            .await;
+        let reply = pipeline
+            .finish(
+                Received {
+                    id: &id,
+                    peer: &self.peer,
+                    sender: &sender,
+                    recipients: &transaction.recipients,
+                    eight_bit: transaction.params.eight_bit,
+                    smtputf8: transaction.params.smtputf8,
+                    bytes,
+                    trace_len,
+                },
+                judged,
+            )
+            .await;
+        if reply.is_positive() {
+            self.accepted += 1;
+        } else {
+            self.refused += 1;
+        }
+        self.conn.reply(&reply);
+        Flow::Continue
+    }
+}
