@@ -12,6 +12,7 @@ pub mod archive;
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod file_error;
 pub mod logging;
 pub mod mime;
 pub mod pipeline;

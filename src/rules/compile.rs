@@ -14,20 +14,7 @@ use super::{Action, Cond, CondSet, FieldKey, Rewrite, Rule, RuleSet, Stage};
 use crate::reply::Reply;
 
 /// A rule file error, with where it is and what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
-    pub file: String,
-    pub line: usize,
-    pub message: String,
-}
-
-impl std::fmt::Display for RuleError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.message)
-    }
-}
-
-impl std::error::Error for RuleError {}
+pub type RuleError = crate::file_error::FileError;
 
 /// Collects rules from files, then builds the set.
 #[derive(Default)]
@@ -48,14 +35,11 @@ struct Place<'a> {
 
 impl Place<'_> {
     fn error(&self, offset: usize, message: impl Into<String>) -> RuleError {
-        RuleError {
-            file: self.file.to_string(),
-            line: self.text[..offset.min(self.text.len())]
-                .matches('\n')
-                .count()
-                + 1,
-            message: format!("rule '{}': {}", self.rule, message.into()),
-        }
+        RuleError::new(
+            std::path::Path::new(self.file),
+            Some(crate::file_error::line_of(self.text, offset)),
+            format!("rule '{}': {}", self.rule, message.into()),
+        )
     }
 }
 
@@ -63,13 +47,8 @@ impl Compiler {
     /// Adds the rules of one file (`file` names it in errors).
     pub fn add_file(&mut self, file: &Path, text: &str) -> Result<(), RuleError> {
         let name = file.display().to_string();
-        let parsed: RuleFile = toml::from_str(text).map_err(|e| RuleError {
-            file: name.clone(),
-            line: e.span().map_or(1, |span| {
-                text[..span.start.min(text.len())].matches('\n').count() + 1
-            }),
-            message: e.message().trim().to_string(),
-        })?;
+        let parsed: RuleFile =
+            toml::from_str(text).map_err(|e| RuleError::from_toml(file, text, &e))?;
         for spanned in parsed.rule {
             let start = spanned.span().start;
             let spec = spanned.into_inner();
@@ -87,7 +66,8 @@ impl Compiler {
                     start,
                     format!(
                         "the name is already used in {}:{}; names must be unique",
-                        other.file, other.line
+                        other.file,
+                        other.line
                     ),
                 ));
             }
@@ -259,10 +239,12 @@ impl Compiler {
     pub fn finish(self) -> Result<RuleSet, RuleError> {
         let mut fields = Vec::new();
         for (key, builder) in self.fields {
-            let field = builder.build().map_err(|e| RuleError {
-                file: "rules".into(),
-                line: 0,
-                message: format!("{}: {e}", key.label()),
+            let field = builder.build().map_err(|e| {
+                RuleError::new(
+                    std::path::Path::new("rules"),
+                    None,
+                    format!("{}: {e}", key.label()),
+                )
             })?;
             fields.push((key, field));
         }

@@ -271,7 +271,7 @@ fn errors_name_file_line_and_what_to_write() {
         let err = RuleSet::from_text("r.toml", text)
             .err()
             .unwrap_or_else(|| panic!("{text} compiled"));
-        assert_eq!(err.line, line, "{err}");
+        assert_eq!(err.line, Some(line), "{err}");
         assert!(err.to_string().contains(words), "{err}");
         assert!(
             err.to_string().starts_with(&format!("r.toml:{line}: ")),

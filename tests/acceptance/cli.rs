@@ -524,3 +524,28 @@ fn check_refuses_a_broken_rule_file_with_its_line() {
         stderr(&output)
     );
 }
+
+#[test]
+fn check_names_the_line_of_an_empty_backend_address_in_the_shipped_configuration() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(repo.join("packaging/mailmoat.toml")).unwrap();
+    let key = "address = \"127.0.0.1:2526\"";
+    assert_eq!(shipped.matches(key).count(), 1, "the backend address line");
+    let broken = shipped.replace(key, "address = \"\"");
+    let line = broken
+        .lines()
+        .position(|l| l == "address = \"\"")
+        .unwrap()
+        + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailmoat.toml");
+    std::fs::write(&config, &broken).unwrap();
+    std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+    let output = mailmoat(&config, &["check"]);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("mailmoat.toml:{line}: backend.address is empty")),
+        "{text}"
+    );
+}

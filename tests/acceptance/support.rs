@@ -762,3 +762,62 @@ impl Drop for DnsServer {
         self.task.abort();
     }
 }
+
+/// Every log line of this test process, as JSON (one subscriber for all tests;
+/// each test finds its own lines by a value only it uses).
+static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+#[derive(Clone)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts capturing the proxy's log lines (idempotent).
+pub fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogBuffer(buffer.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("mailmoat=info")
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .try_init();
+        buffer
+    });
+}
+
+/// The captured log lines for which `matches` holds.
+pub fn logged(matches: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+    let Some(buffer) = LOGS.get() else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&buffer.lock().unwrap()).to_string();
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|value| matches(value))
+        .collect()
+}
+
+/// Waits for a log line for which `matches` holds.
+pub async fn wait_for_logged(
+    what: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(line) = logged(&matches).pop() {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no log line: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,144 @@
+//! `[backend]`, `[outbound]`, `[queue]` and `[store]`: where accepted mail goes
+//! and how it waits for delivery.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Whether to use STARTTLS towards a server mailmoat delivers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Off,
+    /// STARTTLS when the server offers it; plain text otherwise.
+    Opportunistic,
+    /// STARTTLS or no delivery (the message waits in the queue).
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// The internal mail server, `host:port`.
+    pub address: String,
+    pub starttls: TlsMode,
+    /// Check the backend's certificate and name. Turn off only for a self-signed
+    /// certificate on a network you trust.
+    pub tls_verify: bool,
+    /// Extra CA certificate (PEM) to trust for the backend.
+    pub ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Wait for each reply of the backend.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How long an idle connection to the backend is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            address: "127.0.0.1:2526".into(),
+            starttls: TlsMode::Off,
+            tls_verify: true,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How mail for domains the proxy does not host leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundRoute {
+    /// To the domain's MX hosts, looked up in DNS.
+    Mx,
+    /// Through `relayhost` (a smart host).
+    Relayhost,
+    /// To the backend, which routes it on.
+    Backend,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    pub route: OutboundRoute,
+    /// The smart host, `host:port`, for route = "relayhost".
+    pub relayhost: Option<String>,
+    /// The port of MX hosts (25; other values are for tests and odd networks).
+    pub port: u16,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            route: OutboundRoute::Mx,
+            relayhost: None,
+            port: 25,
+        }
+    }
+}
+
+/// How the spool makes accepted mail durable before the `250`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// One syncfs(2) per batch of messages received at the same time: the fastest,
+    /// but it also flushes whatever else is pending on that file system, so give the
+    /// spool a file system of its own.
+    Syncfs,
+    /// fdatasync(2) of each message and envelope file: slower under load, touches
+    /// nothing else.
+    Fsync,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// The spool folder: the queue itself (one folder per state).
+    pub path: PathBuf,
+    pub flush: FlushMode,
+    /// Messages delivered at the same time.
+    pub delivery_workers: usize,
+    /// First retry after a temporary failure; each later one waits twice as long.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// After this long in the queue, undelivered recipients are bounced.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            path: "var/queue".into(),
+            flush: FlushMode::Syncfs,
+            delivery_workers: 16,
+            min_backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(3600),
+            max_lifetime: Duration::from_secs(5 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The embedded store (sled) for small state: the recipient-callout cache.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: "var/db".into(),
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The configuration file: TOML, every key defaulted, validated with errors that name
+//! the file, the line of the key and what to write. `packaging/mailmoat.toml`
+//! documents every key. One file per group of sections; this one holds the whole
+//! and its checks.
+
+mod archive;
+mod checks;
+mod delivery;
+mod server;
+mod types;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use archive::*;
+pub use checks::*;
+pub use delivery::*;
+pub use server::*;
+pub use types::*;
+
+use crate::file_error::{FileError, Spans};
+
+/// Everything mailmoat reads from its configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub relay: RelayConfig,
+    pub recipients: RecipientsConfig,
+    pub backend: BackendConfig,
+    pub outbound: OutboundConfig,
+    pub queue: QueueConfig,
+    pub store: StoreConfig,
+    pub rules: RulesConfig,
+    pub archive: ArchiveConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub dns: DnsConfig,
+    pub checks: ChecksConfig,
+    pub mailbomb: MailBombConfig,
+    pub log: LogConfig,
+}
+
+/// A configuration error, worded for the administrator: file, line of the key,
+/// what to write.
+pub type ConfigError = FileError;
+
+/// A validation problem: the keys it is about (the first names the line; the
+/// others are named in the message), and what to write.
+struct Invalid {
+    keys: Vec<Vec<String>>,
+    message: String,
+}
+
+fn invalid(keys: &[&[&str]], message: impl Into<String>) -> Invalid {
+    Invalid {
+        keys: keys
+            .iter()
+            .map(|k| k.iter().map(|s| s.to_string()).collect())
+            .collect(),
+        message: message.into(),
+    }
+}
+
+/// Configuration problems that do not stop the server but that an administrator
+/// should know about (printed by `mailmoat check` and logged at start).
+pub type Warnings = Vec<String>;
+
+impl Config {
+    /// Reads, parses and validates a configuration file. Relative paths in it are
+    /// made relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            FileError::new(
+                path,
+                None,
+                format!("cannot read the configuration file: {e}"),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path, base)
+    }
+
+    /// Parses configuration text; `file` names it in errors, `base` anchors relative paths.
+    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| FileError::from_toml(file, text, &e))?;
+        config.resolve_paths(base);
+        config.validate().map_err(|invalid| {
+            let spans = Spans::new(text);
+            let line = |key: &Vec<String>| {
+                let path: Vec<&str> = key.iter().map(String::as_str).collect();
+                spans.nearest(&path)
+            };
+            let mut message = invalid.message;
+            let also: Vec<String> = invalid.keys[1..]
+                .iter()
+                .filter_map(|k| line(k).map(|l| format!("{} at line {l}", k.join("."))))
+                .collect();
+            if !also.is_empty() {
+                message = format!("{message} ({})", also.join(", "));
+            }
+            FileError::new(file, invalid.keys.first().and_then(line), message)
+        })?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let anchor = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        anchor(&mut self.queue.path);
+        anchor(&mut self.store.path);
+        anchor(&mut self.rules.path);
+        anchor(&mut self.archive.path);
+        for path in [
+            &mut self.tls.cert_file,
+            &mut self.tls.key_file,
+            &mut self.auth.users_file,
+            &mut self.backend.ca_file,
+            &mut self.checks.client_allow_file,
+            &mut self.checks.client_deny_file,
+            &mut self.checks.client_name_deny_file,
+            &mut self.checks.sender_deny_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            anchor(path);
+        }
+        for domain in self.recipients.domains.values_mut() {
+            if let Some(file) = &mut domain.file {
+                anchor(file);
+            }
+        }
+    }
+
+    /// Checks that keys agree with each other.
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.server.listen.is_empty() {
+            return Err(invalid(
+                &[&["server", "listen"]],
+                "server.listen: give at least one address, such as [\"0.0.0.0:25\"]",
+            ));
+        }
+        let positive = [
+            (["limits", "message_size_limit"], self.limits.message_size_limit),
+            (["limits", "recipient_limit"], self.limits.recipient_limit),
+            (["limits", "error_limit"], self.limits.error_limit),
+            (["server", "max_connections"], self.server.max_connections),
+            (
+                ["server", "max_connections_per_ip"],
+                self.server.max_connections_per_ip,
+            ),
+            (["queue", "delivery_workers"], self.queue.delivery_workers),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(
+                    &[&key],
+                    format!("{} = 0: it must be at least 1", key.join(".")),
+                ));
+            }
+        }
+        if self.limits.line_length_limit < 512 {
+            return Err(invalid(
+                &[&["limits", "line_length_limit"]],
+                format!(
+                    "limits.line_length_limit = {}: it must be at least 512 (RFC 5321 \
+                     4.5.3.1.4 allows command lines of 512 octets); the default is 1000",
+                    self.limits.line_length_limit
+                ),
+            ));
+        }
+        if self.queue.min_backoff > self.queue.max_backoff {
+            return Err(invalid(
+                &[&["queue", "min_backoff"], &["queue", "max_backoff"]],
+                "queue.min_backoff must not be longer than queue.max_backoff",
+            ));
+        }
+        if self.backend.address.trim().is_empty() {
+            return Err(invalid(
+                &[&["backend", "address"]],
+                "backend.address is empty: give the backend as host:port, such as \"10.0.0.5:25\"",
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            let given: &[&str] = if self.tls.cert_file.is_some() {
+                &["tls", "cert_file"]
+            } else {
+                &["tls", "key_file"]
+            };
+            return Err(invalid(
+                &[given],
+                "tls: give both cert_file and key_file, or neither",
+            ));
+        }
+        if !self.server.listen_tls.is_empty() && self.tls.cert_file.is_none() {
+            return Err(invalid(
+                &[&["server", "listen_tls"]],
+                "server.listen_tls needs [tls] cert_file and key_file",
+            ));
+        }
+        if self.outbound.route == OutboundRoute::Relayhost
+            && self
+                .outbound
+                .relayhost
+                .as_deref()
+                .is_none_or(|r| r.trim().is_empty())
+        {
+            return Err(invalid(
+                &[&["outbound", "route"]],
+                "outbound.route = \"relayhost\" needs outbound.relayhost = \"host:port\"",
+            ));
+        }
+        if self.auth.source == AuthSource::Users && self.auth.users_file.is_none() {
+            return Err(invalid(
+                &[&["auth", "source"]],
+                "auth.source = \"users\" needs auth.users_file = \"users.txt\" (mailmoat passwd add NAME fills it)",
+            ));
+        }
+        if let Some(address) = self.archive.backup_address.as_deref()
+            && crate::address::Mailbox::parse(address).is_err()
+        {
+            return Err(invalid(
+                &[&["archive", "backup_address"]],
+                format!(
+                    "archive.backup_address '{address}' is not an address; write one such as quarantine@example.com"
+                ),
+            ));
+        }
+        if let Some(key) = self.archive.release_key.as_deref()
+            && !key.is_empty()
+            && key.len() < 16
+        {
+            return Err(invalid(
+                &[&["archive", "release_key"]],
+                "archive.release_key is too short; use at least 16 random characters (openssl rand -hex 32)",
+            ));
+        }
+        for (domain, how) in &self.recipients.domains {
+            let table = format!("recipients.domains.\"{domain}\"");
+            let path = |key: &'static str| -> Vec<&str> {
+                let mut p = vec!["recipients", "domains", domain.as_str()];
+                if !key.is_empty() {
+                    p.push(key);
+                }
+                p
+            };
+            if !self.is_hosted(domain) {
+                return Err(invalid(
+                    &[&path("")],
+                    format!(
+                        "{table}: {domain} is not in relay.hosted_domains; add it there or remove this table"
+                    ),
+                ));
+            }
+            match (&how.file, how.callout) {
+                (Some(_), true) => {
+                    return Err(invalid(
+                        &[&path("file"), &path("callout")],
+                        format!("{table}: give either file or callout = true, not both"),
+                    ));
+                }
+                (None, false) => {
+                    return Err(invalid(
+                        &[&path("")],
+                        format!("{table}: give file = \"recipients.txt\" or callout = true"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Is this (lower-case) domain one the proxy receives mail for?
+    pub fn is_hosted(&self, domain: &str) -> bool {
+        self.relay.hosted_domains.iter().any(|hosted| {
+            domain == hosted.0
+                || (self.relay.hosted_subdomains
+                    && domain
+                        .strip_suffix(hosted.0.as_str())
+                        .is_some_and(|prefix| prefix.ends_with('.')))
+        })
+    }
+
+    /// Things that work but that an administrator should know about.
+    pub fn warnings(&self) -> Warnings {
+        let mut warnings = Vec::new();
+        if self.relay.hosted_domains.is_empty() {
+            warnings.push(
+                "relay.hosted_domains is empty: no inbound mail will be accepted".to_string(),
+            );
+        }
+        for domain in &self.relay.hosted_domains {
+            if !self.recipients.domains.contains_key(&domain.0) {
+                warnings.push(format!(
+                    "{}: no recipient validation (recipients.domains.\"{}\"): mail to unknown \
+                     users is accepted and bounced later, which sends backscatter",
+                    domain.0, domain.0
+                ));
+            }
+        }
+        warnings
+    }
+
+    /// The effective settings, as `mailmoat check` prints them.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print settings: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Path::new("/etc/mailmoat"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.limits.line_length_limit, 1000);
+        assert_eq!(config.queue.path, PathBuf::from("/etc/mailmoat/var/queue"));
+    }
+
+    #[test]
+    fn bad_network_names_line_and_fix() {
+        let err = parse(
+            "[relay]\nhosted_domains = [\"example.test\"]\ntrusted_networks = [\"10.0.0.300/8\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert!(err.message.contains("10.0.0.0/8"), "{err}");
+        assert!(err.to_string().starts_with("test.toml:3: "), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = parse("[relay]\nhosted_domain = [\"example.test\"]\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(err.message.contains("hosted_domain"), "{err}");
+    }
+
+    #[test]
+    fn single_address_is_a_host_network() {
+        let config = parse("[relay]\ntrusted_networks = [\"192.0.2.7\"]\n").unwrap();
+        assert!(config.relay.trusted_networks[0].contains(&"192.0.2.7".parse().unwrap()));
+        assert!(!config.relay.trusted_networks[0].contains(&"192.0.2.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn recipients_for_unhosted_domain_is_an_error() {
+        let err = parse(
+            "[relay]\nhosted_domains = [\"example.test\"]\n\n[recipients.domains.\"other.test\"]\ncallout = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(4));
+        assert!(err.message.contains("not in relay.hosted_domains"), "{err}");
+    }
+
+    #[test]
+    fn subdomains_are_hosted_only_when_asked_and_only_on_a_dot() {
+        let mut config = parse("[relay]\nhosted_domains = [\"Example.TEST\"]\n").unwrap();
+        assert!(config.is_hosted("example.test"));
+        assert!(!config.is_hosted("sub.example.test"));
+        config.relay.hosted_subdomains = true;
+        assert!(config.is_hosted("sub.example.test"));
+        assert!(!config.is_hosted("badexample.test"));
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_line_of_the_key() {
+        let text = "# the backend address is below\n[backend]\n# address of Exchange\naddress = \"\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        let both = parse(
+            "[relay]\nhosted_domains = [\"example.test\"]\n\n[recipients.domains.\"example.test\"]\nfile = \"r.txt\"\ncallout = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(both.line, Some(5), "{both}");
+        assert!(
+            both.message
+                .contains("recipients.domains.example.test.callout at line 6"),
+            "{both}"
+        );
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let config = parse("[queue]\nmin_backoff = \"30s\"\nmax_backoff = \"2h\"\n").unwrap();
+        assert_eq!(config.queue.min_backoff, Duration::from_secs(30));
+        assert!(config.to_toml().contains("max_backoff = \"2h\""));
+    }
+}
+

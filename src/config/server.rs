@@ -1,0 +1,179 @@
+//! `[server]`, `[limits]`, `[relay]` and `[recipients]`: who talks to the proxy,
+//! within which limits, and for which domains and recipients it takes mail.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DomainName, Network};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses to accept SMTP on.
+    pub listen: Vec<SocketAddr>,
+    /// Addresses to accept SMTP over implicit TLS on (RFC 8314; port 465).
+    pub listen_tls: Vec<SocketAddr>,
+    /// The name this proxy gives in its banner, EHLO reply and Received: headers.
+    pub hostname: String,
+    /// Text after the hostname in the 220 greeting. No version, by default.
+    pub banner: String,
+    /// Simultaneous connections in all; more get `421 4.7.0`.
+    pub max_connections: usize,
+    /// Simultaneous connections from one client address; more get `421 4.7.0`.
+    pub max_connections_per_ip: usize,
+    /// On shutdown, how long sessions in progress get to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["127.0.0.1:2525".parse().expect("valid address")],
+            listen_tls: Vec::new(),
+            hostname: system_hostname(),
+            banner: "ESMTP".into(),
+            max_connections: 2000,
+            max_connections_per_ip: 50,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// What to do with a bare CR or bare LF in the dialogue or the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// Refuse the command or message with `500 5.5.2` (RFC 5321 2.3.8 allows neither).
+    Reject,
+    /// Accept the message and turn each bare CR or LF into CRLF. Only `<CRLF>.<CRLF>`
+    /// still ends the data, so nothing can be smuggled.
+    Normalize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message accepted, in octets (announced with SIZE, RFC 1870).
+    pub message_size_limit: usize,
+    /// Longest line, CRLF included, in commands and in message text (RFC 5321 4.5.3.1.6).
+    pub line_length_limit: usize,
+    /// Recipients per message; more get `452 4.5.3`.
+    pub recipient_limit: usize,
+    /// Bad commands in one session before `421` and disconnect.
+    pub error_limit: usize,
+    /// NOOP, RSET, VRFY and HELP commands in one session before `421` and disconnect.
+    pub junk_command_limit: usize,
+    /// Wait for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Wait for the next block of message data (RFC 5321 4.5.3.2.5: at least 3 minutes).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    pub bare_line_endings: BareLineEndings,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            message_size_limit: 10 * 1024 * 1024,
+            line_length_limit: 1000,
+            recipient_limit: 100,
+            error_limit: 20,
+            junk_command_limit: 100,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            bare_line_endings: BareLineEndings::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Domains this proxy receives mail for; their mail goes to the backend.
+    pub hosted_domains: Vec<DomainName>,
+    /// Also receive mail for every subdomain of the hosted domains.
+    pub hosted_subdomains: bool,
+    /// Clients that may send to any domain.
+    pub trusted_networks: Vec<Network>,
+    /// Clients that may never relay, even inside a trusted network or authenticated.
+    pub never_relay_networks: Vec<Network>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            hosted_domains: Vec::new(),
+            hosted_subdomains: false,
+            trusted_networks: vec![
+                Network("127.0.0.0/8".parse().expect("valid network")),
+                Network("::1/128".parse().expect("valid network")),
+            ],
+            never_relay_networks: Vec::new(),
+        }
+    }
+}
+
+/// The answer to RCPT while the backend cannot be asked whether a recipient exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalloutUnreachable {
+    /// `451 4.4.3`: the client tries again later; nothing is accepted unchecked.
+    Tempfail,
+    /// Accept the recipient unchecked (risks bouncing later, i.e. backscatter).
+    Accept,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecipientsConfig {
+    /// How each hosted domain's recipients are validated. A hosted domain without an
+    /// entry accepts every local part (and `mailmoat check` warns about it).
+    pub domains: BTreeMap<String, DomainRecipients>,
+    /// How long the backend's "this recipient exists" is remembered.
+    #[serde(with = "humantime_serde")]
+    pub callout_positive_ttl: Duration,
+    /// How long the backend's "no such recipient" is remembered.
+    #[serde(with = "humantime_serde")]
+    pub callout_negative_ttl: Duration,
+    /// How long to wait for the backend's answer to a probe.
+    #[serde(with = "humantime_serde")]
+    pub callout_timeout: Duration,
+    pub callout_unreachable: CalloutUnreachable,
+}
+
+impl Default for RecipientsConfig {
+    fn default() -> Self {
+        RecipientsConfig {
+            domains: BTreeMap::new(),
+            callout_positive_ttl: Duration::from_secs(24 * 3600),
+            callout_negative_ttl: Duration::from_secs(600),
+            callout_timeout: Duration::from_secs(30),
+            callout_unreachable: CalloutUnreachable::Tempfail,
+        }
+    }
+}
+
+/// Recipient validation of one hosted domain: a list file or a probe of the backend.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainRecipients {
+    /// One address per line; `@domain` accepts every local part; `#` starts a comment.
+    pub file: Option<PathBuf>,
+    /// Ask the backend with `RCPT TO` whether the recipient exists.
+    #[serde(default)]
+    pub callout: bool,
+}
