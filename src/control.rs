@@ -32,6 +32,20 @@ pub struct Context {
 impl Context {
     pub async fn handle(&self, request: Request) -> AdminReply {
         match request {
+            Request::Queue(AdminCommand::Wait(seconds)) => {
+                let timeout = std::time::Duration::from_secs(seconds);
+                if self.queue.wait_idle(timeout).await {
+                    AdminReply {
+                        ok: true,
+                        text: "the queue is idle: nothing is being delivered or due now".into(),
+                    }
+                } else {
+                    AdminReply {
+                        ok: false,
+                        text: format!("the queue is still busy after {seconds}s"),
+                    }
+                }
+            }
             Request::Queue(command) => {
                 let spool = self.queue.spool.clone();
                 let scheduler = self.queue.scheduler.clone();

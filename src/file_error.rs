@@ -85,9 +85,7 @@ impl<'a> Spans<'a> {
     /// The line of the key at `path` or, when it is not written, of the nearest
     /// table around it that is.
     pub fn nearest(&self, path: &[&str]) -> Option<usize> {
-        (1..=path.len())
-            .rev()
-            .find_map(|n| self.line(&path[..n]))
+        (1..=path.len()).rev().find_map(|n| self.line(&path[..n]))
     }
 }
 

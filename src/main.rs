@@ -138,6 +138,12 @@ enum QueueAction {
     Release { id: String },
     /// Try all deferred mail now.
     Flush,
+    /// Wait until nothing is being delivered or due now (after a flush, say);
+    /// exits 1 if that takes longer than the timeout.
+    Wait {
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -271,6 +277,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueAction::Hold { id } => AdminCommand::Hold(id),
                 QueueAction::Release { id } => AdminCommand::Release(id),
                 QueueAction::Flush => AdminCommand::Flush,
+                QueueAction::Wait { timeout } => AdminCommand::Wait(
+                    humantime::parse_duration(&timeout)
+                        .map_err(|e| {
+                            anyhow::anyhow!("--timeout {timeout}: {e} (write \"30s\", \"5m\")")
+                        })?
+                        .as_secs(),
+                ),
             };
             answer(&config, Request::Queue(command))
         }

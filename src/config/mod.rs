@@ -148,7 +148,10 @@ impl Config {
             ));
         }
         let positive = [
-            (["limits", "message_size_limit"], self.limits.message_size_limit),
+            (
+                ["limits", "message_size_limit"],
+                self.limits.message_size_limit,
+            ),
             (["limits", "recipient_limit"], self.limits.recipient_limit),
             (["limits", "error_limit"], self.limits.error_limit),
             (["server", "max_connections"], self.server.max_connections),
@@ -378,7 +381,8 @@ mod tests {
 
     #[test]
     fn validation_errors_point_at_the_line_of_the_key() {
-        let text = "# the backend address is below\n[backend]\n# address of Exchange\naddress = \"\"\n";
+        let text =
+            "# the backend address is below\n[backend]\n# address of Exchange\naddress = \"\"\n";
         let err = parse(text).unwrap_err();
         assert_eq!(err.line, Some(4), "{err}");
         let both = parse(
@@ -400,4 +404,3 @@ mod tests {
         assert!(config.to_toml().contains("max_backoff = \"2h\""));
     }
 }
-

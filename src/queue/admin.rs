@@ -23,6 +23,8 @@ pub enum AdminCommand {
     Hold(String),
     Release(String),
     Flush,
+    /// Wait (at most this many seconds) until nothing is being delivered or due.
+    Wait(u64),
 }
 
 /// The answer to a command: text for the administrator, and whether it worked.
@@ -51,6 +53,9 @@ fn done(text: impl Into<String>) -> AdminReply {
 pub fn execute(spool: &Spool, scheduler: Option<&Scheduler>, command: &AdminCommand) -> AdminReply {
     let result = match command {
         AdminCommand::List => list(spool, scheduler),
+        // A running server waits in the control socket's handler; offline nothing
+        // is ever being delivered.
+        AdminCommand::Wait(_) => Ok(done("no server is running: nothing is being delivered")),
         AdminCommand::Show(id) => with_message(spool, id, |state| show(spool, state, id)),
         AdminCommand::Delete(id) => with_message(spool, id, |state| {
             if let Some(s) = scheduler

@@ -156,6 +156,22 @@ impl Queue {
         Some(taken)
     }
 
+    /// Waits until nothing is being delivered and nothing is due (see
+    /// [`Scheduler::is_idle`]), at most `timeout`; false when it is still busy.
+    /// How tests and `mailmoat queue wait` know that nothing more will arrive now.
+    pub async fn wait_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.scheduler.is_idle() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Removes a delivered message in the background.
     pub fn remove(&self, state: QueueState, id: &str) {
         if self.removals.send((state, id.to_string())).is_err() {

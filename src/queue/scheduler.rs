@@ -168,6 +168,15 @@ impl Scheduler {
         self.wake.notify_waiters();
     }
 
+    /// Nothing is being delivered and nothing is due: whatever is still queued
+    /// waits for a later retry (or is held).
+    pub fn is_idle(&self) -> bool {
+        let inner = self.lock();
+        let now = now_millis();
+        inner.entries.values().all(|e| !e.busy)
+            && inner.waiting.first().is_none_or(|(due, _)| *due > now)
+    }
+
     pub fn snapshot(&self) -> Vec<Scheduled> {
         let inner = self.lock();
         inner
@@ -218,7 +227,12 @@ mod tests {
         assert_eq!(scheduler.next_due().await.unwrap().0, "B");
         assert_eq!(scheduler.flush(), 1);
         assert_eq!(scheduler.next_due().await.unwrap().0, "C");
+        assert!(!scheduler.is_idle(), "A and C are being delivered");
         scheduler.finish("A", None);
+        scheduler.finish("C", Some((QueueState::Deferred, now + 3_600_000)));
+        assert!(!scheduler.is_idle(), "B is still being delivered");
+        scheduler.finish("B", None);
+        assert!(scheduler.is_idle(), "only C is left, due in an hour");
         assert!(scheduler.unschedule("A"));
         scheduler.stop();
         assert!(scheduler.next_due().await.is_none());

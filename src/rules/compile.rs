@@ -66,8 +66,7 @@ impl Compiler {
                     start,
                     format!(
                         "the name is already used in {}:{}; names must be unique",
-                        other.file,
-                        other.line
+                        other.file, other.line
                     ),
                 ));
             }

@@ -386,9 +386,9 @@ impl RuleSet {
     /// empty rule set.
     pub fn load_dir(dir: &Path) -> Result<RuleSet, RuleError> {
         let mut compiler = Compiler::default();
-        for path in rule_files(dir).map_err(|e| {
-            RuleError::new(dir, None, format!("cannot read the rules folder: {e}"))
-        })? {
+        for path in rule_files(dir)
+            .map_err(|e| RuleError::new(dir, None, format!("cannot read the rules folder: {e}")))?
+        {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| RuleError::new(&path, None, format!("cannot read: {e}")))?;
             compiler.add_file(&path, &text)?;

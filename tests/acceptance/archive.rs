@@ -104,7 +104,7 @@ async fn a_refused_message_reaches_the_backup_server_byte_identical() {
     // The original, exactly as the client sent it (dots unstuffed), .exe included.
     assert_eq!(attached_original(&reports[0].data), sent);
     // The refused message itself went nowhere.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.wait_idle().await;
     assert!(
         backend.messages().iter().all(|m| m.mail_from == "<>"),
         "only reports at the backend"
@@ -129,7 +129,7 @@ async fn a_backup_address_on_a_hosted_domain_gets_the_program_untouched_and_one_
         "550 5.7.1"
     );
     let received = backend.wait_for(1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    proxy.wait_idle().await;
     assert_eq!(backend.messages().len(), 1, "exactly one report");
     assert_eq!(received[0].rcpt_to, vec!["quarantine@example.test"]);
     let (_, report) = strip_received_if_any(&received[0].data);
@@ -216,7 +216,7 @@ async fn release_delivers_the_original_once_and_rcpt_limits_it() {
         &["quarantine", "release", "0000", "--rcpt", "x@example.test"],
     );
     assert!(!ok && wrong.contains("no such item"), "{wrong}");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    proxy.wait_idle().await;
     assert_eq!(backend.messages().len(), 1, "not delivered twice");
 }
 
@@ -285,7 +285,7 @@ async fn release_by_mail_needs_a_trusted_client_and_the_right_signature() {
     trusted.expect("DATA", "354").await;
     trusted.send(b"Subject: release\r\n\r\nok\r\n.\r\n").await;
     assert_eq!(trusted.reply().await.codes(), "550 5.7.1");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.wait_idle().await;
     assert_eq!(backend.messages().len(), 1);
 }
 
@@ -314,7 +314,7 @@ async fn an_archive_that_cannot_be_written_turns_the_refusal_into_a_4xx() {
         )
         .await;
     assert_eq!(held.codes(), "451 4.3.0", "{held:?}");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.wait_idle().await;
     assert!(backend.messages().is_empty());
 }
 
@@ -370,7 +370,7 @@ async fn a_digest_lists_every_refusal_of_its_interval_in_one_report() {
         .expect("RCPT TO:<nobody@example.test>", "550 5.1.1")
         .await;
     let reports = backup.wait_for(1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    proxy.wait_idle().await;
     assert_eq!(
         backup.messages().len(),
         1,

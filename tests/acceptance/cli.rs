@@ -31,7 +31,7 @@ impl Daemon {
                 "mailmoat did not start: {}",
                 read_log(config)
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            poll_pause().await;
         }
         Daemon { child }
     }
@@ -240,7 +240,8 @@ async fn queue_commands_on_a_running_and_a_stopped_server() {
     let flush = mailmoat(&config, &["queue", "flush"]);
     assert!(flush.status.success(), "{}", stderr(&flush));
     backend.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wait = mailmoat(&config, &["queue", "wait", "--timeout", "20s"]);
+    assert!(wait.status.success(), "{}", stderr(&wait));
     let subjects: Vec<String> = backend.messages().iter().map(subject_of).collect();
     assert_eq!(subjects, vec!["flushed"]);
 
@@ -365,7 +366,7 @@ async fn wait_for_log(config: &Path, needle: &str) -> String {
             Instant::now() < deadline,
             "log never said {needle:?}:\n{log}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        poll_pause().await;
     }
 }
 
@@ -532,11 +533,7 @@ fn check_names_the_line_of_an_empty_backend_address_in_the_shipped_configuration
     let key = "address = \"127.0.0.1:2526\"";
     assert_eq!(shipped.matches(key).count(), 1, "the backend address line");
     let broken = shipped.replace(key, "address = \"\"");
-    let line = broken
-        .lines()
-        .position(|l| l == "address = \"\"")
-        .unwrap()
-        + 1;
+    let line = broken.lines().position(|l| l == "address = \"\"").unwrap() + 1;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mailmoat.toml");
     std::fs::write(&config, &broken).unwrap();

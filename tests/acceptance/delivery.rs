@@ -95,8 +95,12 @@ async fn dead_backend_queues_mail_and_delivers_each_message_once_when_it_returns
 
     let backend = Backend::start_on(backend_addr, DataEnd::Strict).await;
     let received = backend.wait_for(3).await;
-    // Wait out two more retry rounds: nothing may come twice.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Delivered and gone from the queue: nothing is left that could come twice.
+    proxy.wait_idle().await;
+    eventually("queue empty", || {
+        proxy.queue_files("active").is_empty() && proxy.queue_files("deferred").is_empty()
+    })
+    .await;
     let received_later = backend.messages();
     assert_eq!(received_later.len(), 3, "duplicates delivered");
     let mut subjects: Vec<String> = received
@@ -187,7 +191,7 @@ async fn no_bounce_is_ever_sent_to_the_null_sender() {
         proxy.queue_files("active").is_empty() && proxy.queue_files("deferred").is_empty()
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    proxy.wait_idle().await;
     let received = backend.messages();
     assert_eq!(received.len(), 1, "a bounce was sent: {received:?}");
     assert_eq!(received[0].mail_from, "<>");

@@ -37,10 +37,7 @@ async fn logged_and_archived(proxy: &Proxy, sender: &str) -> (serde_json::Value,
 fn assert_tempfailed_by(line: &serde_json::Value, archived: &str, check: &str, reply: &str) {
     assert_eq!(line["result"], "tempfailed", "{line}");
     assert_eq!(line["check"], check, "{line}");
-    assert!(
-        line["reply"].as_str().unwrap().starts_with(reply),
-        "{line}"
-    );
+    assert!(line["reply"].as_str().unwrap().starts_with(reply), "{line}");
     let item = archived
         .lines()
         .find(|l| l.contains(check))
@@ -81,7 +78,10 @@ async fn a_sender_domain_450_is_logged_and_archived_as_tempfailed_by_its_check()
             "servers = [\"127.0.0.1:9\"]",
             &format!("servers = [\"{}\"]", dns.addr),
         )
-        .replace("sender_domain_exists = false", "sender_domain_exists = true");
+        .replace(
+            "sender_domain_exists = false",
+            "sender_domain_exists = true",
+        );
     let proxy = Proxy::start_with_text(&text).await;
     let sender = "someone@dns-down.test";
     let mut client = proxy.client().await;
@@ -128,7 +128,11 @@ async fn an_archive_that_fails_is_logged_as_the_451_the_client_gets() {
     let sender = "held@pipeline-archive.test";
     let mut client = proxy.client().await;
     let reply = client
-        .send_mail(sender, &["alice@example.test"], b"Subject: hold me\r\n\r\nx\r\n")
+        .send_mail(
+            sender,
+            &["alice@example.test"],
+            b"Subject: hold me\r\n\r\nx\r\n",
+        )
         .await;
     assert_eq!(reply.codes(), "451 4.3.0");
     let line = wait_for_logged(sender, |v| v["sender"] == sender).await;

@@ -128,7 +128,7 @@ async fn smuggling_attempts_are_refused_and_never_reach_a_strict_or_lenient_back
             );
         }
         let received = backend.wait_for(FAKE_ENDS.len()).await;
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        proxy.wait_idle().await;
         let received_all = backend.messages();
         assert_eq!(received_all.len(), FAKE_ENDS.len(), "{end:?}");
         for message in &received {
@@ -152,7 +152,7 @@ async fn normalize_mode_accepts_but_still_cannot_be_split() {
     let nul = smuggle_through(&proxy, b"\r\n\x00.\r\n").await;
     assert_eq!(nul.codes(), "500 5.5.2", "NUL is never normalised");
     let received = backend.wait_for(3).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.wait_idle().await;
     assert_eq!(backend.messages().len(), 3);
     let cover = received
         .iter()
@@ -321,7 +321,7 @@ async fn per_ip_connection_limit_answers_421_and_spares_other_clients() {
             freed = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        poll_pause().await;
     }
     assert!(freed, "a closed connection must free its place");
     second.expect("NOOP", "250").await;

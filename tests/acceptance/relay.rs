@@ -48,7 +48,7 @@ async fn untrusted_client_gets_550_5_7_1_for_every_route_trick_and_nothing_reach
     client.send(b"Subject: tricks\r\n\r\nbody\r\n.\r\n").await;
     assert_eq!(client.reply().await.codes(), "250 2.0.0");
     let received = backend.wait_for(1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.wait_idle().await;
     assert_eq!(backend.messages().len(), 1);
     assert_eq!(received[0].rcpt_to, vec!["alice@example.test"]);
     let probes: Vec<String> = backend

@@ -152,7 +152,7 @@ async fn each_action_does_what_it_says() {
         assert_eq!(reply.codes(), "250 2.0.0", "{subject}: {reply:?}");
     }
     backend.wait_for(5).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    proxy.wait_idle().await;
     let received = backend.messages();
     let by_subject = |s: &str| {
         received
@@ -452,6 +452,6 @@ async fn an_evasion_can_be_rejected_instead() {
             .await;
         assert_eq!(reply.codes(), "550 5.7.1", "{name}");
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.wait_idle().await;
     assert!(backend.messages().is_empty());
 }

@@ -18,6 +18,12 @@ use mailmoat::server::Server;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// One turn of a loop that waits for a cause (a message arriving, a log line, a
+/// file): how long to look away between two looks. Never a wait for time itself.
+pub async fn poll_pause() {
+    tokio::time::sleep(Duration::from_millis(20)).await
+}
+
 /// One transaction the backend received.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -125,7 +131,7 @@ impl Backend {
                 "backend got {} message(s), expected {n}",
                 messages.len()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            poll_pause().await;
         }
     }
 
@@ -521,6 +527,16 @@ impl Proxy {
         list_files(&self.queue_dir().join(state))
     }
 
+    /// Waits until the queue delivers nothing and has nothing due: whatever was
+    /// going to arrive now has arrived.
+    pub async fn wait_idle(&self) {
+        let server = self.server.as_ref().expect("a running proxy");
+        assert!(
+            server.queue.wait_idle(WAIT).await,
+            "the queue is still busy"
+        );
+    }
+
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
@@ -557,7 +573,7 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll_pause().await;
     }
 }
 
@@ -818,6 +834,6 @@ pub async fn wait_for_logged(
             return line;
         }
         assert!(Instant::now() < deadline, "no log line: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll_pause().await;
     }
 }
