@@ -389,3 +389,46 @@ async fn a_digest_lists_every_refusal_of_its_interval_in_one_report() {
     assert!(text.contains("Rule/check:  recipients"), "{text}");
     assert_eq!(reports[0].rcpt_to, vec!["quarantine@mx.example.test"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_judged_with_the_configured_zip_limits() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/50-test.toml"),
+        "[[rule]]\nname = \"hold-me\"\nwhen.subject = \"hold me\"\naction = \"quarantine\"\n\n\
+         [[rule]]\nname = \"no-programs\"\nwhen.attachment_magic = \"exe\"\naction = \"reject\"\n",
+    )
+    .unwrap();
+    // Deeper than the default of 3: a program four archives down is seen.
+    let text = base_config(backend.addr, TRUSTED_2, "[rules]\nzip_depth = 5\n");
+    let proxy = Proxy::start_in(dir, &text).await;
+    let program: &[u8] = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xffPROGRAM";
+    let mut nested = zip_of(&[("payload.exe", program)]);
+    for level in [4, 3, 2] {
+        nested = zip_of(&[(format!("level{level}.zip").as_str(), &nested)]);
+    }
+    let message = format!(
+        "From: <s@remote.test>\r\nSubject: hold me\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\n\
+         See the archive.\r\n--B\r\nContent-Type: application/zip; name=\"outer.zip\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--B--\r\n",
+        base64(&nested)
+    );
+    let mut client = proxy.client().await;
+    let reply = client
+        .send_mail("s@remote.test", &["alice@example.test"], message.as_bytes())
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0");
+    let id = reply.text.trim_end().rsplit(' ').next().unwrap().to_string();
+    let (ok, out) = cli(&proxy, &["quarantine", "release", &id]);
+    assert!(!ok, "released although a rule catches it: {out}");
+    assert!(
+        out.contains("rule no-programs catches it as well"),
+        "{out}"
+    );
+    proxy.wait_idle().await;
+    assert!(backend.messages().is_empty());
+}
