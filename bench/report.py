@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Medians per system and setting from smtp-throughput.sh CSV rows, and mailmoat's
-ratio to Postfix: the median of the ratios of runs made back to back (run i of
-mailmoat with run i of Postfix at the same setting), so a slow spell of the shared
-machine counts against both systems alike.
+ratio to every other system (Postfix, a baseline build): the median of the ratios
+of runs made back to back (run i of mailmoat with run i of the other at the same
+setting), so a slow spell of the shared machine counts against both alike.
 
 usage: report.py results.csv
 """
@@ -29,9 +29,10 @@ def cpu_ms(rs):
 
 settings = sorted({(s, l) for (_, s, l) in groups}, key=lambda x: (x[1], x[0]))
 systems = sorted({name for (name, _, _) in groups}, key=lambda n: n != "mailmoat")
+others = [name for name in systems if name != "mailmoat"]
 print("| setting | " + " | ".join(f"{s} e2e msg/s | {s} CPU ms/msg | {s} peak RSS MiB" for s in systems)
-      + (" | e2e ratio |" if len(systems) > 1 else " |"))
-print("|---" * (1 + 3 * len(systems) + (1 if len(systems) > 1 else 0)) + "|")
+      + "".join(f" | e2e ratio to {o}" for o in others) + " |")
+print("|---" * (1 + 3 * len(systems) + len(others)) + "|")
 for s, l in settings:
     cells = [f"c={s} {l // 1024} KB"]
     e2e = {}
@@ -46,10 +47,10 @@ for s, l in settings:
             f"{c:.2f}" if c else "-",
             f"{rss / 1024:.0f}" if rss else "-",
         ]
-    if len(systems) > 1 and all(e2e.values()):
-        pairs = zip(groups[("mailmoat", s, l)], groups[("postfix", s, l)])
-        ratios = [float(m["e2e_rate"]) / float(p["e2e_rate"]) for m, p in pairs]
-        cells.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.1f}-{max(ratios):.1f})")
+    for other in others:
+        pairs = list(zip(groups.get(("mailmoat", s, l), []), groups.get((other, s, l), [])))
+        ratios = [float(m["e2e_rate"]) / float(p["e2e_rate"]) for m, p in pairs if float(p["e2e_rate"])]
+        cells.append(f"{statistics.median(ratios):.3f}x ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-")
     print("| " + " | ".join(cells) + " |")
 print(f"\n{len(rows)} runs; medians (ratio: median of back-to-back pairs, range in brackets);")
 print("every run checked for loss and duplicates by the harness.")

@@ -3,6 +3,13 @@
 # smtp-source/smtp-sink harness (bench/harness/, from the shared benchmark kit).
 #
 #   bench/throughput.sh [--msgs N] [--reps N] [--no-postfix] [--csv FILE]
+#                       [--baseline BIN] [--settings "S BYTES,..."] [--throughput-only]
+#
+# --baseline BIN runs a second mailmoat binary (an older build) beside this one,
+# alternating with it at every setting, so a change is measured against what was
+# there before in the same run ("baseline" in the table). --settings picks the
+# settings (default "1 5120,10 5120,50 5120,50 102400"); --throughput-only skips the
+# latency, idle-connection and disk figures.
 #
 # Builds the release binary, starts mailmoat with a benchmark configuration
 # (127.0.0.1:2535 -> smtp-sink on 127.0.0.1:2536, hosting example.com, spool flushed
@@ -19,14 +26,18 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 HARNESS="$REPO/bench/harness"
-MSGS=5000; REPS=3; POSTFIX=1; CSV=""
+MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0
+SETTINGS_ARG="1 5120,10 5120,50 5120,50 102400"
 while [ $# -gt 0 ]; do
   case "$1" in
     --msgs) MSGS="$2"; shift 2;;
     --reps) REPS="$2"; shift 2;;
     --no-postfix) POSTFIX=0; shift;;
     --csv) CSV="$2"; shift 2;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0;;
+    --baseline) BASELINE="$(realpath "$2")"; shift 2;;
+    --settings) SETTINGS_ARG="$2"; shift 2;;
+    --throughput-only) ONLY_THROUGHPUT=1; shift;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0;;
     *) echo "unknown argument: $1" >&2; exit 2;;
   esac
 done
@@ -44,9 +55,10 @@ ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 BIN="$REPO/target/release/mailmoat"
 WORK="$(mktemp -d /tmp/mailmoat-bench.XXXXXX)"
 [ -n "$CSV" ] || CSV="$WORK/results.csv"
-MM_PID=""
+MM_PID=""; BL_PID=""
 cleanup() {
   [ -n "$MM_PID" ] && kill "$MM_PID" 2>/dev/null && wait "$MM_PID" 2>/dev/null || true
+  [ -n "$BL_PID" ] && kill "$BL_PID" 2>/dev/null && wait "$BL_PID" 2>/dev/null || true
   if [ "$POSTFIX" = 1 ] && command -v postfix >/dev/null; then
     bash "$HARNESS/postfix-relay/setup.sh" stop >/dev/null 2>&1 || true
   fi
@@ -84,7 +96,19 @@ start_mailmoat() {
   echo "mailmoat did not start:" >&2; tail "$WORK/mailmoat.log" >&2; exit 1
 }
 
-SETTINGS=("1 5120" "10 5120" "50 5120" "50 102400")
+# The baseline: the same configuration in its own folder, 2545 -> 2546.
+start_baseline() {
+  mkdir -p "$WORK/baseline"
+  sed -e 's/127.0.0.1:2535/127.0.0.1:2545/' -e 's/127.0.0.1:2536/127.0.0.1:2546/' \
+    "$WORK/mailmoat.toml" > "$WORK/baseline/mailmoat.toml"
+  cp "$WORK/recipients.txt" "$WORK/baseline/"
+  "$BASELINE" --config "$WORK/baseline/mailmoat.toml" serve >> "$WORK/baseline/mailmoat.log" 2>&1 &
+  BL_PID=$!
+  for _ in $(seq 1 100); do ss -Hltn "sport = :2545" | grep -q . && return; sleep 0.05; done
+  echo "baseline did not start:" >&2; tail "$WORK/baseline/mailmoat.log" >&2; exit 1
+}
+
+IFS=',' read -r -a SETTINGS <<< "$SETTINGS_ARG"
 run_one() { # system target sink-port pid-args... sessions size
   local system="$1" target="$2" sink="$3" s="$4" l="$5"; shift 5
   "$HARNESS/smtp-throughput.sh" --target "$target" --sink-port "$sink" -s "$s" -m "$MSGS" -l "$l" \
@@ -92,17 +116,27 @@ run_one() { # system target sink-port pid-args... sessions size
 }
 
 start_mailmoat
+[ -n "$BASELINE" ] && start_baseline
 if [ "$POSTFIX" = 1 ]; then bash "$HARNESS/postfix-relay/setup.sh" start >/dev/null; fi
 for rep in $(seq 1 "$REPS"); do
   for setting in "${SETTINGS[@]}"; do
     read -r s l <<< "$setting"
     run_one mailmoat 127.0.0.1:2535 2536 "$s" "$l" --server-pid "$MM_PID"
+    if [ -n "$BASELINE" ]; then
+      run_one baseline 127.0.0.1:2545 2546 "$s" "$l" --server-pid "$BL_PID"
+    fi
     if [ "$POSTFIX" = 1 ]; then
       sleep 3  # Postfix drops its cached client connections after 2 s idle
       run_one postfix 127.0.0.1:2525 2526 "$s" "$l" --server-pidfile /var/spool/postfix-bench/pid/master.pid
     fi
   done
 done
+
+if [ "$ONLY_THROUGHPUT" = 1 ]; then
+  python3 "$REPO/bench/report.py" "$CSV"
+  echo "machine: $(nproc) cores, $(uname -r); $(date -u +%F)"
+  exit 0
+fi
 
 # p99 end-of-data -> 250 at c=50, against mailmoat (a sink must take its mail).
 smtp-sink -c -u nobody -m 1024 127.0.0.1:2536 1024 > /dev/null 2>&1 &
