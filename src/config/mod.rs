@@ -6,6 +6,7 @@
 mod archive;
 mod checks;
 mod delivery;
+mod mime;
 mod server;
 mod types;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use archive::*;
 pub use checks::*;
 pub use delivery::*;
+pub use mime::*;
 pub use server::*;
 pub use types::*;
 
@@ -34,6 +36,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub store: StoreConfig,
     pub rules: RulesConfig,
+    pub mime: MimeConfig,
     pub archive: ArchiveConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,

@@ -4,7 +4,11 @@
 //! make (strip attachments, add, set and remove headers).
 
 pub mod edit;
+pub mod lenient;
+pub mod normalize;
+pub mod rfc2047;
 pub mod sniff;
+pub mod structure;
 pub mod zip;
 
 use std::ops::Range;
@@ -49,6 +53,9 @@ pub struct Attachment {
     pub inside: Option<String>,
     /// What to cut to remove it.
     pub cut: Cut,
+    /// Why the engine could not look into it all (an encrypted or too deep
+    /// archive …); None when it could.
+    pub unscannable: Option<String>,
 }
 
 impl Attachment {
@@ -173,23 +180,35 @@ impl Walk<'_> {
                             vec![clean_name(name)],
                             part_type(part),
                             None,
-                            None,
                             cut.clone(),
                         );
                     }
                     self.message(nested, nested_base, cut.as_ref(), false);
                 }
                 PartType::Text(text) | PartType::Html(text) => {
+                    // Judged by what a forgiving reader decodes from the bytes, not
+                    // by the text mail-parser made of them in some charset.
+                    let decoded = self.decoded(part, base);
+                    let bytes = decoded.as_deref().unwrap_or(text.as_bytes());
                     let names = names_of(part);
-                    if !names.is_empty() || is_attachment_disposition(part) {
-                        let sniffed = sniff::sniff(text.as_bytes());
-                        self.add(names, part_type(part), sniffed, None, cut.clone());
+                    let sniffed = sniff::sniff(bytes);
+                    let hidden = sniffed.is_some_and(|kind| kind != "script");
+                    if !names.is_empty() || is_attachment_disposition(part) || hidden {
+                        self.add(names, part_type(part), sniffed, cut.clone());
                     } else {
-                        self.text(text, part, base, cut.as_ref());
+                        self.body_text(text);
                     }
+                    self.embedded(bytes, part, base, cut.as_ref());
                 }
                 PartType::Binary(bytes) | PartType::InlineBinary(bytes) => {
+                    let decoded = self.decoded(part, base);
                     let names = names_of(part);
+                    // What some reader decodes: mail-parser's bytes, or a forgiving
+                    // decoder's where they differ.
+                    let bytes: &[u8] = match &decoded {
+                        Some(lenient) if sniff::sniff(bytes).is_none() => lenient,
+                        _ => bytes,
+                    };
                     let sniffed = sniff::sniff(bytes);
                     let is_zip = sniffed == Some("zip")
                         || names.iter().any(|n| extension(n).as_deref() == Some("zip"));
@@ -197,15 +216,24 @@ impl Walk<'_> {
                         .first()
                         .cloned()
                         .unwrap_or_else(|| "attachment".into());
-                    self.add(names, part_type(part), sniffed, None, cut.clone());
-                    if is_zip && let Some(cut) = &cut {
-                        for entry in zip::entries(bytes, self.limits, &label) {
+                    let listing = is_zip.then(|| zip::entries(bytes, self.limits, &label));
+                    if let Some(cut) = &cut {
+                        self.content.attachments.push(Attachment {
+                            names,
+                            declared_type: part_type(part),
+                            sniffed,
+                            inside: None,
+                            cut: cut.clone(),
+                            unscannable: listing.as_ref().and_then(zip::Listing::unscannable),
+                        });
+                        for entry in listing.into_iter().flat_map(|l| l.entries) {
                             self.content.attachments.push(Attachment {
                                 names: vec![clean_name(&entry.name)],
                                 declared_type: String::new(),
                                 sniffed: entry.sniffed,
                                 inside: Some(entry.archive),
                                 cut: cut.clone(),
+                                unscannable: None,
                             });
                         }
                     }
@@ -214,12 +242,25 @@ impl Walk<'_> {
         }
     }
 
+    /// The body of a part as a forgiving reader decodes it, when its bytes are in
+    /// the original message.
+    fn decoded(&self, part: &mail_parser::MessagePart<'_>, base: Option<usize>) -> Option<Vec<u8>> {
+        let base = base?;
+        let body = self
+            .raw
+            .get(base + part.offset_body as usize..base + part.offset_end as usize)?;
+        Some(match part.encoding {
+            Encoding::Base64 => lenient::base64(body),
+            Encoding::QuotedPrintable => lenient::quoted_printable(body),
+            Encoding::None => body.to_vec(),
+        })
+    }
+
     fn add(
         &mut self,
         names: Vec<String>,
         declared_type: String,
         sniffed: Option<&'static str>,
-        inside: Option<String>,
         cut: Option<Cut>,
     ) {
         let Some(cut) = cut else { return };
@@ -227,20 +268,14 @@ impl Walk<'_> {
             names,
             declared_type,
             sniffed,
-            inside,
+            inside: None,
             cut,
+            unscannable: None,
         });
     }
 
-    /// A text part: its text counts as body text; uuencoded files in it count as
-    /// attachments.
-    fn text(
-        &mut self,
-        text: &str,
-        part: &mail_parser::MessagePart<'_>,
-        base: Option<usize>,
-        enclosing: Option<&Cut>,
-    ) {
+    /// Text counts as body text, up to the limit.
+    fn body_text(&mut self, text: &str) {
         let room = self
             .limits
             .body_text
@@ -253,30 +288,39 @@ impl Walk<'_> {
             self.content.body_text.push_str(&text[..end]);
             self.content.body_text.push('\n');
         }
-        for block in uuencoded_blocks(text) {
-            // A block in a part that is not transfer-encoded can be cut out of the
-            // original bytes; otherwise the whole part goes.
+    }
+
+    /// Files encoded inside the text of a part (uuencode, begin-base64, runs of
+    /// base64) are attachments too. In a part that is not transfer-encoded, each
+    /// can be cut out on its own; otherwise the whole part goes.
+    fn embedded(
+        &mut self,
+        decoded: &[u8],
+        part: &mail_parser::MessagePart<'_>,
+        base: Option<usize>,
+        enclosing: Option<&Cut>,
+    ) {
+        for block in lenient::embedded(decoded) {
+            let whole_part = base.map(|base| {
+                Cut::Part(base + part.offset_header as usize..base + part.offset_end as usize)
+            });
             let cut = match (base, part.encoding) {
-                (Some(base), Encoding::None) => {
-                    let body = base + part.offset_body as usize..base + part.offset_end as usize;
-                    find_block(self.raw, body, &block.begin_line)
-                        .map(Cut::Block)
-                        .or_else(|| {
-                            Some(Cut::Part(
-                                base + part.offset_header as usize..base + part.offset_end as usize,
-                            ))
-                        })
+                (Some(base), Encoding::None) if block.whole_lines => {
+                    let start = base + part.offset_body as usize + block.range.start;
+                    let mut end = base + part.offset_body as usize + block.range.end;
+                    // The line end goes with the block.
+                    if self.raw[end..].starts_with(b"\r\n") {
+                        end += 2;
+                    }
+                    Some(Cut::Block(start..end))
                 }
-                (Some(base), _) => Some(Cut::Part(
-                    base + part.offset_header as usize..base + part.offset_end as usize,
-                )),
+                (Some(_), _) => whole_part,
                 (None, _) => enclosing.cloned(),
             };
             self.add(
                 vec![clean_name(&block.name)],
                 "text/x-uuencode".into(),
                 block.sniffed,
-                None,
                 cut,
             );
         }
@@ -357,72 +401,6 @@ fn header_text(raw: &[u8], header: &mail_parser::Header<'_>) -> String {
                 .join(" ")
         }
     }
-}
-
-/// A uuencoded file found in text.
-struct UuBlock {
-    name: String,
-    begin_line: String,
-    sniffed: Option<&'static str>,
-}
-
-fn uuencoded_blocks(text: &str) -> Vec<UuBlock> {
-    let mut blocks = Vec::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let mut fields = line.splitn(3, ' ');
-        let is_begin = fields.next() == Some("begin")
-            && fields.next().is_some_and(|mode| {
-                (3..=4).contains(&mode.len()) && mode.bytes().all(|b| (b'0'..=b'7').contains(&b))
-            });
-        let Some(name) = fields.next().filter(|_| is_begin) else {
-            continue;
-        };
-        let first = lines.next().unwrap_or("");
-        blocks.push(UuBlock {
-            name: name.trim().to_string(),
-            begin_line: line.to_string(),
-            sniffed: sniff::sniff(&uudecode_line(first)),
-        });
-    }
-    blocks
-}
-
-/// Decodes one uuencoded line (enough to sniff the file's first bytes).
-fn uudecode_line(line: &str) -> Vec<u8> {
-    let bytes = line.as_bytes();
-    let Some(&len) = bytes.first() else {
-        return Vec::new();
-    };
-    let want = (len.wrapping_sub(b' ') & 0x3f) as usize;
-    let sextet = |b: u8| b.wrapping_sub(b' ') & 0x3f;
-    let mut out = Vec::with_capacity(want);
-    for chunk in bytes[1..].chunks(4) {
-        if chunk.len() < 4 {
-            break;
-        }
-        let (a, b, c, d) = (
-            sextet(chunk[0]),
-            sextet(chunk[1]),
-            sextet(chunk[2]),
-            sextet(chunk[3]),
-        );
-        out.extend_from_slice(&[(a << 2) | (b >> 4), (b << 4) | (c >> 2), (c << 6) | d]);
-    }
-    out.truncate(want);
-    out
-}
-
-/// The bytes of a uuencoded block (its `begin` line to its `end` line, included) in
-/// the raw body of a part.
-fn find_block(raw: &[u8], body: Range<usize>, begin_line: &str) -> Option<Range<usize>> {
-    let region = raw.get(body.clone())?;
-    let start = memchr::memmem::find(region, begin_line.as_bytes())?;
-    let after = &region[start..];
-    let end_rel = [&b"\r\nend\r\n"[..], b"\r\nend\r", b"\r\nend"]
-        .iter()
-        .find_map(|marker| memchr::memmem::find(after, marker).map(|at| at + marker.len()))?;
-    Some(body.start + start..body.start + start + end_rel)
 }
 
 #[cfg(test)]

@@ -15,13 +15,29 @@ pub struct Entry {
     pub archive: String,
 }
 
+/// What an archive holds, and what of it could not be looked into.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// Why some of it stayed unseen: encrypted entries, archives deeper than
+    /// `zip_depth`, past `zip_bytes` or `zip_entries`, damaged archives.
+    pub unseen: Vec<String>,
+}
+
+impl Listing {
+    /// The reasons, as one line, when something stayed unseen.
+    pub fn unscannable(&self) -> Option<String> {
+        (!self.unseen.is_empty()).then(|| self.unseen.join("; "))
+    }
+}
+
 /// Lists the entries of a zip archive and, up to the depth limit, of the archives
-/// inside it. Damaged or encrypted archives give what their directory shows.
-pub fn entries(bytes: &[u8], limits: &Limits, label: &str) -> Vec<Entry> {
-    let mut out = Vec::new();
+/// inside it; says what it could not look into.
+pub fn entries(bytes: &[u8], limits: &Limits, label: &str) -> Listing {
+    let mut listing = Listing::default();
     let mut budget = limits.zip_bytes;
-    walk(bytes, limits, label, 1, &mut budget, &mut out);
-    out
+    walk(bytes, limits, label, 1, &mut budget, &mut listing);
+    listing
 }
 
 fn walk(
@@ -30,48 +46,89 @@ fn walk(
     label: &str,
     depth: usize,
     budget: &mut usize,
-    out: &mut Vec<Entry>,
+    out: &mut Listing,
 ) {
-    let Ok(mut archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {
-        return;
+    let mut archive = match zip::ZipArchive::new(Cursor::new(bytes)) {
+        Ok(archive) => archive,
+        Err(e) => {
+            out.unseen.push(format!("{label}: not a readable archive ({e})"));
+            return;
+        }
     };
+    if archive.len() > limits.zip_entries {
+        out.unseen.push(format!(
+            "{label}: {} entries, more than zip_entries = {}",
+            archive.len(),
+            limits.zip_entries
+        ));
+    }
     for index in 0..archive.len().min(limits.zip_entries) {
-        let name = match archive.by_index_raw(index) {
-            Ok(file) => match file.name() {
-                Ok(name) => name.to_string(),
-                Err(_) => String::from_utf8_lossy(file.name_raw()).into_owned(),
-            },
-            Err(_) => continue,
+        let (name, encrypted) = match archive.by_index_raw(index) {
+            Ok(file) => {
+                let name = match file.name() {
+                    Ok(name) => name.to_string(),
+                    Err(_) => String::from_utf8_lossy(file.name_raw()).into_owned(),
+                };
+                (name, file.encrypted())
+            }
+            Err(e) => {
+                out.unseen.push(format!("{label}: entry {index} unreadable ({e})"));
+                continue;
+            }
         };
         if name.ends_with('/') {
+            continue;
+        }
+        if encrypted {
+            out.unseen.push(format!("{label}/{name}: encrypted"));
+            out.entries.push(Entry {
+                name,
+                sniffed: None,
+                archive: label.to_string(),
+            });
             continue;
         }
         // The first bytes tell the type; a nested archive is read whole, within
         // the budget.
         let mut head = Vec::new();
         let nested = name.to_lowercase().ends_with(".zip");
-        if let Ok(file) = archive.by_index(index) {
-            let want = if nested && depth < limits.zip_depth {
-                *budget
-            } else {
-                16
-            };
-            let _ = file.take(want as u64).read_to_end(&mut head);
+        let open_nested = nested && depth < limits.zip_depth;
+        let want = if open_nested { *budget } else { 16 };
+        let mut complete = true;
+        match archive.by_index(index) {
+            Ok(file) => {
+                let size = file.size();
+                let _ = file.take(want as u64).read_to_end(&mut head);
+                complete = (head.len() as u64) >= size;
+            }
+            Err(e) => out.unseen.push(format!("{label}/{name}: unreadable ({e})")),
         }
         let sniffed = sniff(&head);
         let is_zip = sniffed == Some("zip") || nested;
-        if is_zip && depth < limits.zip_depth && head.len() > 16 {
-            *budget = budget.saturating_sub(head.len());
-            walk(
-                &head,
-                limits,
-                &format!("{label}/{name}"),
-                depth + 1,
-                budget,
-                out,
-            );
+        if is_zip {
+            if depth >= limits.zip_depth {
+                out.unseen.push(format!(
+                    "{label}/{name}: an archive deeper than zip_depth = {}",
+                    limits.zip_depth
+                ));
+            } else if !complete {
+                out.unseen.push(format!(
+                    "{label}/{name}: past zip_bytes = {} decompressed",
+                    limits.zip_bytes
+                ));
+            } else if head.len() > 16 || sniffed == Some("zip") {
+                *budget = budget.saturating_sub(head.len());
+                walk(
+                    &head,
+                    limits,
+                    &format!("{label}/{name}"),
+                    depth + 1,
+                    budget,
+                    out,
+                );
+            }
         }
-        out.push(Entry {
+        out.entries.push(Entry {
             name,
             sniffed,
             archive: label.to_string(),
@@ -103,7 +160,7 @@ pub mod tests {
     fn lists_entries_and_nested_archives() {
         let inner = make_zip(&[("payload.bin", b"MZ\x90\x00rest")]);
         let outer = make_zip(&[("readme.txt", b"hello"), ("inner.zip", &inner)]);
-        let found = entries(&outer, &Limits::default(), "outer.zip");
+        let found = entries(&outer, &Limits::default(), "outer.zip").entries;
         let names: Vec<(&str, Option<&str>, &str)> = found
             .iter()
             .map(|e| (e.name.as_str(), e.sniffed, e.archive.as_str()))
@@ -121,13 +178,19 @@ pub mod tests {
             zip_depth: 1,
             ..Limits::default()
         };
-        let found = entries(&outer, &limits, "outer.zip");
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].name, "inner.zip");
+        let listing = entries(&outer, &limits, "outer.zip");
+        assert_eq!(listing.entries.len(), 1);
+        assert_eq!(listing.entries[0].name, "inner.zip");
+        assert_eq!(
+            listing.unscannable().as_deref(),
+            Some("outer.zip/inner.zip: an archive deeper than zip_depth = 1")
+        );
     }
 
     #[test]
     fn garbage_is_no_archive() {
-        assert!(entries(b"PK\x03\x04 not really", &Limits::default(), "x.zip").is_empty());
+        let listing = entries(b"PK\x03\x04 not really", &Limits::default(), "x.zip");
+        assert!(listing.entries.is_empty());
+        assert!(listing.unscannable().unwrap().starts_with("x.zip: not a readable archive"));
     }
 }

@@ -5,7 +5,7 @@
 use super::{Judgement, Kept, Pipeline};
 use crate::queue::envelope::Envelope;
 use crate::reply::Reply;
-use crate::rules::{Final, Verdict};
+use crate::rules::Verdict;
 use crate::verdict::{DecidedBy, Decision, Event, Outcome, Peer, Stage};
 
 /// A message whose data has been read, with what the session knows of it.
@@ -43,42 +43,53 @@ impl Pipeline {
             size,
             rules,
         };
-        let verdict = match judged.result {
-            Ok(verdict) => verdict,
-            Err(decision) => return self.keep(kept(decision, "")).await,
+        let (decision, verdict) = match judged.result {
+            Ok(verdict) => (verdict.decided(&accepted), Some(verdict)),
+            Err(decision) => (Some(decision), None),
         };
-        let summary = verdict.summary();
-        if let Some(decision) = verdict.decided(&accepted) {
-            // With the archive off (or `archive = false`), a quarantined message
-            // waits in the queue's hold folder instead.
-            let held = decision.outcome == Outcome::Quarantined
-                && !(decision.archive && self.archive.is_some());
-            if !held {
-                return self.keep(kept(decision, &summary)).await;
+        let summary = verdict.as_ref().map(Verdict::summary).unwrap_or_default();
+        // With the archive off (or `archive = false`), a quarantined message
+        // waits in the queue's hold folder instead.
+        let held = match decision {
+            Some(decision)
+                if decision.outcome == Outcome::Quarantined
+                    && !(decision.archive && self.archive.is_some()) =>
+            {
+                Some(decision.by)
             }
-        }
-        let held = verdict.decision == Final::Quarantine;
-        let (outcome, reply, decided_by, reason) = match self.queue(message, &verdict, held).await {
-            Ok(()) => (
-                if held { Outcome::Held } else { Outcome::Queued },
-                accepted,
-                verdict.decided_by.clone().map(DecidedBy::Rule),
-                String::new(),
-            ),
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
-                (
-                    Outcome::Tempfailed,
-                    Reply::new(
-                        451,
-                        "4.3.0",
-                        "Error: queue file write error; try again later",
-                    ),
-                    Some(DecidedBy::check("queue")),
-                    e.to_string(),
-                )
-            }
+            Some(decision) => return self.keep(kept(decision, &summary)).await,
+            None => None,
         };
+        let verdict = verdict.unwrap_or_else(|| Verdict::deliver(sender, recipients.to_vec()));
+        let decided_by = held
+            .clone()
+            .or_else(|| verdict.decided_by.clone().map(DecidedBy::Rule));
+        let (outcome, reply, decided_by, reason) =
+            match self.queue(message, &verdict, held.is_some()).await {
+                Ok(()) => (
+                    if held.is_some() {
+                        Outcome::Held
+                    } else {
+                        Outcome::Queued
+                    },
+                    accepted,
+                    decided_by,
+                    String::new(),
+                ),
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
+                    (
+                        Outcome::Tempfailed,
+                        Reply::new(
+                            451,
+                            "4.3.0",
+                            "Error: queue file write error; try again later",
+                        ),
+                        Some(DecidedBy::check("queue")),
+                        e.to_string(),
+                    )
+                }
+            };
         Event {
             id,
             stage: Stage::Data,

@@ -77,9 +77,15 @@ pub const RCPT: &[Step] = &[
     Step::RecipientRate,
 ];
 
-/// At the end of DATA: the flood of identical bodies, then the rules on the
-/// whole message.
-pub const DATA: &[Step] = &[Step::BodyFlood, Step::Rules];
+/// At the end of DATA: the flood of identical bodies, a MIME structure that
+/// readers could read in more than one way, the rules on the whole message, then
+/// attachments the engine could not look into.
+pub const DATA: &[Step] = &[
+    Step::BodyFlood,
+    Step::MimeStructure,
+    Step::Rules,
+    Step::Unscannable,
+];
 
 /// The steps of a stage.
 pub fn steps(stage: Stage) -> &'static [Step] {
@@ -126,6 +132,10 @@ pub enum Step {
     RecipientRate,
     /// `[mailbomb] identical_bodies`.
     BodyFlood,
+    /// `[mime] ambiguous`: one reading of the MIME structure, or none.
+    MimeStructure,
+    /// `[mime] unscannable`: what the engine could not look into.
+    Unscannable,
     /// The administrator's rule files, at the earliest stage each can decide.
     Rules,
 }
@@ -159,6 +169,8 @@ impl Step {
             | Step::ReleaseAddress
             | Step::Relay
             | Step::Recipients
+            | Step::MimeStructure
+            | Step::Unscannable
             | Step::Rules => Spares::Nobody,
         }
     }
@@ -239,6 +251,10 @@ struct Judging<'a> {
     /// At DATA: the accepted recipients and the message as the client sent it.
     recipients: &'a [String],
     message: &'a [u8],
+    /// The message rewritten to one reading, when it had more.
+    normalized: Option<Vec<u8>>,
+    /// What the message holds, once something needed to look.
+    content: Option<crate::mime::Content>,
     greeting: Option<&'a mut dyn Greeting>,
     /// Found at RCPT.
     accepted: Option<Recipient>,
@@ -248,6 +264,19 @@ struct Judging<'a> {
 }
 
 impl<'a> Judging<'a> {
+    /// The message as it is judged: normalized, or as it came.
+    fn judged_message(&self) -> &[u8] {
+        self.normalized.as_deref().unwrap_or(self.message)
+    }
+
+    /// What the message holds, analysed once.
+    fn content(&mut self, limits: &crate::mime::Limits) -> &crate::mime::Content {
+        if self.content.is_none() {
+            self.content = Some(crate::mime::Content::analyze(self.judged_message(), limits));
+        }
+        self.content.as_ref().expect("analysed above")
+    }
+
     fn new(stage: Stage, peer: &'a Peer, rules: &'a RuleSet) -> Self {
         Judging {
             stage,
@@ -259,6 +288,8 @@ impl<'a> Judging<'a> {
             recipient: "",
             recipients: &[],
             message: &[],
+            normalized: None,
+            content: None,
             greeting: None,
             accepted: None,
             verdict: None,

@@ -3,7 +3,10 @@
 
 use super::{Judging, Next, Pipeline, Recipient, Step};
 use crate::address::Path;
-use crate::config::DnsblAt;
+use crate::config::{Ambiguous, DnsblAt, Unscannable};
+use crate::mime::edit::Removal;
+use crate::rules::Final;
+use crate::verdict::{DecidedBy, Outcome};
 use crate::policy::relay::{self, Destination};
 use crate::reply::Reply;
 use crate::rules::Facts;
@@ -81,7 +84,9 @@ impl Pipeline {
                 }
             }
             Step::BodyFlood => self.mailbomb.body(j.message)?,
+            Step::MimeStructure => self.mime_structure(j)?,
             Step::Rules => self.rules(j)?,
+            Step::Unscannable => self.unscannable(j)?,
         }
         Ok(Next::Continue)
     }
@@ -89,39 +94,41 @@ impl Pipeline {
     /// The rules that can decide at this stage: at MAIL and RCPT only a refusal
     /// that no earlier rule could overturn; at DATA the whole verdict.
     fn rules(&self, j: &mut Judging<'_>) -> Result<(), Decision> {
+        if j.stage == Stage::Data {
+            let needs_content =
+                j.rules.needs_content() || self.config.mime.unscannable != Unscannable::Deliver;
+            if needs_content {
+                j.content(&self.config.rules.limits());
+            }
+            let facts = Facts::of(j.peer, j.sender, j.recipients);
+            let verdict = j
+                .rules
+                .judge_content(facts, j.message.len(), j.content.as_ref(), None);
+            j.matched.extend(verdict.matched.iter().cloned());
+            let refusal = verdict
+                .decided(&Reply::new(250, "2.0.0", "Ok"))
+                .filter(|d| d.outcome.is_refusal());
+            j.verdict = Some(verdict);
+            return refusal.map_or(Ok(()), Err);
+        }
         let rcpt;
-        let recipients: &[String] = match (&j.stage, &j.accepted) {
-            (Stage::Rcpt, Some(Recipient::Deliver(destination))) => {
+        let recipients: &[String] = match &j.accepted {
+            Some(Recipient::Deliver(destination)) if j.stage == Stage::Rcpt => {
                 rcpt = [destination.mailbox().to_string()];
                 &rcpt
             }
-            (Stage::Data, _) => j.recipients,
             _ => &[],
         };
         let facts = Facts::of(j.peer, j.sender, recipients);
-        match j.stage {
-            Stage::Mail | Stage::Rcpt => match j.rules.check_early(j.stage, &facts) {
-                Ok(matched) => {
-                    j.matched.extend(matched);
-                    Ok(())
-                }
-                Err(refused) => {
-                    j.matched.extend(refused.matched);
-                    Err(refused.decision)
-                }
-            },
-            Stage::Data => {
-                let verdict =
-                    j.rules
-                        .judge_message(facts, j.message, &self.config.rules.limits(), None);
-                j.matched.extend(verdict.matched.iter().cloned());
-                let refusal = verdict
-                    .decided(&Reply::new(250, "2.0.0", "Ok"))
-                    .filter(|d| d.outcome.is_refusal());
-                j.verdict = Some(verdict);
-                refusal.map_or(Ok(()), Err)
+        match j.rules.check_early(j.stage, &facts) {
+            Ok(matched) => {
+                j.matched.extend(matched);
+                Ok(())
             }
-            Stage::Connect | Stage::Helo => Ok(()),
+            Err(refused) => {
+                j.matched.extend(refused.matched);
+                Err(refused.decision)
+            }
         }
     }
 
@@ -171,4 +178,123 @@ impl Pipeline {
             )),
         }
     }
+
+    /// One reading of the MIME structure: a message that readers could read in
+    /// more than one way is refused, quarantined, or rewritten to the one reading
+    /// that every step after this one judges.
+    fn mime_structure(&self, j: &mut Judging<'_>) -> Result<(), Decision> {
+        let reading = crate::mime::structure::read(j.message);
+        if !reading.is_ambiguous() {
+            return Ok(());
+        }
+        let problems: Vec<String> = reading.ambiguities.iter().map(ToString::to_string).collect();
+        let action = self.config.mime.ambiguous;
+        tracing::info!(
+            queue_id = %j.id,
+            problems = %problems.join("; "),
+            action = ?action,
+            "ambiguous MIME structure"
+        );
+        let reason = format!("ambiguous MIME structure: {}", problems.join("; "));
+        match action {
+            Ambiguous::Reject => Err(Decision::refuse(
+                "mime.ambiguous",
+                Reply::new(
+                    554,
+                    "5.6.0",
+                    format!(
+                        "Message refused: its MIME structure can be read in more than one way ({})",
+                        printable(&problems[0])
+                    ),
+                ),
+                reason,
+            )),
+            Ambiguous::Quarantine => Err(kept(j.id, "mime.ambiguous", Outcome::Quarantined, reason)),
+            Ambiguous::Normalize => {
+                j.normalized = Some(crate::mime::normalize::rewrite(&reading, j.message));
+                j.content = None;
+                Ok(())
+            }
+        }
+    }
+
+    /// Attachments the engine could not fully look into (an encrypted archive, one
+    /// nested past the limits) are not taken for clean: `[mime] unscannable` says
+    /// what becomes of them, unless a rule already decided (an `accept` rule
+    /// lets them through; a rule that strips them has done so).
+    fn unscannable(&self, j: &mut Judging<'_>) -> Result<(), Decision> {
+        let action = self.config.mime.unscannable;
+        let (Some(content), Some(verdict)) = (&j.content, &mut j.verdict) else {
+            return Ok(());
+        };
+        if verdict.decision != Final::Deliver || verdict.decided_by.is_some() {
+            return Ok(());
+        }
+        for attachment in &content.attachments {
+            let Some(why) = &attachment.unscannable else {
+                continue;
+            };
+            if verdict.removals.iter().any(|r| r.cut == attachment.cut) {
+                continue;
+            }
+            let name = attachment
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "unnamed attachment".into());
+            tracing::info!(
+                queue_id = %j.id,
+                attachment = %name,
+                reason = %why,
+                action = ?action,
+                "attachment could not be scanned"
+            );
+            let reason = format!("{name} could not be scanned: {why}");
+            match action {
+                Unscannable::Deliver => {}
+                Unscannable::Strip => verdict.removals.push(Removal {
+                    cut: attachment.cut.clone(),
+                    name,
+                    rule: "mime.unscannable".into(),
+                }),
+                Unscannable::Reject => {
+                    return Err(Decision::refuse(
+                        "mime.unscannable",
+                        Reply::new(
+                            554,
+                            "5.7.1",
+                            format!(
+                                "Message refused: attachment {} could not be scanned",
+                                printable(&name)
+                            ),
+                        ),
+                        reason,
+                    ));
+                }
+                Unscannable::Quarantine => {
+                    return Err(kept(j.id, "mime.unscannable", Outcome::Quarantined, reason));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message kept back by a check: the client is told it was accepted.
+fn kept(id: &str, check: &str, outcome: Outcome, reason: String) -> Decision {
+    Decision {
+        reply: Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+        by: DecidedBy::check(check),
+        reason,
+        outcome,
+        archive: true,
+    }
+}
+
+/// Text from a message, fit for a reply line: printable ASCII, not too long.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .take(160)
+        .collect()
 }

@@ -249,9 +249,20 @@ impl RuleSet {
         let content = self
             .needs_content()
             .then(|| Content::analyze(message, limits));
+        self.judge_content(facts, message.len(), content.as_ref(), skip)
+    }
+
+    /// As [`RuleSet::judge_message`], with the message already analysed.
+    pub fn judge_content(
+        &self,
+        facts: Facts<'_>,
+        size: usize,
+        content: Option<&Content>,
+        skip: Option<&str>,
+    ) -> Verdict {
         let facts = Facts {
-            size: message.len(),
-            content: content.as_ref(),
+            size,
+            content,
             ..facts
         };
         self.evaluate_except(&facts, skip)
@@ -275,6 +286,7 @@ impl RuleSet {
             recipients: Vec::new(),
             header_edits: Vec::new(),
             removals: Vec::new(),
+            normalized: None,
         };
         // Per original recipient: what it becomes (redirects replace, rewrites map).
         let mut recipients: Vec<Vec<String>> =

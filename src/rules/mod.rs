@@ -258,6 +258,9 @@ pub struct Verdict {
     pub recipients: Vec<String>,
     pub header_edits: Vec<HeaderEdit>,
     pub removals: Vec<Removal>,
+    /// The message rewritten to one reading (`[mime] ambiguous = "normalize"`):
+    /// what was judged, and what the edits apply to.
+    pub normalized: Option<Vec<u8>>,
 }
 
 impl Verdict {
@@ -272,6 +275,7 @@ impl Verdict {
             recipients,
             header_edits: Vec::new(),
             removals: Vec::new(),
+            normalized: None,
         }
     }
 
@@ -299,11 +303,13 @@ impl Verdict {
 
     /// Whether delivering needs a changed message.
     pub fn changes_message(&self) -> bool {
-        !self.header_edits.is_empty() || !self.removals.is_empty()
+        !self.header_edits.is_empty() || !self.removals.is_empty() || self.normalized.is_some()
     }
 
-    /// The message as it is to be delivered.
+    /// The message as it is to be delivered: `raw` (or its normalized form) with
+    /// the rules' edits.
     pub fn apply(&self, raw: &[u8]) -> Vec<u8> {
+        let raw = self.normalized.as_deref().unwrap_or(raw);
         let stripped;
         let raw = if self.removals.is_empty() {
             raw

@@ -494,11 +494,21 @@ impl Proxy {
 
     /// Starts a proxy with one rule file (`rules/50-test.toml` in its folder).
     pub async fn start_with_rules(backend: SocketAddr, relay: &str, rules: &str) -> Proxy {
+        Proxy::start_with_rules_and(backend, relay, rules, "").await
+    }
+
+    /// As [`Proxy::start_with_rules`], with `extra` configuration.
+    pub async fn start_with_rules_and(
+        backend: SocketAddr,
+        relay: &str,
+        rules: &str,
+        extra: &str,
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
         std::fs::create_dir(dir.path().join("rules")).unwrap();
         std::fs::write(dir.path().join("rules/50-test.toml"), rules).unwrap();
-        Proxy::start_in(dir, &base_config(backend, relay, "")).await
+        Proxy::start_in(dir, &base_config(backend, relay, extra)).await
     }
 
     pub async fn start_in(dir: tempfile::TempDir, text: &str) -> Proxy {

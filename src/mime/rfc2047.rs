@@ -1,0 +1,71 @@
+//! RFC 2047 encoded words (`=?UTF-8?B?…?=`) in header text, decoded the way mail
+//! programs show them — enough to compare and judge the file names parts give.
+
+use super::lenient;
+use super::structure::decode_charset;
+
+/// Decodes every encoded word in `text`; white space between two encoded words
+/// goes, as RFC 2047 6.2 says. Text that is not an encoded word stays as it is.
+pub fn decode(text: &str) -> String {
+    if !text.contains("=?") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut after_word = false;
+    while let Some(start) = rest.find("=?") {
+        let (before, candidate) = rest.split_at(start);
+        match word(candidate) {
+            Some((decoded, used)) => {
+                if !(after_word && before.trim().is_empty()) {
+                    out.push_str(before);
+                }
+                out.push_str(&decoded);
+                rest = &candidate[used..];
+                after_word = true;
+            }
+            None => {
+                out.push_str(before);
+                out.push_str("=?");
+                rest = &candidate[2..];
+                after_word = false;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One encoded word at the start of `text`: its text and how many bytes it took.
+fn word(text: &str) -> Option<(String, usize)> {
+    let inner = text.strip_prefix("=?")?;
+    let (charset, inner) = inner.split_once('?')?;
+    let (encoding, inner) = inner.split_once('?')?;
+    let end = inner.find("?=")?;
+    let data = &inner[..end];
+    if data.contains(' ') {
+        return None;
+    }
+    let charset = charset.split('*').next().unwrap_or("").to_ascii_lowercase();
+    let bytes = match encoding {
+        "B" | "b" => lenient::base64(data.as_bytes()),
+        "Q" | "q" => lenient::quoted_printable(data.replace('_', " ").as_bytes()),
+        _ => return None,
+    };
+    let used = 2 + charset.len() + 1 + encoding.len() + 1 + end + 2;
+    Some((decode_charset(&charset, &bytes), used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_decoded_and_joined() {
+        assert_eq!(decode("=?UTF-8?B?aW52b2ljZS5leGU=?="), "invoice.exe");
+        assert_eq!(decode("=?ISO-8859-1?Q?R=E9sum=E9?= .pdf"), "Résumé .pdf");
+        assert_eq!(decode("=?UTF-8?Q?a?= =?UTF-8?Q?b?=.txt"), "ab.txt");
+        assert_eq!(decode("plain.txt"), "plain.txt");
+        assert_eq!(decode("=?broken"), "=?broken");
+    }
+}
