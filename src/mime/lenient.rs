@@ -25,12 +25,20 @@ pub fn is_base64_char(b: u8) -> bool {
 }
 
 /// Base64 as the most forgiving decoder reads it: every character outside the
-/// alphabet (line ends, garbage, `=` wherever it stands) is skipped.
+/// alphabet (line ends, garbage) is skipped, and padding ends a group without
+/// ending the text — so whatever follows padding in the middle is decoded too,
+/// as some readers do (others stop there: they read a part of this).
 pub fn base64(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let mut acc = 0u32;
     let mut bits = 0;
-    for value in text.iter().filter_map(|&b| sextet(b)) {
+    for &b in text {
+        if b == b'=' {
+            acc = 0;
+            bits = 0;
+            continue;
+        }
+        let Some(value) = sextet(b) else { continue };
         acc = (acc << 6) | u32::from(value);
         bits += 6;
         if bits >= 8 {
@@ -40,6 +48,21 @@ pub fn base64(text: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A Windows program anywhere in the bytes (not only at their start: a byte or
+/// two before it, and one reader's file is another's program).
+pub fn contains_program(bytes: &[u8]) -> bool {
+    memchr::memmem::find_iter(bytes, b"MZ").any(|at| {
+        let rest = &bytes[at..];
+        if at == 0 {
+            return is_program(rest);
+        }
+        let pe = rest
+            .get(0x3c..0x40)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        matches!(pe, Some(pe) if pe >= 0x40 && pe + 4 <= rest.len() && &rest[pe..pe + 4] == b"PE\0\0")
+    })
 }
 
 /// Standard base64 in lines of 76 characters with CRLF, as mail programs write it.
@@ -195,7 +218,11 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
             if !(3..=4).contains(&mode.len()) || !mode.iter().all(|b| (b'0'..=b'7').contains(b)) {
                 return None;
             }
-            Some(String::from_utf8_lossy(fields.next().unwrap_or(b"")).trim().to_string())
+            Some(
+                String::from_utf8_lossy(fields.next().unwrap_or(b""))
+                    .trim()
+                    .to_string(),
+            )
         };
         if let Some(name) = begin(b"begin ") {
             let mut decoded = Vec::new();
@@ -331,7 +358,8 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
-    const PROGRAM: &[u8] = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00\xb8\x00\x00\x00";
+    const PROGRAM: &[u8] =
+        b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00\xb8\x00\x00\x00";
 
     #[test]
     fn garbage_and_stray_padding_are_skipped() {
@@ -343,6 +371,13 @@ mod tests {
             Some("characters outside the base64 alphabet")
         );
         let padded = format!("{}==\r\n{}", b64(b"ab"), clean);
+        // Padding ends a group: what follows is read on its own.
+        let mut both = b"ab".to_vec();
+        both.extend_from_slice(PROGRAM);
+        assert_eq!(base64(padded.as_bytes()), both);
+        assert!(!contains_program(
+            b"MZ is not a program by itself, nor is this."
+        ));
         assert_eq!(
             base64_flaws(padded.as_bytes()),
             Some("base64 padding in the middle")

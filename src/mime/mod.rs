@@ -176,12 +176,7 @@ impl Walk<'_> {
                         _ => None,
                     };
                     if let Some(name) = part.attachment_name() {
-                        self.add(
-                            vec![clean_name(name)],
-                            part_type(part),
-                            None,
-                            cut.clone(),
-                        );
+                        self.add(vec![clean_name(name)], part_type(part), None, cut.clone());
                     }
                     self.message(nested, nested_base, cut.as_ref(), false);
                 }
@@ -191,7 +186,8 @@ impl Walk<'_> {
                     let decoded = self.decoded(part, base);
                     let bytes = decoded.as_deref().unwrap_or(text.as_bytes());
                     let names = names_of(part);
-                    let sniffed = sniff::sniff(bytes);
+                    let sniffed = sniff::sniff(bytes)
+                        .or_else(|| lenient::contains_program(bytes).then_some("exe"));
                     let hidden = sniffed.is_some_and(|kind| kind != "script");
                     if !names.is_empty() || is_attachment_disposition(part) || hidden {
                         self.add(names, part_type(part), sniffed, cut.clone());
@@ -209,7 +205,8 @@ impl Walk<'_> {
                         Some(lenient) if sniff::sniff(bytes).is_none() => lenient,
                         _ => bytes,
                     };
-                    let sniffed = sniff::sniff(bytes);
+                    let sniffed = sniff::sniff(bytes)
+                        .or_else(|| lenient::contains_program(bytes).then_some("exe"));
                     let is_zip = sniffed == Some("zip")
                         || names.iter().any(|n| extension(n).as_deref() == Some("zip"));
                     let label = names

@@ -15,9 +15,7 @@ use super::structure::{Body, Encoding, Entity, Media, Reading, read};
 /// The message rewritten, or None when it is not ambiguous (and so stays as it is).
 pub fn normalize(message: &[u8]) -> Option<Vec<u8>> {
     let reading = read(message);
-    reading
-        .is_ambiguous()
-        .then(|| rewrite(&reading, message))
+    reading.is_ambiguous().then(|| rewrite(&reading, message))
 }
 
 /// The message written again from a reading of it (`message` seeds the
@@ -47,59 +45,63 @@ struct Structure {
     disposition: Option<Media>,
 }
 
+/// Whether `boundary` can delimit `children`, which use `inner` boundaries: no
+/// line of theirs begins with it, and no boundary inside begins like it or it
+/// like one of them.
+fn usable(boundary: &str, children: &[Vec<u8>], inner: &[String]) -> bool {
+    let delimiter = format!("--{boundary}");
+    !children
+        .iter()
+        .any(|c| memchr::memmem::find(c, delimiter.as_bytes()).is_some())
+        && !inner
+            .iter()
+            .any(|b| b.starts_with(boundary) || boundary.starts_with(b.as_str()))
+}
+
+/// A boundary every reader takes the same way (RFC 2046 characters, not too
+/// long, no space at the end).
+fn plain_boundary(boundary: &str) -> bool {
+    !boundary.is_empty()
+        && boundary.len() <= 70
+        && !boundary.ends_with(' ')
+        && boundary
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&b))
+}
+
 impl Writer {
-    fn boundary(&mut self, children: &[Vec<u8>]) -> String {
+    fn fresh_boundary(&mut self, children: &[Vec<u8>], inner: &[String]) -> String {
         loop {
             self.count += 1;
             // Fixed width, so no boundary of this message begins like another.
             let boundary = format!("=_mm{:08x}_{:05}_", self.seed, self.count);
-            let delimiter = format!("--{boundary}");
-            if !children
-                .iter()
-                .any(|c| memchr::memmem::find(c, delimiter.as_bytes()).is_some())
-            {
+            if usable(&boundary, children, inner) {
                 return boundary;
             }
         }
     }
 
-    fn entity(&mut self, entity: &Entity<'_>, out: &mut Vec<u8>) {
-        let declared = entity
-            .fields
-            .iter()
-            .find(|f| f.is("content-transfer-encoding"))
-            .map(|f| f.value.trim().to_ascii_lowercase());
-        let identity = match declared.as_deref() {
-            Some("8bit") => Some("8bit"),
-            Some("binary") => Some("binary"),
-            Some(_) => Some("7bit"),
-            None => None,
-        };
-        let mut media = entity.media.clone();
-        media.params.retain(|(name, _)| name != "boundary");
-        let mut disposition = entity.disposition.clone();
-        // One name for the file, in both places a reader may look.
-        if matches!(entity.body, Body::Leaf(_))
-            && let Some(name) = entity.file_name().map(str::to_string)
-        {
-            media.params.retain(|(n, _)| n != "name");
-            media.params.push(("name".into(), name.clone()));
-            if let Some(disposition) = disposition.as_mut() {
-                disposition.params.retain(|(n, _)| n != "filename");
-                disposition.params.push(("filename".into(), name));
-            }
-        }
+    /// Writes an entity; returns the boundaries used in it.
+    fn entity(&mut self, entity: &Entity<'_>, out: &mut Vec<u8>) -> Vec<String> {
+        let mut used = Vec::new();
+        // A part whose own headers every reader takes alike keeps them byte for
+        // byte; only what it holds is written again.
+        let keep = !entity.header_ambiguous;
         let (structure, body) = match &entity.body {
             Body::Multipart(parts) => {
-                let children: Vec<Vec<u8>> = parts
-                    .iter()
-                    .map(|part| {
-                        let mut bytes = Vec::new();
-                        self.entity(part, &mut bytes);
-                        bytes
-                    })
-                    .collect();
-                let boundary = self.boundary(&children);
+                let mut children = Vec::new();
+                for part in parts {
+                    let mut bytes = Vec::new();
+                    used.extend(self.entity(part, &mut bytes));
+                    children.push(bytes);
+                }
+                let original = entity.media.param("boundary").unwrap_or_default();
+                let kept = keep && plain_boundary(original) && usable(original, &children, &used);
+                let boundary = if kept {
+                    original.to_string()
+                } else {
+                    self.fresh_boundary(&children, &used)
+                };
                 let mut body = Vec::new();
                 for child in &children {
                     body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
@@ -107,86 +109,127 @@ impl Writer {
                     body.extend_from_slice(b"\r\n");
                 }
                 body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-                media.params.insert(0, ("boundary".into(), boundary));
-                (
-                    Structure {
-                        media,
-                        encoding: identity.map(|_| "7bit"),
-                        disposition,
-                    },
-                    body,
-                )
+                used.push(boundary.clone());
+                if kept {
+                    (None, body)
+                } else {
+                    let mut structure = self.structure(entity, None);
+                    structure
+                        .media
+                        .params
+                        .insert(0, ("boundary".into(), boundary));
+                    (Some(structure), body)
+                }
             }
             Body::Message(inner) => {
                 let mut body = Vec::new();
-                self.entity(inner, &mut body);
-                let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
-                (
-                    Structure {
-                        media,
-                        encoding: (declared.is_some() || !body.is_ascii()).then_some(encoding),
-                        disposition,
-                    },
-                    body,
-                )
+                used.extend(self.entity(inner, &mut body));
+                if keep {
+                    (None, body)
+                } else {
+                    let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
+                    (Some(self.structure(entity, Some(encoding))), body)
+                }
             }
             Body::Leaf(raw) => {
-                // A multipart or forwarded message that could not be read as one is
-                // sent as the text it is, where the content checks see all of it.
-                if media.is_multipart() || media.is_message() {
-                    media = Media::text_plain();
-                }
+                let opaque = entity.media.is_multipart() || entity.media.is_message();
                 match entity.encoding {
-                    Encoding::Identity => (
-                        Structure {
-                            media,
-                            encoding: identity,
-                            disposition,
-                        },
-                        raw.to_vec(),
-                    ),
+                    Encoding::Identity if keep && !opaque => (None, raw.to_vec()),
+                    Encoding::QuotedPrintable if keep && !opaque => (None, raw.to_vec()),
+                    // Clean headers, base64 that decoders read differently: the
+                    // same declaration over base64 they all read alike.
+                    Encoding::Base64 if keep && !opaque => {
+                        let body = if lenient::base64_flaws(raw).is_some() {
+                            lenient::encode_base64_lines(&lenient::base64(raw))
+                        } else {
+                            raw.to_vec()
+                        };
+                        (None, body)
+                    }
+                    Encoding::Identity => (Some(self.structure(entity, None)), raw.to_vec()),
                     Encoding::QuotedPrintable => (
-                        Structure {
-                            media,
-                            encoding: Some("quoted-printable"),
-                            disposition,
-                        },
+                        Some(self.structure(entity, Some("quoted-printable"))),
                         raw.to_vec(),
                     ),
                     Encoding::Base64 | Encoding::Uuencode | Encoding::Unknown => (
-                        Structure {
-                            media,
-                            encoding: Some("base64"),
-                            disposition,
-                        },
+                        Some(self.structure(entity, Some("base64"))),
                         lenient::encode_base64_lines(&entity.encoding.decode(raw)),
                     ),
                 }
             }
         };
-        let had_structure = entity.fields.iter().any(|f| f.is_structural());
-        let needs_structure = had_structure
-            || matches!(entity.body, Body::Multipart(_))
-            || structure.encoding.is_some_and(|e| e == "base64");
-        let mut written = false;
-        for field in &entity.fields {
-            if field.is_structural() {
+        match structure {
+            None => {
+                for field in &entity.fields {
+                    write_field(&field.raw, out);
+                }
+            }
+            Some(structure) => {
+                let mut written = false;
+                for field in &entity.fields {
+                    if field.is_structural() {
+                        if !written {
+                            write_structure(&structure, out);
+                            written = true;
+                        }
+                        continue;
+                    }
+                    write_field(&field.raw, out);
+                }
                 if !written {
                     write_structure(&structure, out);
-                    written = true;
                 }
-                continue;
             }
-            out.extend_from_slice(&field.raw);
-            if !field.raw.ends_with(b"\n") {
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-        if needs_structure && !written {
-            write_structure(&structure, out);
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
+        used
+    }
+
+    /// The canonical structural headers of a part: the media type as read (a
+    /// multipart or message that could not be read as one is text, where the
+    /// content checks see all of it), one file name in both places, and
+    /// `encoding` when the body's transfer encoding is declared (or changed).
+    fn structure(&self, entity: &Entity<'_>, encoding: Option<&'static str>) -> Structure {
+        let mut media = entity.media.clone();
+        media.params.retain(|(name, _)| name != "boundary");
+        let mut disposition = entity.disposition.clone();
+        if matches!(entity.body, Body::Leaf(_)) {
+            if media.is_multipart() || media.is_message() {
+                media = Media::text_plain();
+            }
+            if let Some(name) = entity.file_name().map(str::to_string) {
+                media.params.retain(|(n, _)| n != "name");
+                media.params.push(("name".into(), name.clone()));
+                if let Some(disposition) = disposition.as_mut() {
+                    disposition.params.retain(|(n, _)| n != "filename");
+                    disposition.params.push(("filename".into(), name));
+                }
+            }
+        }
+        let declared = entity
+            .fields
+            .iter()
+            .find(|f| f.is("content-transfer-encoding"))
+            .map(|f| f.value.trim().to_ascii_lowercase());
+        let encoding = encoding.or(match declared.as_deref() {
+            None => None,
+            Some("8bit") => Some("8bit"),
+            Some("binary") => Some("binary"),
+            Some(_) => Some("7bit"),
+        });
+        Structure {
+            media,
+            encoding,
+            disposition,
+        }
+    }
+}
+
+fn write_field(raw: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(raw);
+    if !raw.ends_with(b"\n") {
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -213,9 +256,7 @@ fn write_structure(structure: &Structure, out: &mut Vec<u8>) {
 fn write_params(params: &[(String, String)], out: &mut Vec<u8>) {
     for (name, value) in params {
         out.extend_from_slice(b";\r\n\t");
-        let plain = value
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b));
+        let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b));
         if plain {
             let quoted = value.replace('\\', "\\\\").replace('"', "\\\"");
             out.extend_from_slice(format!("{name}=\"{quoted}\"").as_bytes());
@@ -264,7 +305,10 @@ mod tests {
              Content-Type: application/octet-stream; name=\"a.exe\"\r\n\r\nbody\r\n",
         );
         assert_eq!(out.matches("Content-Type:").count(), 1, "{out}");
-        assert!(out.starts_with("From: a@b\r\nContent-Type: text/plain"), "{out}");
+        assert!(
+            out.starts_with("From: a@b\r\nContent-Type: text/plain"),
+            "{out}"
+        );
         assert!(out.contains("Subject: x\r\n"), "{out}");
     }
 
@@ -278,7 +322,12 @@ mod tests {
         assert!(!out.contains("preamble"), "{out}");
         assert!(!out.contains("after the end"), "{out}");
         assert!(out.contains("one\r\n"), "{out}");
-        assert!(out.trim_end().ends_with("_--"), "{out}");
+        // Its own header was fine: it keeps its boundary, now closed.
+        assert!(
+            out.starts_with("Content-Type: multipart/mixed; boundary=\"B\"\r\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("one\r\n--B--\r\n"), "{out}");
     }
 
     #[test]
@@ -288,7 +337,10 @@ mod tests {
              TVqQ!!AAMA*AAA\r\n",
         );
         let body = out.split("\r\n\r\n").nth(1).unwrap();
-        assert_eq!(lenient::base64(body.as_bytes()), lenient::base64(b"TVqQAAMAAAA"));
+        assert_eq!(
+            lenient::base64(body.as_bytes()),
+            lenient::base64(b"TVqQAAMAAAA")
+        );
         assert!(lenient::base64_flaws(body.as_bytes()).is_none(), "{out}");
     }
 }

@@ -161,6 +161,9 @@ pub struct Entity<'a> {
     /// The disposition (`attachment`, `inline`) with its parameters.
     pub disposition: Option<Media>,
     pub body: Body<'a>,
+    /// Its own headers (or its boundary) are read differently by different
+    /// readers; false when only what it holds is.
+    pub header_ambiguous: bool,
 }
 
 impl Entity<'_> {
@@ -178,6 +181,7 @@ impl Entity<'_> {
             media: self.media,
             encoding: self.encoding,
             disposition: self.disposition,
+            header_ambiguous: self.header_ambiguous,
             body: match self.body {
                 Body::Leaf(bytes) => Body::Leaf(Cow::Owned(bytes.into_owned())),
                 Body::Multipart(parts) => {
@@ -240,6 +244,7 @@ impl Reader {
     /// Reads one entity: a header section, a blank line, a body. `digest`: a part
     /// of a multipart/digest, whose default type is message/rfc822.
     fn entity<'a>(&mut self, bytes: &'a [u8], at: &str, depth: usize, digest: bool) -> Entity<'a> {
+        let flagged_before = self.ambiguities.len();
         let (fields, body_start) = self.header(bytes, at);
         let body = &bytes[body_start.min(bytes.len())..];
         let mut media = if digest {
@@ -302,7 +307,10 @@ impl Reader {
                 .unwrap_or(parsed[0]);
             for (value, parsed) in values.iter().zip(&parsed) {
                 if matches!(parsed, Encoding::Uuencode | Encoding::Unknown) {
-                    self.flag(at, format!("transfer encoding '{value}' that not every reader knows"));
+                    self.flag(
+                        at,
+                        format!("transfer encoding '{value}' that not every reader knows"),
+                    );
                 }
             }
         }
@@ -331,24 +339,44 @@ impl Reader {
             );
         }
 
+        let mut header_ambiguous = self.ambiguities.len() > flagged_before;
         let body = if depth >= MAX_DEPTH {
+            header_ambiguous = true;
             self.flag(at, format!("nested deeper than {MAX_DEPTH} levels"));
             Body::Leaf(Cow::Borrowed(body))
         } else if media.is_multipart() {
-            if encoding != Encoding::Identity || encodings.iter().any(|f| {
-                !matches!(f.value.trim().to_ascii_lowercase().as_str(), "7bit" | "8bit" | "binary")
-            }) {
+            if encoding != Encoding::Identity
+                || encodings.iter().any(|f| {
+                    !matches!(
+                        f.value.trim().to_ascii_lowercase().as_str(),
+                        "7bit" | "8bit" | "binary"
+                    )
+                })
+            {
+                header_ambiguous = true;
                 self.flag(at, "a transfer encoding on a multipart");
             }
-            self.multipart(body, &media, at, depth)
+            let (body, boundary_clean) = self.multipart(body, &media, at, depth);
+            header_ambiguous |= !boundary_clean;
+            body
         } else if media.is_message() {
             if encoding != Encoding::Identity {
-                self.flag(at, "a forwarded message (message/rfc822) that is transfer-encoded");
+                header_ambiguous = true;
+                self.flag(
+                    at,
+                    "a forwarded message (message/rfc822) that is transfer-encoded",
+                );
                 let decoded = crlf(&encoding.decode(body));
-                let inner = self.entity(&decoded, &format!("{at}, forwarded message"), depth + 1, false);
+                let inner = self.entity(
+                    &decoded,
+                    &format!("{at}, forwarded message"),
+                    depth + 1,
+                    false,
+                );
                 Body::Message(Box::new(inner.into_owned()))
             } else {
-                let inner = self.entity(body, &format!("{at}, forwarded message"), depth + 1, false);
+                let inner =
+                    self.entity(body, &format!("{at}, forwarded message"), depth + 1, false);
                 Body::Message(Box::new(inner))
             }
         } else {
@@ -365,6 +393,7 @@ impl Reader {
             encoding,
             disposition,
             body,
+            header_ambiguous,
         }
     }
 
@@ -438,21 +467,32 @@ impl Reader {
         for name in &parsed.conflicts {
             self.flag(
                 at,
-                format!("the parameter {name} given more than once with different values ({header})"),
+                format!(
+                    "the parameter {name} given more than once with different values ({header})"
+                ),
             );
         }
         parsed.media
     }
 
-    fn multipart<'a>(&mut self, body: &'a [u8], media: &Media, at: &str, depth: usize) -> Body<'a> {
+    /// A multipart's parts; and whether its boundary itself is one every reader
+    /// delimits alike.
+    fn multipart<'a>(
+        &mut self,
+        body: &'a [u8],
+        media: &Media,
+        at: &str,
+        depth: usize,
+    ) -> (Body<'a>, bool) {
         let Some(boundary) = media.param("boundary").map(|b| b.as_bytes().to_vec()) else {
             self.flag(at, "a multipart without a boundary");
-            return Body::Leaf(Cow::Borrowed(body));
+            return (Body::Leaf(Cow::Borrowed(body)), false);
         };
         if boundary.is_empty() {
             self.flag(at, "an empty boundary");
-            return Body::Leaf(Cow::Borrowed(body));
+            return (Body::Leaf(Cow::Borrowed(body)), false);
         }
+        let flagged_before = self.ambiguities.len();
         if boundary.len() > 70 {
             self.flag(at, "a boundary longer than 70 characters");
         }
@@ -467,8 +507,12 @@ impl Reader {
             .iter()
             .any(|outer| outer.starts_with(&boundary) || boundary.starts_with(outer))
         {
-            self.flag(at, "a boundary that begins like the boundary of an enclosing multipart");
+            self.flag(
+                at,
+                "a boundary that begins like the boundary of an enclosing multipart",
+            );
         }
+        let boundary_clean = self.ambiguities.len() == flagged_before;
         let split = split(body, &boundary);
         for problem in &split.problems {
             self.flag(at, *problem);
@@ -500,7 +544,7 @@ impl Reader {
             })
             .collect();
         self.boundaries.pop();
-        Body::Multipart(parts)
+        (Body::Multipart(parts), boundary_clean)
     }
 }
 
@@ -566,8 +610,12 @@ struct Split {
 /// What a line is, against a boundary.
 enum Delimiter {
     No,
-    Part { padded: bool },
-    Close { padded: bool },
+    Part {
+        padded: bool,
+    },
+    Close {
+        padded: bool,
+    },
     /// Begins with `--boundary` and goes on: a delimiter to some readers only.
     Almost,
 }
@@ -632,7 +680,8 @@ fn split(body: &[u8], boundary: &[u8]) -> Split {
                 .problems
                 .push("a line that begins like the boundary but is not a delimiter"),
             Delimiter::Part { padded } | Delimiter::Close { padded } if padded => {
-                out.problems.push("a delimiter line with white space after it");
+                out.problems
+                    .push("a delimiter line with white space after it");
                 finish_part(&mut out, &mut open, before, end, content, boundary);
             }
             _ => finish_part(&mut out, &mut open, before, end, content, boundary),
@@ -678,10 +727,9 @@ fn outside_problem(text: &[u8]) -> Option<&'static str> {
             return Some("a line that looks like a delimiter");
         }
         let lower = line.to_ascii_lowercase();
-        if STRUCTURAL
-            .iter()
-            .any(|h| lower.starts_with(h.as_bytes()) && lower[h.len()..].trim_ascii_start().starts_with(b":"))
-        {
+        if STRUCTURAL.iter().any(|h| {
+            lower.starts_with(h.as_bytes()) && lower[h.len()..].trim_ascii_start().starts_with(b":")
+        }) {
             return Some("MIME headers");
         }
     }
@@ -703,7 +751,11 @@ struct ParsedMedia {
 /// false) from the raw value (folding included).
 fn parse_media(raw: &[u8], typed: bool) -> ParsedMedia {
     let mut problems = Vec::new();
-    let mut tokens = Tokens { raw, pos: 0, problems: &mut problems };
+    let mut tokens = Tokens {
+        raw,
+        pos: 0,
+        problems: &mut problems,
+    };
     tokens.space();
     let kind = tokens.token().to_ascii_lowercase();
     let mut subtype = String::new();
@@ -716,8 +768,7 @@ fn parse_media(raw: &[u8], typed: bool) -> ParsedMedia {
             tokens.problems.push("a media type without a subtype");
         }
     }
-    // (name, section, extended, value, folded)
-    let mut raw_params: Vec<(String, Option<u32>, bool, Vec<u8>, bool)> = Vec::new();
+    let mut raw_params: Vec<RawParam> = Vec::new();
     loop {
         tokens.space();
         if tokens.pos >= raw.len() {
@@ -747,11 +798,17 @@ fn parse_media(raw: &[u8], typed: bool) -> ParsedMedia {
         let (value, folded) = tokens.value();
         let attribute = attribute.to_ascii_lowercase();
         let (name, section, extended) = rfc2231_name(&attribute);
-        raw_params.push((name, section, extended, value, folded));
+        raw_params.push(RawParam {
+            name,
+            section,
+            extended,
+            value,
+            folded,
+        });
     }
     let mut params: Vec<(String, String)> = Vec::new();
     let mut conflicts = Vec::new();
-    let mut names: Vec<String> = raw_params.iter().map(|p| p.0.clone()).collect();
+    let mut names: Vec<String> = raw_params.iter().map(|p| p.name.clone()).collect();
     names.dedup();
     let mut seen = Vec::new();
     for name in names {
@@ -759,26 +816,30 @@ fn parse_media(raw: &[u8], typed: bool) -> ParsedMedia {
             continue;
         }
         seen.push(name.clone());
-        let of_name: Vec<&(String, Option<u32>, bool, Vec<u8>, bool)> =
-            raw_params.iter().filter(|p| p.0 == name).collect();
-        if name == "boundary" && of_name.iter().any(|p| p.4) {
+        let of_name: Vec<&RawParam> = raw_params.iter().filter(|p| p.name == name).collect();
+        if name == "boundary" && of_name.iter().any(|p| p.folded) {
             problems.push("a boundary folded across lines");
         }
         let mut values: Vec<String> = Vec::new();
         // Plain values, each on its own.
-        for p in of_name.iter().filter(|p| p.1.is_none() && !p.2) {
-            values.push(String::from_utf8_lossy(&p.3).into_owned());
+        for p in of_name
+            .iter()
+            .filter(|p| p.section.is_none() && !p.extended)
+        {
+            values.push(String::from_utf8_lossy(&p.value).into_owned());
         }
         // RFC 2231: `name*` or sections `name*0`, `name*1*` … joined in order.
-        let mut sections: Vec<&&(String, Option<u32>, bool, Vec<u8>, bool)> =
-            of_name.iter().filter(|p| p.1.is_some() || p.2).collect();
+        let mut sections: Vec<&&RawParam> = of_name
+            .iter()
+            .filter(|p| p.section.is_some() || p.extended)
+            .collect();
         if !sections.is_empty() {
-            sections.sort_by_key(|p| p.1.unwrap_or(0));
+            sections.sort_by_key(|p| p.section.unwrap_or(0));
             let mut charset = String::new();
             let mut joined = Vec::new();
             for (i, p) in sections.iter().enumerate() {
-                let mut value: &[u8] = &p.3;
-                if p.2 && i == 0 {
+                let mut value: &[u8] = &p.value;
+                if p.extended && i == 0 {
                     // charset'language'value
                     let mut parts = value.splitn(3, |&b| b == b'\'');
                     let (c, _l, v) = (parts.next(), parts.next(), parts.next());
@@ -787,7 +848,7 @@ fn parse_media(raw: &[u8], typed: bool) -> ParsedMedia {
                         value = v;
                     }
                 }
-                if p.2 {
+                if p.extended {
                     joined.extend(percent_decode(value));
                 } else {
                     joined.extend_from_slice(value);
@@ -819,6 +880,18 @@ fn parse_media(raw: &[u8], typed: bool) -> ParsedMedia {
         problems,
         conflicts,
     }
+}
+
+/// One parameter as written: `name*1*=value` is (name, Some(1), extended).
+struct RawParam {
+    name: String,
+    /// The RFC 2231 section number, if any.
+    section: Option<u32>,
+    /// RFC 2231 `*`: charset'language'percent-encoded.
+    extended: bool,
+    value: Vec<u8>,
+    /// A quoted value that went across a line break.
+    folded: bool,
 }
 
 /// `name*2*` → (name, Some(2), true); `name*` → (name, None, true).
@@ -973,7 +1046,8 @@ impl Tokens<'_, '_> {
         }
         let value = self.raw[start..self.pos].trim_ascii_end().to_vec();
         if value.iter().any(|&b| b == b' ' || b == b'\t' || b == b'(') {
-            self.problems.push("a parameter value with spaces that is not quoted");
+            self.problems
+                .push("a parameter value with spaces that is not quoted");
         }
         (value, false)
     }

@@ -51,7 +51,8 @@ fn walk(
     let mut archive = match zip::ZipArchive::new(Cursor::new(bytes)) {
         Ok(archive) => archive,
         Err(e) => {
-            out.unseen.push(format!("{label}: not a readable archive ({e})"));
+            out.unseen
+                .push(format!("{label}: not a readable archive ({e})"));
             return;
         }
     };
@@ -72,7 +73,8 @@ fn walk(
                 (name, file.encrypted())
             }
             Err(e) => {
-                out.unseen.push(format!("{label}: entry {index} unreadable ({e})"));
+                out.unseen
+                    .push(format!("{label}: entry {index} unreadable ({e})"));
                 continue;
             }
         };
@@ -191,6 +193,11 @@ pub mod tests {
     fn garbage_is_no_archive() {
         let listing = entries(b"PK\x03\x04 not really", &Limits::default(), "x.zip");
         assert!(listing.entries.is_empty());
-        assert!(listing.unscannable().unwrap().starts_with("x.zip: not a readable archive"));
+        assert!(
+            listing
+                .unscannable()
+                .unwrap()
+                .starts_with("x.zip: not a readable archive")
+        );
     }
 }

@@ -64,32 +64,34 @@ impl Pipeline {
         let decided_by = held
             .clone()
             .or_else(|| verdict.decided_by.clone().map(DecidedBy::Rule));
-        let (outcome, reply, decided_by, reason) =
-            match self.queue(message, &verdict, held.is_some()).await {
-                Ok(()) => (
-                    if held.is_some() {
-                        Outcome::Held
-                    } else {
-                        Outcome::Queued
-                    },
-                    accepted,
-                    decided_by,
-                    String::new(),
-                ),
-                Err(e) => {
-                    tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
-                    (
-                        Outcome::Tempfailed,
-                        Reply::new(
-                            451,
-                            "4.3.0",
-                            "Error: queue file write error; try again later",
-                        ),
-                        Some(DecidedBy::check("queue")),
-                        e.to_string(),
-                    )
-                }
-            };
+        let (outcome, reply, decided_by, reason) = match self
+            .queue(message, &verdict, held.is_some())
+            .await
+        {
+            Ok(()) => (
+                if held.is_some() {
+                    Outcome::Held
+                } else {
+                    Outcome::Queued
+                },
+                accepted,
+                decided_by,
+                String::new(),
+            ),
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot write the message to the queue");
+                (
+                    Outcome::Tempfailed,
+                    Reply::new(
+                        451,
+                        "4.3.0",
+                        "Error: queue file write error; try again later",
+                    ),
+                    Some(DecidedBy::check("queue")),
+                    e.to_string(),
+                )
+            }
+        };
         Event {
             id,
             stage: Stage::Data,

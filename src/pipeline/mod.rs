@@ -456,9 +456,12 @@ impl Pipeline {
         judging.message = message;
         let result = self.run(&mut judging).await;
         self.judged(judging, result, |j| {
-            j.verdict
+            let mut verdict = j
+                .verdict
                 .take()
-                .unwrap_or_else(|| crate::rules::Verdict::deliver(j.sender, j.recipients.to_vec()))
+                .unwrap_or_else(|| crate::rules::Verdict::deliver(j.sender, j.recipients.to_vec()));
+            verdict.normalized = j.normalized.take();
+            verdict
         })
     }
 

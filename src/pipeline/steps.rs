@@ -5,11 +5,11 @@ use super::{Judging, Next, Pipeline, Recipient, Step};
 use crate::address::Path;
 use crate::config::{Ambiguous, DnsblAt, Unscannable};
 use crate::mime::edit::Removal;
-use crate::rules::Final;
-use crate::verdict::{DecidedBy, Outcome};
 use crate::policy::relay::{self, Destination};
 use crate::reply::Reply;
 use crate::rules::Facts;
+use crate::rules::Final;
+use crate::verdict::{DecidedBy, Outcome};
 use crate::verdict::{Decision, Stage};
 
 impl Pipeline {
@@ -187,7 +187,11 @@ impl Pipeline {
         if !reading.is_ambiguous() {
             return Ok(());
         }
-        let problems: Vec<String> = reading.ambiguities.iter().map(ToString::to_string).collect();
+        let problems: Vec<String> = reading
+            .ambiguities
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let action = self.config.mime.ambiguous;
         tracing::info!(
             queue_id = %j.id,
@@ -209,7 +213,9 @@ impl Pipeline {
                 ),
                 reason,
             )),
-            Ambiguous::Quarantine => Err(kept(j.id, "mime.ambiguous", Outcome::Quarantined, reason)),
+            Ambiguous::Quarantine => {
+                Err(kept(j.id, "mime.ambiguous", Outcome::Quarantined, reason))
+            }
             Ambiguous::Normalize => {
                 j.normalized = Some(crate::mime::normalize::rewrite(&reading, j.message));
                 j.content = None;
@@ -294,7 +300,13 @@ fn kept(id: &str, check: &str, outcome: Outcome, reason: String) -> Decision {
 /// Text from a message, fit for a reply line: printable ASCII, not too long.
 fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(160)
         .collect()
 }

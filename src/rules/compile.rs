@@ -89,7 +89,7 @@ impl Compiler {
         if matches!(action, Action::StripAttachments) && !uses_attachments {
             return Err(place.error(
                 spec.action.span().start,
-                "strip_attachments needs when.attachment_name, attachment_extension, attachment_type or attachment_magic to say which attachments",
+                "strip_attachments needs when.attachment_name, attachment_extension, attachment_type, attachment_magic or attachment_unscannable to say which attachments",
             ));
         }
         let stage = when.stage().max(unless.stage());
@@ -202,6 +202,13 @@ impl Compiler {
                 let ids = self.patterns(key, patterns, place, gate)?;
                 set.attachment.push(ids);
             }
+        }
+        // A flag of each attachment, matched like a field whose value is
+        // "true" or "false".
+        if let Some(want) = &c.attachment_unscannable {
+            let value = OneOrMany::from_string(want.span(), want.get_ref().to_string());
+            let ids = self.patterns(FieldKey::AttachmentUnscannable, &value, place, gate)?;
+            set.attachment.push(ids);
         }
         set.data_only = c.min_recipients.is_some()
             || c.max_recipients.is_some()
@@ -533,6 +540,7 @@ impl FieldKey {
             FieldKey::AttachmentExtension => "attachment_extension".into(),
             FieldKey::AttachmentType => "attachment_type".into(),
             FieldKey::AttachmentMagic => "attachment_magic".into(),
+            FieldKey::AttachmentUnscannable => "attachment_unscannable".into(),
         }
     }
 }

@@ -86,6 +86,10 @@ impl RuleSet {
                 {
                     field.matches(magic, &mut ids);
                 }
+                if let Some(field) = self.field(&FieldKey::AttachmentUnscannable) {
+                    let unscannable = attachment.unscannable.is_some();
+                    field.matches(if unscannable { "true" } else { "false" }, &mut ids);
+                }
                 attachments.push(sorted(ids));
             }
         }

@@ -20,6 +20,11 @@ pub struct RuleFile {
 pub struct OneOrMany(Spanned<toml::Value>);
 
 impl OneOrMany {
+    /// One string, as if written at `span`.
+    pub fn from_string(span: std::ops::Range<usize>, value: String) -> OneOrMany {
+        OneOrMany(Spanned::new(span, toml::Value::String(value)))
+    }
+
     /// The strings, each with the place of the value (the list, for a list).
     /// Anything but strings is an error naming the place.
     pub fn strings(&self) -> Result<Vec<Spanned<String>>, (usize, String)> {
@@ -85,6 +90,9 @@ pub struct Conditions {
     pub attachment_extension: Option<OneOrMany>,
     pub attachment_type: Option<OneOrMany>,
     pub attachment_magic: Option<OneOrMany>,
+    /// The engine could not look into all of it (an encrypted archive, one too
+    /// deep or too big for the zip limits).
+    pub attachment_unscannable: Option<Spanned<bool>>,
 }
 
 /// A size: a number of bytes or text such as "10MB".

@@ -123,6 +123,8 @@ pub enum FieldKey {
     AttachmentExtension,
     AttachmentType,
     AttachmentMagic,
+    /// `true` or `false`: whether the engine could look into all of it.
+    AttachmentUnscannable,
 }
 
 #[derive(Debug, Clone)]

@@ -422,13 +422,16 @@ async fn a_release_is_judged_with_the_configured_zip_limits() {
         .send_mail("s@remote.test", &["alice@example.test"], message.as_bytes())
         .await;
     assert_eq!(reply.codes(), "250 2.0.0");
-    let id = reply.text.trim_end().rsplit(' ').next().unwrap().to_string();
+    let id = reply
+        .text
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
     let (ok, out) = cli(&proxy, &["quarantine", "release", &id]);
     assert!(!ok, "released although a rule catches it: {out}");
-    assert!(
-        out.contains("rule no-programs catches it as well"),
-        "{out}"
-    );
+    assert!(out.contains("rule no-programs catches it as well"), "{out}");
     proxy.wait_idle().await;
     assert!(backend.messages().is_empty());
 }

@@ -7,6 +7,7 @@ mod cli;
 mod defences;
 mod delivery;
 mod fixtures;
+mod mime;
 mod pipeline;
 mod protocol;
 mod recipients;

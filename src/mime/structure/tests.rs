@@ -127,13 +127,18 @@ fn conflicting_parameters() {
 
 #[test]
 fn boundaries_readers_delimit_differently() {
-    let with = |header: &str| format!("Content-Type: multipart/mixed; {header}\r\n\r\n--B\r\n\r\nx\r\n--B--\r\n");
+    let with = |header: &str| {
+        format!("Content-Type: multipart/mixed; {header}\r\n\r\n--B\r\n\r\nx\r\n--B--\r\n")
+    };
     assert_flags(&with("boundary=\"B\r\n \""), "folded");
     assert_flags(&with("boundary=\"B \""), "ends with a space");
     assert_flags(&with("boundary=\"B"), "unbalanced quotes");
     assert_flags(&with("(note) boundary=\"B\""), "a comment");
     assert_flags(&with("boundary=\"\""), "an empty boundary");
-    assert_flags(&with(&format!("boundary=\"{}\"", "B".repeat(71))), "longer than 70");
+    assert_flags(
+        &with(&format!("boundary=\"{}\"", "B".repeat(71))),
+        "longer than 70",
+    );
     assert_flags(&with("boundary=\"B\u{e9}\""), "RFC 2046 does not allow");
     assert_flags(
         "Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\n\
@@ -179,7 +184,9 @@ fn structure_readers_close_differently() {
             .encode(b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00")
     };
     assert_flags(
-        &format!("Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\n\r\ny\r\n--B--\r\n{program}\r\n"),
+        &format!(
+            "Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\n\r\ny\r\n--B--\r\n{program}\r\n"
+        ),
         "the epilogue holds an encoded file",
     );
 }
@@ -212,7 +219,9 @@ fn everything_counts_inside_forwarded_messages_too() {
     );
     let found = problems(&once);
     assert!(
-        found.iter().any(|p| p.starts_with("part 1, forwarded message: two Content-Type")),
+        found
+            .iter()
+            .any(|p| p.starts_with("part 1, forwarded message: two Content-Type")),
         "{found:?}"
     );
     let encoded = {
@@ -223,9 +232,14 @@ fn everything_counts_inside_forwarded_messages_too() {
         "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n"
     );
     let found = problems(&hidden);
-    assert!(found.iter().any(|p| p.contains("transfer-encoded")), "{found:?}");
     assert!(
-        found.iter().any(|p| p.contains("forwarded message: two Content-Type")),
+        found.iter().any(|p| p.contains("transfer-encoded")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("forwarded message: two Content-Type")),
         "{found:?}"
     );
 }
