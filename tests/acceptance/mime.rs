@@ -701,3 +701,167 @@ async fn ordinary_mail_arrives_byte_for_byte_in_every_mode() {
         }
     }
 }
+
+/// A zip with the encrypted flag on every entry (the data itself is plain: what
+/// matters is that no reader may look inside without a password).
+fn encrypted_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut zip = zip_of(files);
+    let mut at = 0;
+    while let Some(found) = memchr_find(&zip[at..], b"PK\x03\x04") {
+        let header = at + found;
+        zip[header + 6] |= 1;
+        at = header + 4;
+    }
+    at = 0;
+    while let Some(found) = memchr_find(&zip[at..], b"PK\x01\x02") {
+        let header = at + found;
+        zip[header + 8] |= 1;
+        at = header + 4;
+    }
+    zip
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Three archives nobody can fully look into: four deep (zip_depth = 3), one
+/// whose nested archive is bigger than zip_bytes allows, one encrypted.
+fn unscannable_archives() -> Vec<(&'static str, Vec<u8>)> {
+    let exe = program();
+    let mut deep = zip_of(&[("payload.exe", &exe)]);
+    for level in [4, 3, 2] {
+        deep = zip_of(&[(format!("level{level}.zip").as_str(), &deep)]);
+    }
+    // Bytes that do not compress, so the nested archive itself is big.
+    let mut state = 0x2545_f491_u32;
+    let filler: Vec<u8> = (0..200_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect();
+    let big_inner = zip_of(&[("filler.bin", &filler), ("payload.exe", &exe)]);
+    let bomb = zip_of(&[("inner.zip", &big_inner)]);
+    // Its entry's name says nothing; what it holds cannot be read.
+    let encrypted = encrypted_zip(&[("invoice.pdf", &exe)]);
+    vec![
+        ("deeper than zip_depth", deep),
+        ("past zip_bytes", bomb),
+        ("encrypted", encrypted),
+    ]
+}
+
+fn with_zip(zip: &[u8]) -> String {
+    format!(
+        "{TOP}Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\n{TEXT}--B\r\n\
+         Content-Type: application/zip; name=\"files.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--B--\r\n",
+        b64(zip)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unscannable_archives_are_stripped_by_default_and_logged() {
+    capture_logs();
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = Proxy::start_with_rules_and(
+        backend.addr,
+        "trusted_networks = [\"127.0.0.9/32\"]",
+        STRIP,
+        "[rules]\nzip_bytes = 100000\n",
+    )
+    .await;
+    let archives = unscannable_archives();
+    let mut client = proxy.client().await;
+    for (n, (name, zip)) in archives.iter().enumerate() {
+        let sender = format!("unscannable{n}@remote.test");
+        let reply = client
+            .send_mail(&sender, &["alice@example.test"], with_zip(zip).as_bytes())
+            .await;
+        assert_eq!(reply.codes(), "250 2.0.0", "{name}: {reply:?}");
+    }
+    let received = backend.wait_for(archives.len()).await;
+    for ((name, zip), message) in archives.iter().zip(&received) {
+        let text = String::from_utf8_lossy(&message.data);
+        assert!(
+            text.contains("[mailmoat removed the attachment \"files.zip\" (rule mime.unscannable)"),
+            "{name}:\n{text}"
+        );
+        assert!(!text.contains(&b64(zip)[..60]), "{name}: the archive arrived");
+        assert!(text.contains("The files you asked for."), "{name}");
+    }
+    for (name, expected) in [
+        ("deeper than zip_depth", "an archive deeper than zip_depth = 3"),
+        ("past zip_bytes", "past zip_bytes = 100000"),
+        ("encrypted", "encrypted"),
+    ] {
+        let line = wait_for_logged(name, |v| {
+            v["message"] == "attachment could not be scanned"
+                && v["reason"].as_str().is_some_and(|r| r.contains(expected))
+        })
+        .await;
+        assert_eq!(line["action"], "Strip", "{name}: {line}");
+        assert!(line["queue_id"].as_str().is_some_and(|id| id.len() > 8), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unscannable_archives_can_be_refused_or_quarantined() {
+    for (action, expected) in [("reject", "554 5.7.1"), ("quarantine", "250 2.0.0")] {
+        let backend = Backend::start(DataEnd::Strict).await;
+        let proxy = Proxy::start_with_rules_and(
+            backend.addr,
+            "trusted_networks = [\"127.0.0.9/32\"]",
+            STRIP,
+            &format!("[rules]\nzip_bytes = 100000\n[mime]\nunscannable = \"{action}\"\n"),
+        )
+        .await;
+        let mut client = proxy.client().await;
+        for (name, zip) in unscannable_archives() {
+            let reply = client
+                .send_mail("s@remote.test", &["alice@example.test"], with_zip(&zip).as_bytes())
+                .await;
+            assert_eq!(reply.codes(), expected, "{action} {name}: {reply:?}");
+        }
+        proxy.wait_idle().await;
+        assert!(backend.messages().is_empty(), "{action}: delivered");
+        let output = Command::new(env!("CARGO_BIN_EXE_mailmoat"))
+            .arg("--config")
+            .arg(proxy.config_path())
+            .args(["quarantine", "list", "--rule", "mime.unscannable"])
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&output.stdout);
+        assert!(list.contains("-- 3 item(s)"), "{action}: {list}");
+        let outcome = if action == "reject" { "rejected" } else { "quarantined" };
+        assert_eq!(list.matches(outcome).count(), 3, "{action}: {list}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_can_judge_unscannable_attachments_itself() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let rules = "[[rule]]\nname = \"no-locked-archives\"\nwhen.attachment_unscannable = true\n\
+                 action = \"reject\"\nreply = \"550 5.7.1 Send archives we can open\"\n";
+    let proxy = Proxy::start_with_rules_and(
+        backend.addr,
+        "trusted_networks = [\"127.0.0.9/32\"]",
+        rules,
+        "",
+    )
+    .await;
+    let mut client = proxy.client().await;
+    let (_, encrypted) = unscannable_archives().pop().unwrap();
+    let reply = client
+        .send_mail("s@remote.test", &["alice@example.test"], with_zip(&encrypted).as_bytes())
+        .await;
+    assert_eq!(reply.text, "550 5.7.1 Send archives we can open\r\n");
+    // An archive that can be opened is not caught by the rule.
+    let open = zip_of(&[("notes.txt", b"notes")]);
+    let reply = client
+        .send_mail("s@remote.test", &["alice@example.test"], with_zip(&open).as_bytes())
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0");
+}
