@@ -53,7 +53,13 @@ pub fn strip(raw: &[u8], removals: &[Removal]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut at = 0;
     for (cut, removals) in &cuts {
-        let range = cut.range();
+        let mut range = cut.range();
+        // Cuts nest or stand apart; one that overlapped another would be cut from
+        // where the other ended, so nothing it matched stays.
+        if range.end <= at {
+            continue;
+        }
+        range.start = range.start.max(at);
         let note = note(removals);
         match cut {
             Cut::Part(_) => {
@@ -69,7 +75,7 @@ pub fn strip(raw: &[u8], removals: &[Removal]) -> Vec<u8> {
                 // The message itself is the attachment: new content headers, the
                 // note as its body; its other headers stay.
                 let headers = edit_headers(
-                    &raw[at..body.start],
+                    &raw[at..body.start.max(at)],
                     &[
                         HeaderEdit::Remove("content-type".into()),
                         HeaderEdit::Remove("content-transfer-encoding".into()),
@@ -249,6 +255,25 @@ mod tests {
             &[HeaderEdit::SubjectPrefix("[EXT]".into())],
         );
         assert_eq!(none, b"Subject: [EXT]\r\nFrom: a\r\n\r\nx\r\n");
+    }
+
+    #[test]
+    fn overlapping_cuts_remove_both_and_never_panic() {
+        // Found by fuzz/strip: a block whose line end reached past its part.
+        let raw = b"0123456789abcdefghij";
+        let removal = |cut: Cut| Removal {
+            cut,
+            name: "x".into(),
+            rule: "r".into(),
+        };
+        let out = strip(
+            raw,
+            &[removal(Cut::Block(2..12)), removal(Cut::Part(8..16))],
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("01[mailmoat removed"), "{text}");
+        assert!(text.ends_with("ghij"), "{text}");
+        assert!(!text.contains("89ab"), "{text}");
     }
 
     #[test]

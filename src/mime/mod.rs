@@ -84,7 +84,7 @@ pub enum Cut {
 }
 
 impl Cut {
-    fn range(&self) -> Range<usize> {
+    pub fn range(&self) -> Range<usize> {
         match self {
             Cut::Part(r) | Cut::Block(r) => r.clone(),
             Cut::WholeBody { body } => body.clone(),
@@ -106,8 +106,26 @@ pub struct Content {
 impl Content {
     /// Analyses a raw message (CRLF line ends, as received).
     pub fn analyze(raw: &[u8], limits: &Limits) -> Content {
+        // mail-parser panics on some structures (0.11.9: "Invalid part ID"); a
+        // message it cannot read is not clean, it is unscannable — its body goes
+        // as [mime] unscannable says.
+        let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw));
+        let Ok(parsed) = parsed else {
+            let body = edit::header_end(raw)..raw.len();
+            return Content {
+                attachments: vec![Attachment {
+                    names: Vec::new(),
+                    declared_type: "message".into(),
+                    sniffed: None,
+                    inside: None,
+                    cut: Cut::WholeBody { body },
+                    unscannable: Some("the MIME structure could not be read".into()),
+                }],
+                ..Content::default()
+            };
+        };
         let mut content = Content::default();
-        let Some(message) = MessageParser::default().parse(raw) else {
+        let Some(message) = parsed else {
             return content;
         };
         if let Some(root) = message.parts.first() {
@@ -305,8 +323,9 @@ impl Walk<'_> {
                 (Some(base), Encoding::None) if block.whole_lines => {
                     let start = base + part.offset_body as usize + block.range.start;
                     let mut end = base + part.offset_body as usize + block.range.end;
-                    // The line end goes with the block.
-                    if self.raw[end..].starts_with(b"\r\n") {
+                    // The line end goes with the block, if it is the part's own.
+                    let part_end = base + part.offset_end as usize;
+                    if end + 2 <= part_end && self.raw[end..].starts_with(b"\r\n") {
                         end += 2;
                     }
                     Some(Cut::Block(start..end))

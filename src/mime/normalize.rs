@@ -26,7 +26,7 @@ pub fn rewrite(reading: &Reading<'_>, message: &[u8]) -> Vec<u8> {
         count: 0,
     };
     let mut out = Vec::with_capacity(message.len() + 256);
-    writer.entity(&reading.root, &mut out);
+    writer.entity(&reading.root, &mut out, false);
     out
 }
 
@@ -81,18 +81,29 @@ impl Writer {
         }
     }
 
-    /// Writes an entity; returns the boundaries used in it.
-    fn entity(&mut self, entity: &Entity<'_>, out: &mut Vec<u8>) -> Vec<String> {
+    /// Writes an entity (`forwarded`: what a message/rfc822 part holds); returns
+    /// the boundaries used in it.
+    fn entity(&mut self, entity: &Entity<'_>, out: &mut Vec<u8>, forwarded: bool) -> Vec<String> {
         let mut used = Vec::new();
+        if forwarded && let Body::Message(inner) = &entity.body {
+            return self.wrapped(entity, inner, out);
+        }
         // A part whose own headers every reader takes alike keeps them byte for
         // byte; only what it holds is written again.
         let keep = !entity.header_ambiguous;
         let (structure, body) = match &entity.body {
+            // No part at all: nothing any reader could find in it, and a
+            // multipart with no part is one readers disagree on. An empty text.
+            Body::Multipart(parts) if parts.is_empty() => {
+                let mut structure = self.structure(entity, None);
+                structure.media = Media::text_plain();
+                (Some(structure), Vec::new())
+            }
             Body::Multipart(parts) => {
                 let mut children = Vec::new();
                 for part in parts {
                     let mut bytes = Vec::new();
-                    used.extend(self.entity(part, &mut bytes));
+                    used.extend(self.entity(part, &mut bytes, false));
                     children.push(bytes);
                 }
                 let original = entity.media.param("boundary").unwrap_or_default();
@@ -123,7 +134,7 @@ impl Writer {
             }
             Body::Message(inner) => {
                 let mut body = Vec::new();
-                used.extend(self.entity(inner, &mut body));
+                used.extend(self.entity(inner, &mut body, true));
                 if keep {
                     (None, body)
                 } else {
@@ -186,6 +197,37 @@ impl Writer {
         used
     }
 
+    /// A forwarded message that is itself only a forwarded message, written as
+    /// a multipart holding it, which every reader reads alike.
+    fn wrapped(
+        &mut self,
+        entity: &Entity<'_>,
+        inner: &Entity<'_>,
+        out: &mut Vec<u8>,
+    ) -> Vec<String> {
+        let mut part = b"Content-Type: message/rfc822\r\n\r\n".to_vec();
+        let mut used = self.entity(inner, &mut part, true);
+        let boundary = self.fresh_boundary(std::slice::from_ref(&part), &used);
+        for field in entity.fields.iter().filter(|f| !f.is_structural()) {
+            write_field(&field.raw, out);
+        }
+        let structure = Structure {
+            media: Media {
+                kind: "multipart".into(),
+                subtype: "mixed".into(),
+                params: vec![("boundary".into(), boundary.clone())],
+            },
+            encoding: None,
+            disposition: None,
+        };
+        write_structure(&structure, out);
+        out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+        out.extend_from_slice(&part);
+        out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        used.push(boundary);
+        used
+    }
+
     /// The canonical structural headers of a part: the media type as read (a
     /// multipart or message that could not be read as one is text, where the
     /// content checks see all of it), one file name in both places, and
@@ -194,17 +236,15 @@ impl Writer {
         let mut media = entity.media.clone();
         media.params.retain(|(name, _)| name != "boundary");
         let mut disposition = entity.disposition.clone();
-        if matches!(entity.body, Body::Leaf(_)) {
-            if media.is_multipart() || media.is_message() {
-                media = Media::text_plain();
-            }
-            if let Some(name) = entity.file_name().map(str::to_string) {
-                media.params.retain(|(n, _)| n != "name");
-                media.params.push(("name".into(), name.clone()));
-                if let Some(disposition) = disposition.as_mut() {
-                    disposition.params.retain(|(n, _)| n != "filename");
-                    disposition.params.push(("filename".into(), name));
-                }
+        if matches!(entity.body, Body::Leaf(_)) && (media.is_multipart() || media.is_message()) {
+            media = Media::text_plain();
+        }
+        if let Some(name) = entity.file_name().map(str::to_string) {
+            media.params.retain(|(n, _)| n != "name");
+            media.params.push(("name".into(), name.clone()));
+            if let Some(disposition) = disposition.as_mut() {
+                disposition.params.retain(|(n, _)| n != "filename");
+                disposition.params.push(("filename".into(), name));
             }
         }
         let declared = entity
@@ -342,5 +382,44 @@ mod tests {
             lenient::base64(b"TVqQAAMAAAA")
         );
         assert!(lenient::base64_flaws(body.as_bytes()).is_none(), "{out}");
+    }
+}
+
+#[cfg(test)]
+mod found_by_fuzzing {
+    //! Inputs the `normalize` and `strip` fuzz targets found; each once broke an
+    //! invariant (the rewrite was ambiguous, or mail-parser could not read it).
+    use super::*;
+
+    const FOUND: &[&[u8]] = &[
+        b"Content-Type:multipart;boundary=A",
+        b"Content-Type:multipart;boundary=OUTER2\r\n\n--OUTER2Content-Type: message/rfc822\n\nContent-Type:message/rfc822\n\n\n--OUTER2--\n",
+        b"Content-Type: multipart/;boundary=OUTER2\r\n\n--OUTER2\nContent-Type:message\n\r\nContent-Type: message\n\nS",
+        b"Content-Type:e;*=",
+        b"\r:\n\t\nContent-Type:multipart;boundary=B\n\n--B\n--B",
+        b"Content-Disposition: ;filename=?\nContent-Type:multipart;boundary=\"B\";name=\n\n--B",
+        b":Content-Type:m;name=.exe\n",
+    ];
+
+    #[test]
+    fn every_rewrite_is_read_alike_and_stays_as_it_is() {
+        for input in FOUND {
+            let shown = String::from_utf8_lossy(input);
+            let out = normalize(input).unwrap_or_else(|| panic!("not ambiguous: {shown:?}"));
+            let again = read(&out);
+            assert!(
+                again.ambiguities.is_empty(),
+                "{shown:?}: {:?}",
+                again.ambiguities
+            );
+            assert!(normalize(&out).is_none(), "{shown:?}");
+            let parsed = std::panic::catch_unwind(|| {
+                mail_parser::MessageParser::default().parse(&out).is_some()
+            });
+            assert!(
+                matches!(parsed, Ok(true)),
+                "mail-parser cannot read the rewrite of {shown:?}"
+            );
+        }
     }
 }

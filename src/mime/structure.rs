@@ -212,7 +212,7 @@ pub fn read(message: &[u8]) -> Reading<'_> {
         ambiguities: Vec::new(),
         boundaries: Vec::new(),
     };
-    let root = reader.entity(message, "message", 0, false);
+    let root = reader.entity(message, "message", 0, false, false);
     Reading {
         root,
         ambiguities: reader.ambiguities,
@@ -243,7 +243,15 @@ impl Reader {
 
     /// Reads one entity: a header section, a blank line, a body. `digest`: a part
     /// of a multipart/digest, whose default type is message/rfc822.
-    fn entity<'a>(&mut self, bytes: &'a [u8], at: &str, depth: usize, digest: bool) -> Entity<'a> {
+    /// `forwarded`: the entity is what a message/rfc822 part holds.
+    fn entity<'a>(
+        &mut self,
+        bytes: &'a [u8],
+        at: &str,
+        depth: usize,
+        digest: bool,
+        forwarded: bool,
+    ) -> Entity<'a> {
         let flagged_before = self.ambiguities.len();
         let (fields, body_start) = self.header(bytes, at);
         let body = &bytes[body_start.min(bytes.len())..];
@@ -339,6 +347,13 @@ impl Reader {
             );
         }
 
+        if forwarded && media.is_message() {
+            // mail-parser 0.11.9 panics on it; others read it as a message.
+            self.flag(
+                at,
+                "a forwarded message that is itself only a forwarded message",
+            );
+        }
         let mut header_ambiguous = self.ambiguities.len() > flagged_before;
         let body = if depth >= MAX_DEPTH {
             header_ambiguous = true;
@@ -359,6 +374,12 @@ impl Reader {
             let (body, boundary_clean) = self.multipart(body, &media, at, depth);
             header_ambiguous |= !boundary_clean;
             body
+        } else if media.is_message() && body.iter().all(u8::is_ascii_whitespace) {
+            // Readers disagree on a forwarded message with nothing in it
+            // (mail-parser 0.11.9 panics).
+            header_ambiguous = true;
+            self.flag(at, "an empty forwarded message");
+            Body::Leaf(Cow::Borrowed(body))
         } else if media.is_message() {
             if encoding != Encoding::Identity {
                 header_ambiguous = true;
@@ -372,11 +393,17 @@ impl Reader {
                     &format!("{at}, forwarded message"),
                     depth + 1,
                     false,
+                    true,
                 );
                 Body::Message(Box::new(inner.into_owned()))
             } else {
-                let inner =
-                    self.entity(body, &format!("{at}, forwarded message"), depth + 1, false);
+                let inner = self.entity(
+                    body,
+                    &format!("{at}, forwarded message"),
+                    depth + 1,
+                    false,
+                    true,
+                );
                 Body::Message(Box::new(inner))
             }
         } else {
@@ -432,6 +459,18 @@ impl Reader {
                     finish(&mut fields, start, colon, pos);
                 }
                 match memchr::memchr(b':', content) {
+                    // A name readers would not all take for the same header (none,
+                    // or with characters RFC 5322 does not allow): left out of the
+                    // reading, and it makes the message ambiguous.
+                    Some(colon)
+                        if content[..colon].trim_ascii_end().is_empty()
+                            || !content[..colon]
+                                .trim_ascii_end()
+                                .iter()
+                                .all(|&b| (33..=126).contains(&b)) =>
+                    {
+                        self.flag(at, "a header line with a malformed name");
+                    }
                     Some(colon) => {
                         let name = &content[..colon];
                         if name.ends_with(b" ") || name.ends_with(b"\t") {
@@ -540,7 +579,7 @@ impl Reader {
                 } else {
                     format!("{at}.{}", i + 1)
                 };
-                self.entity(&body[range.clone()], &child_at, depth + 1, digest)
+                self.entity(&body[range.clone()], &child_at, depth + 1, digest, false)
             })
             .collect();
         self.boundaries.pop();
@@ -764,8 +803,18 @@ fn parse_media(raw: &[u8], typed: bool) -> ParsedMedia {
         if tokens.eat(b'/') {
             tokens.space();
             subtype = tokens.token().to_ascii_lowercase();
-        } else if !kind.is_empty() {
+        }
+        if subtype.is_empty() && !kind.is_empty() {
             tokens.problems.push("a media type without a subtype");
+            // What readers fall back to differs; this reading takes the
+            // RFC 2046 default of each kind.
+            subtype = match kind.as_str() {
+                "multipart" => "mixed",
+                "text" => "plain",
+                "message" => "rfc822",
+                _ => "octet-stream",
+            }
+            .into();
         }
     }
     let mut raw_params: Vec<RawParam> = Vec::new();
@@ -798,6 +847,10 @@ fn parse_media(raw: &[u8], typed: bool) -> ParsedMedia {
         let (value, folded) = tokens.value();
         let attribute = attribute.to_ascii_lowercase();
         let (name, section, extended) = rfc2231_name(&attribute);
+        if name.is_empty() {
+            tokens.problems.push("a parameter without a name");
+            continue;
+        }
         raw_params.push(RawParam {
             name,
             section,

@@ -248,3 +248,15 @@ fn a_message_that_is_itself_the_attachment_keeps_its_headers() {
     );
     assert!(!out.contains("application/octet-stream"), "{out}");
 }
+
+#[test]
+fn a_message_the_parser_cannot_read_is_unscannable_not_clean() {
+    // mail-parser 0.11.9 panics on this one (found by fuzz/mime_analysis).
+    let raw = b"Content-Type:multipart;boundary=OUTER2\r\n\n--OUTER2Content-Type: message/rfc822\n\nContent-Type:message/rfc822\n\n\n--OUTER2--\n";
+    let content = Content::analyze(raw, &Limits::default());
+    assert_eq!(content.attachments.len(), 1, "{:?}", content.attachments);
+    assert_eq!(
+        content.attachments[0].unscannable.as_deref(),
+        Some("the MIME structure could not be read")
+    );
+}

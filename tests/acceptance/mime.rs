@@ -789,11 +789,17 @@ async fn unscannable_archives_are_stripped_by_default_and_logged() {
             text.contains("[mailmoat removed the attachment \"files.zip\" (rule mime.unscannable)"),
             "{name}:\n{text}"
         );
-        assert!(!text.contains(&b64(zip)[..60]), "{name}: the archive arrived");
+        assert!(
+            !text.contains(&b64(zip)[..60]),
+            "{name}: the archive arrived"
+        );
         assert!(text.contains("The files you asked for."), "{name}");
     }
     for (name, expected) in [
-        ("deeper than zip_depth", "an archive deeper than zip_depth = 3"),
+        (
+            "deeper than zip_depth",
+            "an archive deeper than zip_depth = 3",
+        ),
         ("past zip_bytes", "past zip_bytes = 100000"),
         ("encrypted", "encrypted"),
     ] {
@@ -803,7 +809,10 @@ async fn unscannable_archives_are_stripped_by_default_and_logged() {
         })
         .await;
         assert_eq!(line["action"], "Strip", "{name}: {line}");
-        assert!(line["queue_id"].as_str().is_some_and(|id| id.len() > 8), "{line}");
+        assert!(
+            line["queue_id"].as_str().is_some_and(|id| id.len() > 8),
+            "{line}"
+        );
     }
 }
 
@@ -821,7 +830,11 @@ async fn unscannable_archives_can_be_refused_or_quarantined() {
         let mut client = proxy.client().await;
         for (name, zip) in unscannable_archives() {
             let reply = client
-                .send_mail("s@remote.test", &["alice@example.test"], with_zip(&zip).as_bytes())
+                .send_mail(
+                    "s@remote.test",
+                    &["alice@example.test"],
+                    with_zip(&zip).as_bytes(),
+                )
                 .await;
             assert_eq!(reply.codes(), expected, "{action} {name}: {reply:?}");
         }
@@ -835,7 +848,11 @@ async fn unscannable_archives_can_be_refused_or_quarantined() {
             .unwrap();
         let list = String::from_utf8_lossy(&output.stdout);
         assert!(list.contains("-- 3 item(s)"), "{action}: {list}");
-        let outcome = if action == "reject" { "rejected" } else { "quarantined" };
+        let outcome = if action == "reject" {
+            "rejected"
+        } else {
+            "quarantined"
+        };
         assert_eq!(list.matches(outcome).count(), 3, "{action}: {list}");
     }
 }
@@ -855,13 +872,21 @@ async fn a_rule_can_judge_unscannable_attachments_itself() {
     let mut client = proxy.client().await;
     let (_, encrypted) = unscannable_archives().pop().unwrap();
     let reply = client
-        .send_mail("s@remote.test", &["alice@example.test"], with_zip(&encrypted).as_bytes())
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test"],
+            with_zip(&encrypted).as_bytes(),
+        )
         .await;
     assert_eq!(reply.text, "550 5.7.1 Send archives we can open\r\n");
     // An archive that can be opened is not caught by the rule.
     let open = zip_of(&[("notes.txt", b"notes")]);
     let reply = client
-        .send_mail("s@remote.test", &["alice@example.test"], with_zip(&open).as_bytes())
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test"],
+            with_zip(&open).as_bytes(),
+        )
         .await;
     assert_eq!(reply.codes(), "250 2.0.0");
 }

@@ -97,6 +97,21 @@ fn duplicate_structural_headers_that_differ() {
 }
 
 #[test]
+fn header_names_readers_read_differently() {
+    // mail-parser takes ":Content-Type:" for Content-Type; others for nothing.
+    assert_flags(
+        ":Content-Type: application/x-msdownload\r\n\r\nx\r\n",
+        "malformed name",
+    );
+    assert_flags("Content\x01Type: text/plain\r\n\r\nx\r\n", "malformed name");
+    assert_flags(
+        "Content-Type : text/plain\r\n\r\nx\r\n",
+        "white space before the colon",
+    );
+    assert_clean("X-Custom-Header: value\r\n\r\nx\r\n");
+}
+
+#[test]
 fn conflicting_parameters() {
     assert_flags(
         "Content-Type: multipart/mixed; boundary=A; boundary=B\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n",
