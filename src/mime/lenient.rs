@@ -8,16 +8,23 @@ use std::ops::Range;
 
 use super::sniff::sniff;
 
+/// The value of each byte as a base64 character; 0xff for the rest, 0xfe for `=`.
+const SEXTETS: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut i = 0;
+    while i < 64 {
+        table[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    table[b'=' as usize] = 0xfe;
+    table
+};
+
 /// The value of a base64 character, or None.
 fn sextet(b: u8) -> Option<u8> {
-    match b {
-        b'A'..=b'Z' => Some(b - b'A'),
-        b'a'..=b'z' => Some(b - b'a' + 26),
-        b'0'..=b'9' => Some(b - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
+    let value = SEXTETS[b as usize];
+    (value < 64).then_some(value)
 }
 
 pub fn is_base64_char(b: u8) -> bool {
@@ -29,23 +36,48 @@ pub fn is_base64_char(b: u8) -> bool {
 /// ending the text — so whatever follows padding in the middle is decoded too,
 /// as some readers do (others stop there: they read a part of this).
 pub fn base64(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 3);
     let mut acc = 0u32;
     let mut bits = 0;
-    for &b in text {
-        if b == b'=' {
-            acc = 0;
-            bits = 0;
-            continue;
+    let mut i = 0;
+    while i < text.len() {
+        // Fast path: four clean characters at a group boundary.
+        if bits == 0
+            && let Some(group) = text.get(i..i + 4)
+        {
+            let v = [
+                SEXTETS[group[0] as usize],
+                SEXTETS[group[1] as usize],
+                SEXTETS[group[2] as usize],
+                SEXTETS[group[3] as usize],
+            ];
+            if v.iter().all(|&x| x < 64) {
+                let n = (u32::from(v[0]) << 18)
+                    | (u32::from(v[1]) << 12)
+                    | (u32::from(v[2]) << 6)
+                    | u32::from(v[3]);
+                out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+                i += 4;
+                continue;
+            }
         }
-        let Some(value) = sextet(b) else { continue };
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
+        match SEXTETS[text[i] as usize] {
+            0xfe => {
+                acc = 0;
+                bits = 0;
+            }
+            value if value < 64 => {
+                acc = (acc << 6) | u32::from(value);
+                bits += 6;
+                if bits >= 8 {
+                    bits -= 8;
+                    out.push((acc >> bits) as u8);
+                    acc &= (1 << bits) - 1;
+                }
+            }
+            _ => {}
         }
+        i += 1;
     }
     out
 }
@@ -261,17 +293,33 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
             continue;
         }
         // Whole lines of base64, one after another.
-        let whole = |l: &[u8]| l.len() >= 16 && l.iter().all(|&b| is_base64_char(b) || b == b'=');
+        let mut seen = 0u64;
+        let mut whole = |l: &[u8]| {
+            l.len() >= 16
+                && l.iter().all(|&b| match SEXTETS[b as usize] {
+                    0xfe => true,
+                    value if value < 64 => {
+                        seen |= 1 << value;
+                        true
+                    }
+                    _ => false,
+                })
+        };
         if whole(line) {
-            let mut j = i;
+            let mut j = i + 1;
             while j < all.len() && whole(all[j].1) {
                 j += 1;
             }
             let run = all[i].0.start..all[j - 1].0.end;
             let chars = all[i..j].iter().map(|(_, l)| l.len()).sum::<usize>();
-            if chars >= MIN_RUN {
+            // A file that is worth a look (a program, an archive, a document)
+            // never encodes to a handful of characters; a line of dashes or
+            // letters does, and is not decoded.
+            if chars >= MIN_RUN && seen.count_ones() >= 8 {
                 let decoded = base64(&text[run.clone()]);
-                if let Some(kind) = sniff_payload(&decoded) {
+                let kind =
+                    sniff_payload(&decoded).or_else(|| contains_program(&decoded).then_some("exe"));
+                if let Some(kind) = kind {
                     found.push(Embedded {
                         name: "(base64 in the text)".into(),
                         range: run,

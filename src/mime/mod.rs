@@ -161,7 +161,7 @@ struct Walk<'a> {
     content: &'a mut Content,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
     /// Walks a (possibly nested) message. `base`: where its offsets point in the
     /// original bytes (`Some(0)` at the top and in forwarded messages that are not
     /// transfer-encoded); `None` when they point into a decoded copy, in which case
@@ -259,15 +259,18 @@ impl Walk<'_> {
 
     /// The body of a part as a forgiving reader decodes it, when its bytes are in
     /// the original message.
-    fn decoded(&self, part: &mail_parser::MessagePart<'_>, base: Option<usize>) -> Option<Vec<u8>> {
+    fn decoded(
+        &self,
+        part: &mail_parser::MessagePart<'_>,
+        base: Option<usize>,
+    ) -> Option<std::borrow::Cow<'a, [u8]>> {
         let base = base?;
-        let body = self
-            .raw
-            .get(base + part.offset_body as usize..base + part.offset_end as usize)?;
+        let raw: &'a [u8] = self.raw;
+        let body = raw.get(base + part.offset_body as usize..base + part.offset_end as usize)?;
         Some(match part.encoding {
-            Encoding::Base64 => lenient::base64(body),
-            Encoding::QuotedPrintable => lenient::quoted_printable(body),
-            Encoding::None => body.to_vec(),
+            Encoding::Base64 => lenient::base64(body).into(),
+            Encoding::QuotedPrintable => lenient::quoted_printable(body).into(),
+            Encoding::None => body.into(),
         })
     }
 
