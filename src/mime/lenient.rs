@@ -82,6 +82,81 @@ pub fn base64(text: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Base64 as a decoder that ignores `=` wherever it stands reads it (the other
+/// reading of padding in the middle).
+pub fn base64_skipping_padding(text: &[u8]) -> Vec<u8> {
+    let chars: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|&b| SEXTETS[b as usize] < 64)
+        .collect();
+    base64(&chars)
+}
+
+/// Where a base64 decoder stands: characters since the last group boundary and
+/// the last three values.
+#[derive(Default)]
+struct Groups {
+    position: usize,
+    last: [u8; 3],
+}
+
+impl Groups {
+    /// Feeds one value; true when the text so far ends with "MZ" encoded at one
+    /// of the three byte alignments.
+    fn feed(&mut self, value: u8) -> bool {
+        let [l0, l1, l2] = self.last;
+        let hit = self.position >= 2
+            && match self.position % 4 {
+                // "MZ" at bytes 0 and 1 of a group: T V [o-r].
+                2 => l1 == 19 && l2 == 21 && (40..=43).contains(&value),
+                // At bytes 1 and 2: ? [EUk0] 1 a.
+                3 => value == 26 && l2 == 53 && l1 & 15 == 4,
+                // At byte 2 and the next group's byte 0: ? ? [x1] N | W [g-v].
+                1 => (32..=47).contains(&value) && l2 == 22 && l1 == 13 && l0 & 3 == 1,
+                _ => false,
+            };
+        self.last = [l1, l2, value];
+        self.position += 1;
+        hit
+    }
+}
+
+/// Whether some reading of a base64 text (padding ending a group, or padding
+/// skipped) could hold a Windows program: the encoded "MZ" appears. Looks at
+/// each character once, decodes nothing.
+pub fn may_hold_program(text: &[u8]) -> bool {
+    // Every encoded "MZ" has "TV", "1a" or "NW" in it (line ends and padding
+    // between them aside): text without one of these pairs is passed over at
+    // memchr speed.
+    let pair = memchr::memchr3_iter(b'T', b'1', b'N', text).any(|at| {
+        let next = text[at + 1..]
+            .iter()
+            .find(|&&b| !matches!(b, b'\r' | b'\n' | b'='));
+        matches!(
+            (text[at], next),
+            (b'T', Some(b'V')) | (b'1', Some(b'a')) | (b'N', Some(b'W'))
+        )
+    });
+    if !pair {
+        return false;
+    }
+    let mut grouped = Groups::default();
+    let mut skipping = Groups::default();
+    for &b in text {
+        match SEXTETS[b as usize] {
+            0xfe => grouped = Groups::default(),
+            value if value < 64 => {
+                if grouped.feed(value) | skipping.feed(value) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A Windows program anywhere in the bytes (not only at their start: a byte or
 /// two before it, and one reader's file is another's program).
 pub fn contains_program(bytes: &[u8]) -> bool {
@@ -293,16 +368,11 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
             continue;
         }
         // Whole lines of base64, one after another.
-        let mut seen = 0u64;
-        let mut whole = |l: &[u8]| {
+        // No early exit: the compiler makes this a vector loop.
+        let whole = |l: &[u8]| {
             l.len() >= 16
-                && l.iter().all(|&b| match SEXTETS[b as usize] {
-                    0xfe => true,
-                    value if value < 64 => {
-                        seen |= 1 << value;
-                        true
-                    }
-                    _ => false,
+                && l.iter().fold(true, |all, &b| {
+                    all & (b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
                 })
         };
         if whole(line) {
@@ -312,13 +382,18 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
             }
             let run = all[i].0.start..all[j - 1].0.end;
             let chars = all[i..j].iter().map(|(_, l)| l.len()).sum::<usize>();
-            // A file that is worth a look (a program, an archive, a document)
-            // never encodes to a handful of characters; a line of dashes or
-            // letters does, and is not decoded.
-            if chars >= MIN_RUN && seen.count_ones() >= 8 {
-                let decoded = base64(&text[run.clone()]);
-                let kind =
-                    sniff_payload(&decoded).or_else(|| contains_program(&decoded).then_some("exe"));
+            if chars >= MIN_RUN {
+                let encoded = &text[run.clone()];
+                // What it begins with tells most files; a program may begin
+                // anywhere, and only a run that holds an encoded "MZ" is decoded
+                // whole to look for one.
+                let head = base64(&encoded[..encoded.len().min(2048)]);
+                let kind = sniff_payload(&head).or_else(|| {
+                    (may_hold_program(encoded)
+                        && (contains_program(&base64(encoded))
+                            || contains_program(&base64_skipping_padding(encoded))))
+                    .then_some("exe")
+                });
                 if let Some(kind) = kind {
                     found.push(Embedded {
                         name: "(base64 in the text)".into(),
@@ -461,6 +536,26 @@ mod tests {
         let text = "Dear all,\r\nThe link https://example.com/track/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789 \r\n\
                     aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=\r\nRegards\r\n";
         assert!(embedded(text.as_bytes()).is_empty());
+    }
+
+    #[test]
+    fn an_encoded_mz_is_seen_at_every_alignment_and_either_reading_of_padding() {
+        let mut program = vec![0u8; 64];
+        program[..2].copy_from_slice(b"MZ");
+        program[0x3c] = 0x40;
+        program.extend_from_slice(b"PE\0\0rest of the program");
+        for prefix in [&b""[..], b"a", b"ab"] {
+            let bytes = [prefix, &program].concat();
+            assert!(may_hold_program(b64(&bytes).as_bytes()), "{prefix:?}");
+        }
+        // Padding inside a group: a reader skipping it reads the program.
+        let encoded = b64(&program);
+        let split = format!("{}={}", &encoded[..3], &encoded[3..]);
+        assert!(may_hold_program(split.as_bytes()));
+        assert!(contains_program(&base64_skipping_padding(split.as_bytes())));
+        assert!(!may_hold_program(
+            b"1XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX2XXXXXXXXXXXX"
+        ));
     }
 
     #[test]
