@@ -146,11 +146,8 @@ pub fn may_hold_program(text: &[u8]) -> bool {
     for &b in text {
         match SEXTETS[b as usize] {
             0xfe => grouped = Groups::default(),
-            value if value < 64 => {
-                if grouped.feed(value) | skipping.feed(value) {
-                    return true;
-                }
-            }
+            // Both readings are fed; either may be the one that finds it.
+            value if value < 64 && (grouped.feed(value) | skipping.feed(value)) => return true,
             _ => {}
         }
     }
