@@ -14,7 +14,8 @@ use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::delivery::Delivery;
 use crate::queue::spool::Spool;
-use crate::smtp::listener::{ConnectionLimits, accept_loop};
+use crate::smtp::listener::{ConnectionLimits, Phase, accept_loop};
+use crate::smtp::memory::MemoryBudget;
 use crate::smtp::session::Shared;
 use crate::smtp_client::Target;
 use crate::store::Store;
@@ -25,7 +26,7 @@ pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
     pub queue: Arc<Queue>,
     config: Arc<Config>,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Phase>,
     limits: Arc<ConnectionLimits>,
     listeners: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -112,7 +113,7 @@ impl Server {
             }
         };
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(cert), Some(key)) => Some(crate::smtp::tls::acceptor(cert, key)?),
             _ => None,
@@ -124,6 +125,10 @@ impl Server {
         )?;
         let auth =
             crate::policy::auth::Authenticator::new(&config.auth, &backend_target)?.map(Arc::new);
+        let limits = ConnectionLimits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        );
         let pipeline = Pipeline::build(
             config.clone(),
             dns.clone(),
@@ -137,11 +142,9 @@ impl Server {
             config: config.clone(),
             rules,
             shutdown: shutdown_rx.clone(),
+            connections: limits.clone(),
+            memory: MemoryBudget::new(config.limits.data_memory.bytes()),
         });
-        let limits = ConnectionLimits::new(
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
-        );
         let mut local_addrs = Vec::new();
         let mut listeners = Vec::new();
         let plain = config.server.listen.iter().map(|a| (a, None));
@@ -175,9 +178,10 @@ impl Server {
     }
 
     /// Stops accepting, lets sessions finish what they are doing (a DATA in progress
-    /// is read and queued) within the grace period, then stops delivery.
+    /// is read and queued) within the grace period; past it, tells every session
+    /// still open `421 4.3.2` and closes it; then stops delivery.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(Phase::Draining);
         for listener in &self.listeners {
             listener.abort();
         }
@@ -187,7 +191,18 @@ impl Server {
             .await
             .is_err()
         {
-            tracing::warn!("sessions still open after the shutdown grace period");
+            let open = self.limits.open();
+            tracing::warn!(
+                sessions = open,
+                "sessions still open after the shutdown grace period; closing them"
+            );
+            let _ = self.shutdown.send(Phase::Closing);
+            // Long enough for each to write its 421.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                self.limits.total.acquire_many(all),
+            )
+            .await;
         }
         for task in &self.background {
             task.abort();

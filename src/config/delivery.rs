@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ByteSize;
+
 /// Whether to use STARTTLS towards a server mailmoat delivers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,6 +32,10 @@ pub struct BackendConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Wait for the greeting and the EHLO reply of a new connection: a server that
+    /// takes TCP but never speaks is given up on after this.
+    #[serde(with = "humantime_serde")]
+    pub greeting_timeout: Duration,
     /// Wait for each reply of the backend.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
@@ -46,6 +52,7 @@ impl Default for BackendConfig {
             tls_verify: true,
             ca_file: None,
             connect_timeout: Duration::from_secs(30),
+            greeting_timeout: Duration::from_secs(60),
             command_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(10),
         }
@@ -113,6 +120,10 @@ pub struct QueueConfig {
     /// After this long in the queue, undelivered recipients are bounced.
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
+    /// With less than this free on the spool's file system, new mail gets
+    /// `452 4.3.1` at MAIL FROM (Postfix's `queue_minfree`). Unset: four times
+    /// `limits.message_size_limit`.
+    pub min_free_space: Option<ByteSize>,
 }
 
 impl Default for QueueConfig {
@@ -124,6 +135,7 @@ impl Default for QueueConfig {
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
             max_lifetime: Duration::from_secs(5 * 24 * 3600),
+            min_free_space: None,
         }
     }
 }

@@ -172,6 +172,15 @@ impl Config {
                 ));
             }
         }
+        if !(self.limits.stress_threshold > 0.0 && self.limits.stress_threshold <= 1.0) {
+            return Err(invalid(
+                &[&["limits", "stress_threshold"]],
+                format!(
+                    "limits.stress_threshold = {}: give a share of max_connections between 0 and 1, such as 0.8",
+                    self.limits.stress_threshold
+                ),
+            ));
+        }
         if self.limits.line_length_limit < 512 {
             return Err(invalid(
                 &[&["limits", "line_length_limit"]],
@@ -295,9 +304,24 @@ impl Config {
         })
     }
 
+    /// The free space the spool needs to take new mail.
+    pub fn min_free_space(&self) -> u64 {
+        self.queue
+            .min_free_space
+            .map_or(4 * self.limits.message_size_limit as u64, ByteSize::bytes)
+    }
+
     /// Things that work but that an administrator should know about.
     pub fn warnings(&self) -> Warnings {
         let mut warnings = Vec::new();
+        if self.server.max_connections_per_ip >= self.server.max_connections {
+            warnings.push(format!(
+                "server.max_connections_per_ip ({}) is not below server.max_connections ({}): \
+                 one address could take every connection; a tenth of them stays kept for \
+                 other networks all the same",
+                self.server.max_connections_per_ip, self.server.max_connections
+            ));
+        }
         if self.relay.hosted_domains.is_empty() {
             warnings.push(
                 "relay.hosted_domains is empty: no inbound mail will be accepted".to_string(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DomainName, Network};
+use super::{ByteSize, DomainName, Network};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,9 +79,23 @@ pub struct LimitsConfig {
     /// Wait for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// Wait for the next block of message data (RFC 5321 4.5.3.2.5: at least 3 minutes).
+    /// Wait for each line of message data (RFC 5321 4.5.3.2.5: at least 3 minutes).
+    /// Both are deadlines for a whole line, not idle timers: a client that drips a
+    /// byte at a time is closed all the same.
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// How long one session may last in all.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Above this share of `server.max_connections` in use, the server is under
+    /// stress and waits only `stress_timeout` for commands and data (Postfix's
+    /// stress mode).
+    pub stress_threshold: f64,
+    #[serde(with = "humantime_serde")]
+    pub stress_timeout: Duration,
+    /// Message data held in memory by all sessions together; past it, a message
+    /// being received gets `451 4.3.1` instead of more memory.
+    pub data_memory: ByteSize,
     pub bare_line_endings: BareLineEndings,
 }
 
@@ -95,6 +109,10 @@ impl Default for LimitsConfig {
             junk_command_limit: 100,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            session_timeout: Duration::from_secs(3600),
+            stress_threshold: 0.8,
+            stress_timeout: Duration::from_secs(10),
+            data_memory: ByteSize(256 << 20),
             bare_line_endings: BareLineEndings::Reject,
         }
     }

@@ -54,10 +54,12 @@ pub const CONNECT: &[Step] = &[
 /// At HELO/EHLO: a name that claims to be this server.
 pub const HELO: &[Step] = &[Step::HeloNotOurs];
 
-/// At MAIL FROM: a logged-in client's right to the sender address, the sender
+/// At MAIL FROM: room on the spool for a message, a logged-in client's right
+/// to the sender address, the sender
 /// deny list, the sender domain's existence, the message rates, then the rules
 /// that can judge a sender.
 pub const MAIL: &[Step] = &[
+    Step::SpoolSpace,
     Step::SenderLogin,
     Step::SenderDeny,
     Step::SenderDomain,
@@ -114,6 +116,8 @@ pub enum Step {
     Pregreet,
     /// `[checks] helo_not_ours`.
     HeloNotOurs,
+    /// `[queue] min_free_space`: room on the spool for new mail.
+    SpoolSpace,
     /// `[auth] restrict_senders`: a logged-in user sends as themselves.
     SenderLogin,
     /// `[checks] sender_deny_file`.
@@ -165,7 +169,8 @@ impl Step {
             Step::ConnectionRate | Step::MessageRate | Step::RecipientRate | Step::BodyFlood => {
                 Spares::LimitsExempt
             }
-            Step::SenderLogin
+            Step::SpoolSpace
+            | Step::SenderLogin
             | Step::ReleaseAddress
             | Step::Relay
             | Step::Recipients

@@ -64,6 +64,7 @@ impl Pipeline {
                     ));
                 }
             }
+            Step::SpoolSpace => self.spool_space()?,
             Step::SenderDeny => self.checks.sender_deny(j.sender_domain)?,
             Step::SenderDomain => self.checks.sender_domain(j.sender_domain).await?,
             Step::MessageRate => self.mailbomb.message(ip, j.sender)?,
@@ -175,6 +176,28 @@ impl Pipeline {
                     format!("<{raw}>: not a valid release address"),
                 ),
                 "release address with a wrong signature",
+            )),
+        }
+    }
+
+    /// New mail only while the spool has room for it (Postfix's
+    /// `queue_minfree`): refused early, at MAIL FROM, not after the whole body.
+    fn spool_space(&self) -> Result<(), Decision> {
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        let minimum = self.config.min_free_space();
+        match queue.free_space() {
+            Ok(free) if free >= minimum => Ok(()),
+            Ok(free) => Err(Decision::refuse(
+                "queue.free_space",
+                Reply::new(452, "4.3.1", "Insufficient system storage; try again later"),
+                format!("{free} bytes free on the spool, less than min_free_space = {minimum}"),
+            )),
+            Err(e) => Err(Decision::refuse(
+                "queue.free_space",
+                Reply::new(452, "4.3.1", "Insufficient system storage; try again later"),
+                format!("cannot tell the spool's free space: {e}"),
             )),
         }
     }

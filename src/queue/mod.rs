@@ -53,6 +53,8 @@ pub struct Queue {
     /// commits, since an unlink costs more than a create and nobody waits for it.
     removals: mpsc::Sender<(QueueState, String)>,
     fresh: Mutex<Fresh>,
+    /// The last look at the spool's free space.
+    free_space: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Queue {
@@ -83,6 +85,7 @@ impl Queue {
             commits,
             removals,
             fresh: Mutex::new(Fresh::default()),
+            free_space: Mutex::new(None),
         })
     }
 
@@ -106,6 +109,14 @@ impl Queue {
     ) -> io::Result<()> {
         envelope.size = message.len() as u64;
         envelope.message_crc32 = envelope::message_checksum(&message);
+        if let Some((_, free)) = self
+            .free_space
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            *free = free.saturating_sub(message.len() as u64 + 4096);
+        }
         let id = envelope.id.clone();
         let message = Arc::new(message);
         let (done, result) = oneshot::channel();
@@ -154,6 +165,21 @@ impl Queue {
             fresh.order.remove(at);
         }
         Some(taken)
+    }
+
+    /// Bytes free on the spool's file system, looked up at most once a second
+    /// (a statvfs per MAIL FROM would cost little; none at all costs less) and
+    /// lowered by every message written since, so a burst cannot outrun it.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let mut cached = self.free_space.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, free)) = *cached
+            && at.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return Ok(free);
+        }
+        let free = self.spool.free_space()?;
+        *cached = Some((std::time::Instant::now(), free));
+        Ok(free)
     }
 
     /// Waits until nothing is being delivered and nothing is due (see

@@ -343,8 +343,14 @@ impl Spool {
         }
         let temporary = self.file(state, &envelope.id, "env.tmp");
         let _ = fs::remove_file(&temporary);
-        write_new(&temporary, envelope.to_file_text().as_bytes())?.sync_data()?;
-        fs::rename(&temporary, &target)?;
+        let written = write_new(&temporary, envelope.to_file_text().as_bytes())
+            .and_then(|file| file.sync_data())
+            .and_then(|()| fs::rename(&temporary, &target));
+        if let Err(e) = written {
+            // A full disk must not leave a half-written envelope behind.
+            let _ = fs::remove_file(&temporary);
+            return Err(e);
+        }
         sync_folder(&self.folder(state))
     }
 
@@ -416,6 +422,21 @@ impl Spool {
             return Ok(file);
         }
         write_new(path, bytes)
+    }
+
+    /// Bytes free for an unprivileged user on the spool's file system.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+            .map_err(io::Error::other)?;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a valid C string and a buffer statvfs fills on success.
+        let result = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: statvfs returned 0, so it filled the buffer.
+        let stat = unsafe { stat.assume_init() };
+        Ok(stat.f_bavail * stat.f_frsize)
     }
 
     /// Ids of the messages in a state, oldest first.

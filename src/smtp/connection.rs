@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::data::DataReader;
 use crate::reply::Reply;
@@ -123,8 +124,8 @@ impl Connection {
         memchr::memchr(b'\n', &self.input[self.start..]).is_some()
     }
 
-    /// Sends pending replies, then waits for more input.
-    async fn fill(&mut self, timeout: Duration, chunk: usize) -> Result<(), ReadError> {
+    /// Sends pending replies, then waits for more input, until `deadline`.
+    async fn fill(&mut self, deadline: Instant, chunk: usize) -> Result<(), ReadError> {
         self.flush().await.map_err(ReadError::Io)?;
         if self.start > 0 {
             self.input.drain(..self.start);
@@ -133,7 +134,8 @@ impl Connection {
         // read_buf appends to spare capacity, so a read cancelled by shutdown leaves
         // the buffer as it was.
         self.input.reserve(chunk);
-        let n = match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input)).await {
+        let n = match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.input)).await
+        {
             Err(_) => return Err(ReadError::TimedOut),
             Ok(Err(e)) => return Err(ReadError::Io(e)),
             Ok(Ok(n)) => n,
@@ -144,8 +146,10 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads one line of at most `limit` octets (LF included).
-    pub async fn read_line(&mut self, limit: usize, timeout: Duration) -> Result<Line, ReadError> {
+    /// Reads one line of at most `limit` octets (LF included). The whole line must
+    /// arrive by `deadline`: a client dripping a byte at a time does not keep the
+    /// connection by it.
+    pub async fn read_line(&mut self, limit: usize, deadline: Instant) -> Result<Line, ReadError> {
         let mut discarding = false;
         loop {
             let pending = &self.input[self.start..];
@@ -163,16 +167,21 @@ impl Connection {
                 discarding = true;
                 self.start = self.input.len();
             }
-            self.fill(timeout, READ_CHUNK).await?;
+            self.fill(deadline, READ_CHUNK).await?;
         }
     }
 
-    /// Feeds input to the DATA reader until it sees the end of the data.
+    /// Feeds input to the DATA reader until it sees the end of the data. Each
+    /// line must arrive whole within `timeout` of the one before it, and all of it
+    /// by `last` (the session's own end).
     pub async fn read_data(
         &mut self,
         reader: &mut DataReader,
         timeout: Duration,
+        last: Instant,
     ) -> Result<(), ReadError> {
+        let mut lines = reader.lines();
+        let mut deadline = (Instant::now() + timeout).min(last);
         loop {
             let pending = &self.input[self.start..];
             if !pending.is_empty() {
@@ -183,8 +192,12 @@ impl Connection {
                     }
                     None => self.start = self.input.len(),
                 }
+                if reader.lines() != lines {
+                    lines = reader.lines();
+                    deadline = (Instant::now() + timeout).min(last);
+                }
             }
-            self.fill(timeout, DATA_CHUNK).await?;
+            self.fill(deadline, DATA_CHUNK).await?;
         }
     }
 

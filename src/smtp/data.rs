@@ -6,6 +6,9 @@
 //! client hid behind a `<LF>.<LF>` (a second MAIL, RCPT, DATA …) is swallowed as part
 //! of the refused message instead of being run or forwarded.
 
+use std::sync::Arc;
+
+use super::memory::{MemoryBudget, Reservation};
 use crate::config::BareLineEndings;
 use crate::reply::Reply;
 
@@ -31,6 +34,8 @@ pub struct Violations {
     pub nul: usize,
     pub long_lines: usize,
     pub oversize: bool,
+    /// The memory budget for message data ran out while reading it.
+    pub no_memory: bool,
 }
 
 /// Reads one message's data, chunk by chunk as it arrives.
@@ -46,6 +51,10 @@ pub struct DataReader {
     /// Octets of message content seen, including any beyond the limit.
     size: usize,
     violations: Violations,
+    /// Lines ended so far (for the per-line deadline).
+    lines: usize,
+    /// What `message` holds of the memory budget.
+    reservation: Reservation,
 }
 
 /// How the DATA phase ended.
@@ -76,7 +85,35 @@ impl DataReader {
             message: prefix,
             size: 0,
             violations: Violations::default(),
+            lines: 0,
+            reservation: Reservation::default(),
         }
+    }
+
+    /// Holds the message against a memory budget: past it, the message is
+    /// refused with `451 4.3.1` and what was read is let go.
+    pub fn with_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.reservation = Reservation::new(budget);
+        if !self.reservation.grow_to(self.message.capacity() as u64) {
+            self.out_of_memory();
+        }
+        self
+    }
+
+    /// Lines ended so far.
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    /// The memory the message holds, to keep until the message is queued.
+    pub fn take_reservation(&mut self) -> Reservation {
+        self.reservation.take()
+    }
+
+    fn out_of_memory(&mut self) {
+        self.violations.no_memory = true;
+        self.message = Vec::new();
+        self.reservation.release();
     }
 
     /// Feeds received bytes. Returns `Some(n)` when the end of data was found after
@@ -195,6 +232,7 @@ impl DataReader {
     }
 
     fn end_line(&mut self) {
+        self.lines += 1;
         if self.line_len > self.line_limit {
             self.violations.long_lines += 1;
         }
@@ -202,13 +240,25 @@ impl DataReader {
 
     fn emit(&mut self, bytes: &[u8]) {
         self.size += bytes.len();
-        if self.violations.oversize {
+        if self.violations.oversize || self.violations.no_memory {
             return;
         }
         if self.size > self.size_limit {
             self.violations.oversize = true;
             self.message = Vec::new();
+            self.reservation.release();
             return;
+        }
+        let needed = self.message.len() + bytes.len();
+        if needed > self.message.capacity() {
+            // A quarter more each time: the budget counts what is really held (a
+            // doubling vector holds up to twice its message), and with large
+            // buffers mapped apart (see main.rs) growing one costs no copy.
+            let grown = needed.max(self.message.capacity() * 5 / 4).max(64 * 1024);
+            if !self.reservation.grow_to(grown as u64) {
+                return self.out_of_memory();
+            }
+            self.message.reserve_exact(grown - self.message.len());
         }
         self.message.extend_from_slice(bytes);
     }
@@ -221,7 +271,13 @@ impl DataReader {
         }
         let v = self.violations;
         let reject_bare = self.mode == BareLineEndings::Reject;
-        let refusal = if v.nul > 0 {
+        let refusal = if v.no_memory {
+            Some(Reply::new(
+                451,
+                "4.3.1",
+                "Insufficient system resources: too much mail arriving at once; try again later",
+            ))
+        } else if v.nul > 0 {
             Some(Reply::new(
                 500,
                 "5.5.2",

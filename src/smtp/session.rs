@@ -15,12 +15,15 @@ mod rcpt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::command::{self, Command, MailParams};
 use super::connection::{Connection, Line, ReadError};
+use super::listener::{ConnectionLimits, Phase};
+use super::memory::MemoryBudget;
 use crate::address::Path;
 use crate::config::Config;
 use crate::pipeline::{Greeting, Kept, Pipeline};
@@ -40,8 +43,12 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// For AUTH; None when AUTH is off.
     pub auth: Option<Arc<crate::policy::auth::Authenticator>>,
-    /// Turns true when the server is shutting down.
-    pub shutdown: watch::Receiver<bool>,
+    /// Where the server is in its life (running, draining, closing).
+    pub shutdown: watch::Receiver<Phase>,
+    /// The open connections: above a share of them, timeouts shorten.
+    pub connections: Arc<ConnectionLimits>,
+    /// The memory all sessions may hold for message data.
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// The mail transaction between MAIL and the end of DATA.
@@ -57,6 +64,8 @@ struct Transaction {
 struct Session {
     conn: Connection,
     shared: Arc<Shared>,
+    /// When the session must end, however it goes (`limits.session_timeout`).
+    ends: Instant,
     /// What the checks know of the client.
     peer: Peer,
     /// EHLO, not HELO.
@@ -100,6 +109,7 @@ pub async fn run(conn: Connection, shared: Arc<Shared>) {
         tls: conn.tls,
     };
     let mut session = Session {
+        ends: Instant::now() + shared.config.limits.session_timeout,
         rules: shared.rules.current(),
         peer,
         conn,
@@ -132,6 +142,37 @@ impl Session {
 
     fn pipeline(&self) -> Arc<Pipeline> {
         self.shared.pipeline.clone()
+    }
+
+    /// How long to wait for a command or a line of data: `normal`, or the
+    /// stress timeout while most connections are in use.
+    fn patience(&self, normal: Duration) -> Duration {
+        let limits = &self.config().limits;
+        if self
+            .shared
+            .connections
+            .under_stress(limits.stress_threshold)
+        {
+            normal.min(limits.stress_timeout)
+        } else {
+            normal
+        }
+    }
+
+    /// By when the next command line must have arrived, whole.
+    fn command_deadline(&self) -> Instant {
+        (Instant::now() + self.patience(self.config().limits.command_timeout)).min(self.ends)
+    }
+
+    /// `421 4.4.2` for a client too slow (or a session too long).
+    fn timed_out(&mut self) {
+        let text = if Instant::now() >= self.ends {
+            "Error: session lasted too long"
+        } else {
+            "Error: timeout exceeded"
+        };
+        let hostname = self.config().server.hostname.clone();
+        self.reply(421, "4.4.2", format!("{hostname} {text}"));
     }
 
     /// A command that moves no mail along, counted against the junk limit.
@@ -212,7 +253,10 @@ impl Session {
         ));
         let mut shutdown = self.shared.shutdown.clone();
         loop {
-            if *shutdown.borrow() && !self.conn.has_buffered_input() {
+            let phase = *shutdown.borrow();
+            if phase == Phase::Closing
+                || (phase == Phase::Draining && !self.conn.has_buffered_input())
+            {
                 self.reply(
                     421,
                     "4.3.2",
@@ -226,7 +270,7 @@ impl Session {
                 return "connection error";
             }
             let read = tokio::select! {
-                read = self.conn.read_line(config.limits.line_length_limit, config.limits.command_timeout) => read,
+                read = self.conn.read_line(config.limits.line_length_limit, self.command_deadline()) => read,
                 changed = shutdown.changed() => {
                     if changed.is_err() {
                         return "shutdown";
@@ -258,11 +302,7 @@ impl Session {
                 }
                 Err(ReadError::Closed) => return "client closed",
                 Err(ReadError::TimedOut) => {
-                    self.reply(
-                        421,
-                        "4.4.2",
-                        format!("{} Error: timeout exceeded", config.server.hostname),
-                    );
+                    self.timed_out();
                     return "timeout";
                 }
                 Err(ReadError::Io(_)) => return "connection error",

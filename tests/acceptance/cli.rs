@@ -10,13 +10,13 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailmoat");
 
-struct Daemon {
+pub struct Daemon {
     child: Child,
 }
 
 impl Daemon {
     /// Starts `mailmoat serve` and waits until it answers.
-    async fn start(config: &Path, addr: SocketAddr) -> Daemon {
+    pub async fn start(config: &Path, addr: SocketAddr) -> Daemon {
         let log = std::fs::File::create(config.with_extension("log")).unwrap();
         let child = Command::new(BIN)
             .args(["--config", config.to_str().unwrap(), "serve"])
@@ -36,12 +36,16 @@ impl Daemon {
         Daemon { child }
     }
 
-    fn kill9(mut self) {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
     }
 
-    fn terminate(mut self) {
+    pub fn terminate(mut self) {
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
             .status();
@@ -61,7 +65,7 @@ fn read_log(config: &Path) -> String {
     std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
 }
 
-fn mailmoat(config: &Path, args: &[&str]) -> Output {
+pub fn mailmoat(config: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .arg("--config")
         .arg(config)

@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod defences;
 mod delivery;
+mod faults;
 mod fixtures;
 mod mime;
 mod pipeline;

@@ -337,6 +337,26 @@ impl Client {
         }
     }
 
+    /// A reply if one comes within `wait`, else None (the server said nothing).
+    pub async fn try_reply(&mut self, wait: Duration) -> Option<Reply> {
+        let mut line = String::new();
+        let mut text = String::new();
+        loop {
+            line.clear();
+            match tokio::time::timeout(wait, self.stream.read_line(&mut line)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) if text.is_empty() => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => panic!("connection closed mid-reply: {text:?}"),
+                Ok(Ok(_)) => {}
+            }
+            text.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                let code = line[..3].parse().expect("reply code");
+                return Some(Reply { code, text });
+            }
+        }
+    }
+
     /// Sends a command and reads its reply.
     pub async fn command(&mut self, line: &str) -> Reply {
         self.send(format!("{line}\r\n").as_bytes()).await;

@@ -130,10 +130,7 @@ impl Session {
         let config = self.shared.config.clone();
         let line = self
             .conn
-            .read_line(
-                config.limits.line_length_limit,
-                config.limits.command_timeout,
-            )
+            .read_line(config.limits.line_length_limit, self.command_deadline())
             .await
             .ok()?;
         let Line::Complete(line) = line else {

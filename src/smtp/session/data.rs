@@ -7,6 +7,7 @@ use crate::queue::spool::new_id;
 use crate::queue::trace::{self, Protocol};
 use crate::smtp::connection::ReadError;
 use crate::smtp::data::{DataOutcome, DataReader};
+use crate::smtp::listener::Phase;
 use crate::verdict::{Decision, Stage};
 
 impl Session {
@@ -37,19 +38,27 @@ impl Session {
             config.limits.message_size_limit,
             config.limits.bare_line_endings,
             received,
-        );
-        match self
-            .conn
-            .read_data(&mut reader, config.limits.data_timeout)
-            .await
-        {
-            Ok(()) => {}
-            Err(ReadError::TimedOut) => {
+        )
+        .with_budget(self.shared.memory.clone());
+        let patience = self.patience(config.limits.data_timeout);
+        let mut shutdown = self.shared.shutdown.clone();
+        let read = tokio::select! {
+            read = self.conn.read_data(&mut reader, patience, self.ends) => read,
+            // Past the grace period of a shutdown: the client hears why.
+            _ = shutdown.wait_for(|phase| *phase == Phase::Closing) => {
                 self.reply(
                     421,
-                    "4.4.2",
-                    format!("{} Error: timeout exceeded", config.server.hostname),
+                    "4.3.2",
+                    format!("{} Service shutting down", config.server.hostname),
                 );
+                tracing::info!(queue_id = %id, client = %self.peer.ip, result = "lost", "shutdown during DATA; nothing queued");
+                return Flow::Close;
+            }
+        };
+        match read {
+            Ok(()) => {}
+            Err(ReadError::TimedOut) => {
+                self.timed_out();
                 tracing::info!(queue_id = %id, client = %self.peer.ip, result = "lost", "timeout during DATA; nothing queued");
                 return Flow::Close;
             }
@@ -58,6 +67,8 @@ impl Session {
                 return Flow::Close;
             }
         }
+        // Held until the message is queued or refused.
+        let _memory = reader.take_reservation();
         self.conn.shrink();
         let sender = transaction.sender.to_string();
         let pipeline = self.pipeline();

@@ -1,0 +1,374 @@
+//! Faults and floods: memory bounded by configuration whatever clients send, a
+//! spool that fills up, clients that drip, a server told to stop mid-message.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const UNTRUSTED: &str = "trusted_networks = [\"127.0.0.9/32\"]";
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One large message, sent whole; the reply's codes.
+async fn send_large(addr: std::net::SocketAddr, n: usize, size: usize) -> String {
+    let mut client = Client::connect(addr).await;
+    client.hello().await;
+    client.expect("MAIL FROM:<big@remote.test>", "250").await;
+    client.expect("RCPT TO:<alice@example.test>", "250").await;
+    client.expect("DATA", "354").await;
+    let line = "y".repeat(998);
+    let mut body = format!("Subject: large {n}\r\n\r\n");
+    while body.len() < size {
+        body.push_str(&line);
+        body.push_str("\r\n");
+    }
+    client.send(body.as_bytes()).await;
+    client.send(b".\r\n").await;
+    client.reply().await.codes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_stays_within_data_memory_under_a_flood_of_large_messages() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let budget_mib = 32;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+    let port = unused_addr().await.port();
+    let text = base_config(
+        backend.addr,
+        UNTRUSTED,
+        &format!("[limits]\ndata_memory = \"{budget_mib}MB\"\nmessage_size_limit = 12000000\n"),
+    )
+    .replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:{port}\"]"),
+    )
+    .replace(
+        "[limits]\ncommand_timeout = \"10s\"\ndata_timeout = \"10s\"\n",
+        "",
+    );
+    let text = text.replace(
+        "[limits]\ndata_memory",
+        "[limits]\ncommand_timeout = \"30s\"\ndata_timeout = \"30s\"\ndata_memory",
+    );
+    let config = dir.path().join("mailmoat.toml");
+    std::fs::write(&config, text).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let daemon = crate::cli::Daemon::start(&config, addr).await;
+    let pid = daemon.pid();
+    let baseline = rss_kib(pid);
+
+    // 40 sessions at once, each with a 9 MB message: 360 MB if held at once.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let sends: Vec<_> = (0..40)
+        .map(|n| tokio::spawn(send_large(addr, n, 9 * 1024 * 1024)))
+        .collect();
+    let mut queued = 0;
+    let mut refused = 0;
+    for send in sends {
+        match send.await.unwrap().as_str() {
+            "250 2.0.0" => queued += 1,
+            "451 4.3.1" => refused += 1,
+            other => panic!("neither queued nor 451 4.3.1: {other}"),
+        }
+    }
+    assert_eq!(queued + refused, 40);
+    assert!(
+        queued > 0 && refused > 0,
+        "queued {queued}, refused {refused}"
+    );
+    backend.wait_for(queued).await;
+    let wait = crate::cli::mailmoat(&config, &["queue", "wait", "--timeout", "60s"]);
+    assert!(wait.status.success());
+    sampler.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let after = rss_kib(pid);
+    eprintln!(
+        "memory: baseline {baseline} KiB, peak {peak} KiB, after {after} KiB; {queued} queued, {refused} refused"
+    );
+    // The budget, plus the messages being queued and delivered (a few at a time),
+    // the connection buffers of 40 sessions and the runtime: 64 MiB stated.
+    let overhead_mib = 64;
+    assert!(
+        peak < baseline + (budget_mib + overhead_mib) * 1024,
+        "peak {peak} KiB over baseline {baseline} KiB + {budget_mib} MiB + {overhead_mib} MiB"
+    );
+    assert!(
+        after < baseline + 16 * 1024,
+        "after the burst {after} KiB, baseline {baseline} KiB"
+    );
+    daemon.terminate();
+}
+
+/// Sends `bytes` one at a time, a second apart, until the server closes; returns
+/// the reply it closed with and how long the drip lasted.
+async fn drip(client: &mut Client, bytes: &[u8]) -> (Reply, Duration) {
+    let started = Instant::now();
+    for &b in bytes {
+        client.send(&[b]).await;
+        if let Some(reply) = client.try_reply(Duration::from_secs(1)).await {
+            return (reply, started.elapsed());
+        }
+    }
+    panic!("the server waited out a drip of {} bytes", bytes.len());
+}
+
+#[tokio::test]
+async fn a_client_dripping_a_command_is_closed_within_the_command_timeout() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "")
+        .replace("command_timeout = \"10s\"", "command_timeout = \"3s\"");
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    let (reply, took) = drip(&mut client, b"MAIL FROM:<slow@remote.test>\r\n").await;
+    assert_eq!(reply.codes(), "421 4.4.2", "{reply:?}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert!(client.closed().await);
+}
+
+#[tokio::test]
+async fn a_client_dripping_message_data_is_closed_within_the_data_timeout() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "")
+        .replace("data_timeout = \"10s\"", "data_timeout = \"3s\"");
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    client.expect("MAIL FROM:<slow@remote.test>", "250").await;
+    client.expect("RCPT TO:<alice@example.test>", "250").await;
+    client.expect("DATA", "354").await;
+    client.send(b"Subject: slow\r\n\r\n").await;
+    let (reply, took) = drip(&mut client, "a line that never ends in time".as_bytes()).await;
+    assert_eq!(reply.codes(), "421 4.4.2", "{reply:?}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    proxy.wait_idle().await;
+    assert!(backend.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_session_ends_after_session_timeout_however_busy() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "").replace(
+        "data_timeout = \"10s\"",
+        "data_timeout = \"10s\"\nsession_timeout = \"2s\"\njunk_command_limit = 1000",
+    );
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    let started = Instant::now();
+    loop {
+        let reply = client.command("NOOP").await;
+        if reply.code == 421 {
+            assert_eq!(reply.codes(), "421 4.4.2");
+            assert!(reply.text.contains("session lasted too long"), "{reply:?}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(6), "never ended");
+        poll_pause().await;
+    }
+}
+
+#[tokio::test]
+async fn under_stress_an_idle_client_waits_only_the_stress_timeout() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "")
+        .replace(
+            "command_timeout = \"10s\"",
+            "command_timeout = \"30s\"\nstress_threshold = 0.5\nstress_timeout = \"1s\"",
+        )
+        .replace(
+            "shutdown_grace = \"2s\"",
+            "shutdown_grace = \"2s\"\nmax_connections = 4\nmax_connections_per_ip = 4",
+        );
+    let proxy = Proxy::start_with_text(&text).await;
+    // One connection: no stress, the client may think for a while.
+    let mut calm = proxy.client().await;
+    assert!(calm.try_reply(Duration::from_millis(1500)).await.is_none());
+    // Three of four in use: over half, the server waits only a second.
+    let second = proxy.client().await;
+    let mut third = proxy.client().await;
+    let started = Instant::now();
+    let reply = third
+        .try_reply(Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert_eq!(reply.codes(), "421 4.4.2", "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop((calm, second));
+}
+
+#[tokio::test]
+async fn one_network_cannot_take_every_connection() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "").replace(
+        "shutdown_grace = \"2s\"",
+        "shutdown_grace = \"2s\"\nmax_connections = 10\nmax_connections_per_ip = 10",
+    );
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut held = Vec::new();
+    for n in 0..9 {
+        let ip = format!("127.0.0.{}", n + 1).parse().unwrap();
+        let mut client = Client::connect_from(ip, proxy.addr).await;
+        assert_eq!(client.reply().await.code, 220, "connection {n}");
+        held.push(client);
+    }
+    // The tenth from the same /24 is refused; one from another network is not.
+    let mut same = Client::connect_from("127.0.0.20".parse().unwrap(), proxy.addr).await;
+    let refused = same.reply().await;
+    assert_eq!(refused.codes(), "421 4.7.0", "{refused:?}");
+    assert!(refused.text.contains("127.0.0.0/24"), "{refused:?}");
+    let mut other = Client::connect_from("127.0.1.1".parse().unwrap(), proxy.addr).await;
+    assert_eq!(other.reply().await.code, 220);
+}
+
+#[tokio::test]
+async fn clients_mid_message_hear_421_when_the_grace_period_runs_out() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "")
+        .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"1s\"");
+    let mut proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    client.expect("MAIL FROM:<s@remote.test>", "250").await;
+    client.expect("RCPT TO:<alice@example.test>", "250").await;
+    client.expect("DATA", "354").await;
+    client
+        .send(b"Subject: half a message\r\n\r\nfirst line\r\n")
+        .await;
+    let stopping = tokio::spawn(async move {
+        proxy.stop().await;
+        proxy
+    });
+    let reply = client
+        .try_reply(Duration::from_secs(10))
+        .await
+        .expect("a reply");
+    assert_eq!(reply.codes(), "421 4.3.2", "{reply:?}");
+    assert!(client.closed().await);
+    let proxy = stopping.await.unwrap();
+    assert!(proxy.queue_files("active").is_empty(), "nothing was queued");
+    assert!(backend.messages().is_empty());
+}
+
+/// A small file system of the test's own (tmpfs); None where mounting is not
+/// allowed (then the test says so and checks nothing).
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if mounted {
+            Some(SmallDisk { path: dir })
+        } else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+            None
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_refuses_new_mail_at_mail_from_and_loses_nothing() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        return;
+    };
+    let backend = Backend::start(DataEnd::Strict).await;
+    let nobody = unused_addr().await;
+    // The backend is down: accepted mail stays in the spool and fills it.
+    let text = base_config(nobody, UNTRUSTED, "")
+        .replace(
+            "path = \"queue\"",
+            &format!(
+                "path = \"{}\"\nmin_free_space = \"1MB\"",
+                disk.path.join("queue").display()
+            ),
+        )
+        .replace(
+            "data_timeout = \"10s\"",
+            "data_timeout = \"10s\"\nmessage_size_limit = 600000",
+        );
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut accepted = Vec::new();
+    let mut full = false;
+    for n in 0..20 {
+        let mut client = proxy.client().await;
+        let mail = client.command("MAIL FROM:<s@remote.test>").await;
+        if mail.code == 452 {
+            assert_eq!(mail.codes(), "452 4.3.1", "{mail:?}");
+            assert!(
+                mail.text.contains("Insufficient system storage"),
+                "{mail:?}"
+            );
+            full = true;
+            break;
+        }
+        assert_eq!(mail.codes(), "250 2.1.0");
+        client.expect("RCPT TO:<alice@example.test>", "250").await;
+        client.expect("DATA", "354").await;
+        let line = format!("{}\r\n", "z".repeat(998));
+        let body = format!("Subject: fill {n}\r\n\r\n{}", line.repeat(300));
+        client.send(stuff(body.as_bytes()).as_slice()).await;
+        client.send(b".\r\n").await;
+        let reply = client.reply().await;
+        match reply.code {
+            250 => accepted.push(body),
+            451 => assert_eq!(reply.codes(), "451 4.3.0", "{reply:?}"),
+            _ => panic!("{reply:?}"),
+        }
+    }
+    assert!(full, "MAIL was never refused; {} accepted", accepted.len());
+    assert!(!accepted.is_empty());
+    // Nothing acknowledged is lost: the backend comes up and gets every message
+    // whole at the next retry; nothing stray is left in the spool.
+    let backend_up = Backend::start_on(nobody, DataEnd::Strict).await;
+    let received = backend_up.wait_for(accepted.len()).await;
+    proxy.wait_idle().await;
+    for body in &accepted {
+        assert!(
+            received
+                .iter()
+                .any(|m| strip_received(&m.data).1 == body.as_bytes()),
+            "a message arrived changed or not at all"
+        );
+    }
+    eventually("spool empty", || {
+        ["active", "deferred", "incoming"]
+            .iter()
+            .all(|s| list_files(&disk.path.join("queue").join(s)).is_empty())
+    })
+    .await;
+    assert_eq!(received.len(), accepted.len(), "delivered once each");
+    drop(backend);
+}
