@@ -24,6 +24,8 @@ pub struct Target {
     /// PEM of an extra CA to trust.
     pub ca_pem: Option<Vec<u8>>,
     pub connect_timeout: Duration,
+    /// For the greeting and the EHLO reply of a new connection.
+    pub greeting_timeout: Duration,
     pub command_timeout: Duration,
 }
 
@@ -44,6 +46,7 @@ impl Target {
             tls_verify: config.tls_verify,
             ca_pem,
             connect_timeout: config.connect_timeout,
+            greeting_timeout: config.greeting_timeout,
             command_timeout: config.command_timeout,
         })
     }
@@ -104,7 +107,7 @@ impl Client {
             .map_err(|_| ClientError(format!("{}: timed out connecting", target.address)))?
             .map_err(|e| ClientError(format!("{}: {e}", target.address)))?;
         let greet = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello);
-        let mut conn = tokio::time::timeout(target.command_timeout, greet)
+        let mut conn = tokio::time::timeout(target.greeting_timeout, greet)
             .await
             .map_err(|_| ClientError(format!("{}: no greeting in time", target.address)))?
             .map_err(|e| ClientError(format!("{}: {e}", target.address)))?;

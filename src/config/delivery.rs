@@ -39,6 +39,11 @@ pub struct BackendConfig {
     /// Wait for each reply of the backend.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// While a next hop (the backend, a relay host, an MX host) is failing, one
+    /// connection at a time tries it, this often; the moment it answers, the mail
+    /// waiting for it goes at full speed.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
     /// How long an idle connection to the backend is kept for reuse.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -53,6 +58,7 @@ impl Default for BackendConfig {
             ca_file: None,
             connect_timeout: Duration::from_secs(30),
             greeting_timeout: Duration::from_secs(60),
+            probe_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(10),
         }

@@ -252,6 +252,7 @@ impl RecipientValidator {
         let mut target = self.backend.clone();
         target.command_timeout = self.config.recipients.callout_timeout;
         target.connect_timeout = self.config.recipients.callout_timeout;
+        target.greeting_timeout = self.config.recipients.callout_timeout;
         let mut client = match Client::connect(&target).await {
             Ok(client) => client,
             Err(e) => return Verified::Unavailable(e.to_string()),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::Queue;
 use super::dsn::{self, Failure};
 use super::envelope::{Envelope, QueuedRecipient, RecipientStatus};
+use super::health::{Admission, Health};
 use super::scheduler::{backoff, now_millis};
 use super::spool::{QueueState, new_id};
 use crate::address::Mailbox;
@@ -62,6 +63,8 @@ pub struct Delivery {
     /// For MX lookups of outbound mail.
     dns: Option<Arc<crate::dns::Dns>>,
     pool: Pool,
+    /// Which next hops answer: one connection at a time to those that do not.
+    pub health: Arc<Health>,
 }
 
 /// Where a group of recipients goes.
@@ -102,6 +105,7 @@ impl Delivery {
                 idle: Mutex::new(HashMap::new()),
                 idle_timeout: config.backend.idle_timeout,
             },
+            health: Arc::new(Health::new(queue.scheduler.clone())),
             config,
             queue,
             backend,
@@ -428,7 +432,7 @@ impl Delivery {
         for attempt in 1..=tries {
             let mut conn = match client.take() {
                 Some(conn) => conn,
-                None => match Client::connect(target).await {
+                None => match self.connect(target).await {
                     Ok(conn) => conn,
                     Err(e) => return vec![Outcome::Deferred(e.0); rcpts.len()],
                 },
@@ -442,11 +446,56 @@ impl Delivery {
                     tracing::debug!(error = %e, "pooled connection failed; reconnecting");
                 }
                 Err(Stage::BeforeMail(e)) | Err(Stage::During(e)) => {
+                    self.hop_failed(target, &e.0);
                     return vec![Outcome::Deferred(e.0); rcpts.len()];
                 }
             }
         }
         unreachable!("the last try always returns")
+    }
+
+    /// A new connection, if the next hop's health allows one now.
+    async fn connect(&self, target: &Target) -> Result<Client, ClientError> {
+        if self.health.admit(&target.address) == Admission::Wait {
+            return Err(ClientError(format!(
+                "{}: not answering; waiting until it answers a probe",
+                target.address
+            )));
+        }
+        match Client::connect(target).await {
+            Ok(conn) => {
+                self.health.succeeded(&target.address);
+                Ok(conn)
+            }
+            Err(e) => {
+                self.hop_failed(target, &e.0);
+                Err(e)
+            }
+        }
+    }
+
+    /// A next hop failed: one connection at a time tries it from now on, every
+    /// `probe_interval`, until it answers.
+    fn hop_failed(&self, target: &Target, why: &str) {
+        if !self.health.failed(&target.address, why) {
+            return;
+        }
+        let health = self.health.clone();
+        let target = target.clone();
+        let interval = self.config.backend.probe_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if health.is_healthy(&target.address) == Some(true) {
+                    return;
+                }
+                if let Ok(conn) = Client::connect(&target).await {
+                    conn.quit().await;
+                    health.succeeded(&target.address);
+                    return;
+                }
+            }
+        });
     }
 
     async fn transaction(

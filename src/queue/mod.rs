@@ -5,6 +5,7 @@ pub mod admin;
 pub mod delivery;
 pub mod dsn;
 pub mod envelope;
+pub mod health;
 pub mod scheduler;
 pub mod spool;
 pub mod trace;

@@ -372,3 +372,101 @@ async fn a_full_spool_refuses_new_mail_at_mail_from_and_loses_nothing() {
     assert_eq!(received.len(), accepted.len(), "delivered once each");
     drop(backend);
 }
+
+/// A server that takes connections and never says a word; it counts how many are
+/// open at once and how many it took in all.
+struct Mute {
+    addr: std::net::SocketAddr,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mute {
+    async fn start() -> Mute {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (o, m, t) = (open.clone(), most.clone(), taken.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                t.fetch_add(1, SeqCst);
+                let now = o.fetch_add(1, SeqCst) + 1;
+                m.fetch_max(now, SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 512];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                    o.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        Mute {
+            addr,
+            most,
+            taken,
+            task,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_gets_one_connection_and_its_mail_the_moment_it_answers() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mute = Mute::start().await;
+    let text = base_config(mute.addr, UNTRUSTED, "")
+        .replace(
+            "command_timeout = \"5s\"",
+            "command_timeout = \"2s\"\ngreeting_timeout = \"1s\"\nprobe_interval = \"300ms\"",
+        )
+        .replace("delivery_workers = 4", "delivery_workers = 8")
+        .replace("min_backoff = \"1s\"", "min_backoff = \"1h\"")
+        .replace("max_backoff = \"2s\"", "max_backoff = \"2h\"");
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    for n in 0..6 {
+        let reply = client
+            .send_mail(
+                "s@remote.test",
+                &["alice@example.test"],
+                format!("Subject: waits {n}\r\n\r\nx\r\n").as_bytes(),
+            )
+            .await;
+        assert_eq!(reply.codes(), "250 2.0.0");
+    }
+    // The hop is probed again and again, one connection at a time.
+    eventually("three probes", || mute.taken.load(SeqCst) >= 4).await;
+    assert_eq!(
+        mute.most.load(SeqCst),
+        1,
+        "more than one connection waited at once"
+    );
+    // It answers again: everything goes within seconds, not at the next retry an
+    // hour later.
+    mute.task.abort();
+    let addr = mute.addr;
+    drop(mute);
+    let backend = loop {
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            drop(listener);
+            break Backend::start_on(addr, DataEnd::Strict).await;
+        }
+        poll_pause().await;
+    };
+    let started = Instant::now();
+    let received = backend.wait_for(6).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(received.len(), 6);
+    let _ = proxy;
+}

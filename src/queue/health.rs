@@ -1,0 +1,156 @@
+//! Whether a next hop answers, learnt from delivery (Postfix's destination
+//! concurrency feedback, simply): a server that takes TCP but never speaks must not
+//! hold every delivery worker for its timeouts.
+//!
+//! A next hop not known to work yet, or failing, gets one new connection at a time
+//! (a probe); while it fails, a background probe tries it every `probe_interval`,
+//! and mail for it is deferred without connecting. The first conversation that
+//! works makes it healthy: full concurrency at once, and the mail that waited is
+//! made due now.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::scheduler::Scheduler;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Never tried since start: one connection at a time until one works.
+    Unknown,
+    Healthy,
+    Failing,
+}
+
+#[derive(Debug)]
+struct Hop {
+    state: State,
+    /// A new connection to it is being made now (outside the healthy state).
+    probing: bool,
+}
+
+/// What delivery may do about a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Connect.
+    Connect,
+    /// Connect, as the one probe; report how it went.
+    Probe,
+    /// Do not connect: defer the mail; it goes when the hop answers again.
+    Wait,
+}
+
+pub struct Health {
+    hops: Mutex<HashMap<String, Hop>>,
+    scheduler: Arc<Scheduler>,
+}
+
+impl Health {
+    pub fn new(scheduler: Arc<Scheduler>) -> Health {
+        Health {
+            hops: Mutex::new(HashMap::new()),
+            scheduler,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Hop>> {
+        self.hops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May a new connection to `address` be made now?
+    pub fn admit(&self, address: &str) -> Admission {
+        let mut hops = self.lock();
+        let hop = hops.entry(address.to_string()).or_insert(Hop {
+            state: State::Unknown,
+            probing: false,
+        });
+        match (hop.state, hop.probing) {
+            (State::Healthy, _) => Admission::Connect,
+            (State::Unknown, false) => {
+                hop.probing = true;
+                Admission::Probe
+            }
+            // Failing: the background probe is the one connection.
+            (State::Unknown | State::Failing, _) => Admission::Wait,
+        }
+    }
+
+    /// A conversation with `address` worked. Returns whether that is news (it was
+    /// failing or unknown): then the mail that waited for it is due now.
+    pub fn succeeded(&self, address: &str) -> bool {
+        let was = {
+            let mut hops = self.lock();
+            let hop = hops.entry(address.to_string()).or_insert(Hop {
+                state: State::Unknown,
+                probing: false,
+            });
+            let was = hop.state;
+            hop.state = State::Healthy;
+            hop.probing = false;
+            was
+        };
+        if was != State::Healthy {
+            if was == State::Failing {
+                tracing::info!(
+                    relay = address,
+                    "next hop answers again; delivering what waited"
+                );
+            }
+            self.scheduler.flush();
+            return true;
+        }
+        false
+    }
+
+    /// A connection to `address` failed or stalled. Returns whether that is news
+    /// (then a background probe should start).
+    pub fn failed(&self, address: &str, why: &str) -> bool {
+        let mut hops = self.lock();
+        let hop = hops.entry(address.to_string()).or_insert(Hop {
+            state: State::Unknown,
+            probing: false,
+        });
+        let news = hop.state != State::Failing;
+        hop.state = State::Failing;
+        hop.probing = false;
+        if news {
+            tracing::warn!(
+                relay = address,
+                error = why,
+                "next hop failing; probing it alone until it answers"
+            );
+        }
+        news
+    }
+
+    /// Whether `address` is known to answer (for metrics and `status`).
+    pub fn is_healthy(&self, address: &str) -> Option<bool> {
+        self.lock().get(address).and_then(|hop| match hop.state {
+            State::Healthy => Some(true),
+            State::Failing => Some(false),
+            State::Unknown => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_probe_until_a_hop_answers_then_everyone() {
+        let health = Health::new(Arc::new(Scheduler::default()));
+        assert_eq!(health.admit("b:25"), Admission::Probe);
+        assert_eq!(health.admit("b:25"), Admission::Wait, "one at a time");
+        assert!(health.failed("b:25", "no greeting"));
+        assert_eq!(
+            health.admit("b:25"),
+            Admission::Wait,
+            "failing: no one connects"
+        );
+        assert!(health.succeeded("b:25"), "news: it answers again");
+        assert_eq!(health.admit("b:25"), Admission::Connect);
+        assert_eq!(health.admit("b:25"), Admission::Connect);
+        assert!(!health.succeeded("b:25"));
+        assert_eq!(health.is_healthy("b:25"), Some(true));
+    }
+}
