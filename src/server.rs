@@ -58,6 +58,7 @@ impl Server {
             deferred = queue.spool.ids(crate::queue::spool::QueueState::Deferred)?.len(),
             hold = queue.spool.ids(crate::queue::spool::QueueState::Hold)?.len(),
             incoming_removed = recovery.incoming_removed,
+            delivered_removed = recovery.delivered_removed,
             reunited = recovery.reunited,
             corrupt = recovery.corrupt,
             "queue loaded"

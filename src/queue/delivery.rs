@@ -338,7 +338,9 @@ impl Delivery {
 
         let spool = self.queue.spool.clone();
         if envelope.is_done() {
-            self.queue.remove(state, &envelope.id);
+            if let Err(e) = self.queue.delivered(state, &envelope.id).await {
+                tracing::warn!(queue_id = %envelope.id, error = %e, "delivery not journalled; a crash now could deliver it again");
+            }
             tracing::info!(queue_id = %envelope.id, "removed");
             return Ok(None);
         }

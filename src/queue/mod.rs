@@ -19,13 +19,22 @@ use scheduler::{Scheduler, now_millis};
 use spool::{FlushMode, QueueState, Spool};
 use tokio::sync::oneshot;
 
-/// A new message for the commit thread; the answer says whether it is on stable
-/// storage.
-struct Commit {
-    envelope: Envelope,
-    message: Arc<Vec<u8>>,
-    state: QueueState,
-    done: oneshot::Sender<io::Result<()>>,
+/// Work for the commit thread; each answer says whether it is on stable storage.
+enum Job {
+    /// A new message.
+    Commit {
+        envelope: Envelope,
+        message: Arc<Vec<u8>>,
+        state: QueueState,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    /// A message delivered and journalled: the journal to flush, then its files
+    /// to remove.
+    Delivered {
+        state: QueueState,
+        id: String,
+        done: oneshot::Sender<io::Result<()>>,
+    },
 }
 
 /// Newly committed messages kept in memory for their first delivery attempt, so
@@ -48,11 +57,9 @@ const MAX_BATCH: usize = 256;
 pub struct Queue {
     pub spool: Arc<Spool>,
     pub scheduler: Arc<Scheduler>,
-    /// To the commit thread, which writes every new message (group commit).
-    commits: mpsc::Sender<Commit>,
-    /// To the cleanup thread, which removes delivered messages. Apart from the
-    /// commits, since an unlink costs more than a create and nobody waits for it.
-    removals: mpsc::Sender<(QueueState, String)>,
+    /// To the commit thread, which writes every new message and the journal of
+    /// delivered ones (group commit: one flush for all that piled up).
+    commits: mpsc::Sender<Job>,
     fresh: Mutex<Fresh>,
     /// The last look at the spool's free space.
     free_space: Mutex<Option<(std::time::Instant, u64)>>,
@@ -64,19 +71,23 @@ impl Queue {
     /// folder locks.
     pub fn new(spool: Spool, flush: FlushMode) -> io::Result<Queue> {
         let spool = Arc::new(spool);
-        let (commits, inbox) = mpsc::channel::<Commit>();
+        let (commits, inbox) = mpsc::channel::<Job>();
+        let (removals, doomed) = mpsc::channel::<(QueueState, String, bool)>();
         let committer = spool.clone();
+        let to_cleanup = removals;
         std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run_commit_thread(&committer, &inbox, flush))?;
-        let (removals, doomed) = mpsc::channel::<(QueueState, String)>();
+            .spawn(move || run_commit_thread(&committer, &inbox, flush, &to_cleanup))?;
         let cleaner = spool.clone();
         std::thread::Builder::new()
             .name("spool-cleanup".into())
             .spawn(move || {
-                for (state, id) in doomed {
+                for (state, id, journalled) in doomed {
                     if let Err(e) = cleaner.remove(state, &id) {
                         tracing::warn!(queue_id = %id, error = %e, "cannot remove a delivered message");
+                    }
+                    if journalled && let Err(e) = cleaner.journalled_removed() {
+                        tracing::warn!(error = %e, "cannot empty the journal of delivered messages");
                     }
                 }
             })?;
@@ -84,7 +95,6 @@ impl Queue {
             spool,
             scheduler: Arc::new(Scheduler::default()),
             commits,
-            removals,
             fresh: Mutex::new(Fresh::default()),
             free_space: Mutex::new(None),
         })
@@ -121,7 +131,7 @@ impl Queue {
         let id = envelope.id.clone();
         let message = Arc::new(message);
         let (done, result) = oneshot::channel();
-        let job = Commit {
+        let job = Job::Commit {
             envelope: envelope.clone(),
             message: message.clone(),
             state,
@@ -199,11 +209,28 @@ impl Queue {
         }
     }
 
-    /// Removes a delivered message in the background.
-    pub fn remove(&self, state: QueueState, id: &str) {
-        if self.removals.send((state, id.to_string())).is_err() {
-            let _ = self.spool.remove(state, id);
+    /// A message is delivered: recorded durably (with the next group commit), so
+    /// a crash from now on does not deliver it again, then removed in the
+    /// background.
+    pub async fn delivered(&self, state: QueueState, id: &str) -> io::Result<()> {
+        // Written at once (a small append, like a log line): from here on a
+        // process that dies does not deliver it again; the flush that keeps it
+        // through a power loss comes with the next batch.
+        self.spool
+            .journal_delivered(&[(state, id.to_string())])?;
+        let (done, result) = oneshot::channel();
+        let job = Job::Delivered {
+            state,
+            id: id.to_string(),
+            done,
+        };
+        if self.commits.send(job).is_err() {
+            // Shut down: remove it now, as before the journal.
+            return self.spool.remove(state, id);
         }
+        result
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the queue is shut down")))
     }
 
     /// Recovers the spool after a restart and schedules everything in it.
@@ -227,25 +254,65 @@ impl Queue {
     }
 }
 
-/// The commit thread: takes every message that has piled up and commits them as
-/// one batch (one flush). One thread, so no two writers contend for the spool
-/// folders' locks.
-fn run_commit_thread(spool: &Spool, inbox: &mpsc::Receiver<Commit>, flush: FlushMode) {
+/// The commit thread: takes every job that has piled up — new messages and
+/// delivered ones — and makes them stable as one batch (one flush). One thread,
+/// so no two writers contend for the spool folders' locks.
+fn run_commit_thread(
+    spool: &Spool,
+    inbox: &mpsc::Receiver<Job>,
+    flush: FlushMode,
+    cleanup: &mpsc::Sender<(QueueState, String, bool)>,
+) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match inbox.try_recv() {
-                Ok(commit) => batch.push(commit),
+                Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        let items: Vec<(&Envelope, &[u8], QueueState)> = batch
+        let mut commits = Vec::new();
+        let mut delivered = Vec::new();
+        for job in batch {
+            match job {
+                Job::Commit {
+                    envelope,
+                    message,
+                    state,
+                    done,
+                } => commits.push((envelope, message, state, done)),
+                Job::Delivered { state, id, done } => delivered.push((state, id, done)),
+            }
+        }
+        let items: Vec<(&Envelope, &[u8], QueueState)> = commits
             .iter()
-            .map(|c| (&c.envelope, c.message.as_slice(), c.state))
+            .map(|(envelope, message, state, _)| (envelope, message.as_slice(), *state))
             .collect();
-        let results = spool.commit_batch(&items, flush);
-        for (commit, result) in batch.into_iter().zip(results) {
-            let _ = commit.done.send(result);
+        // The batch's flush (syncfs) makes the journal stable too; with fsync,
+        // or when there is nothing else to flush, it is flushed on its own.
+        let results = if items.is_empty() {
+            Vec::new()
+        } else {
+            spool.commit_batch(&items, flush)
+        };
+        let flushed_with_batch = flush == FlushMode::Syncfs
+            && !results.is_empty()
+            && results.iter().all(Result::is_ok);
+        let journalled = if !delivered.is_empty() && !flushed_with_batch {
+            spool.sync_journal()
+        } else {
+            Ok(())
+        };
+        for ((_, _, _, done), result) in commits.into_iter().zip(results) {
+            let _ = done.send(result);
+        }
+        for (state, id, done) in delivered {
+            let recorded = journalled.is_ok();
+            let _ = cleanup.send((state, id, recorded));
+            let _ = done.send(match &journalled {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            });
         }
     }
 }

@@ -67,12 +67,30 @@ const ALL_STATES: [QueueState; 5] = [
 #[derive(Debug)]
 pub struct Spool {
     root: PathBuf,
+    /// `delivered.log`, opened on first use: messages delivered whose files may
+    /// still be there (see [`Spool::journal_delivered`]).
+    journal: Mutex<Journal>,
     /// Names of files in `spare/`: removed messages' files, kept to be rewritten
     /// for new messages. ext4 slows down badly under a churn of creating and
     /// deleting files (each new inode is checked against every recently deleted
     /// one), so the spool recycles files instead.
     spares: Mutex<Spares>,
 }
+
+/// The journal of delivered messages and how far its removals have got.
+#[derive(Debug, Default)]
+struct Journal {
+    file: Option<File>,
+    /// Entries written since it was last emptied.
+    written: u64,
+    /// Of those, messages whose files are gone.
+    removed: u64,
+    bytes: u64,
+    emptied: Option<std::time::Instant>,
+}
+
+/// The journal of delivered messages, in the spool folder.
+const JOURNAL: &str = "delivered.log";
 
 /// The files in `spare/`, and the disk space they hold.
 #[derive(Debug, Default)]
@@ -94,6 +112,8 @@ const SPARE: &str = "spare";
 pub struct Recovery {
     /// Unacknowledged files removed from `incoming`.
     pub incoming_removed: usize,
+    /// Delivered messages (by the journal) whose files a crash left behind.
+    pub delivered_removed: usize,
     /// Messages whose two files were in different folders, reunited.
     pub reunited: usize,
     /// Unpaired files moved to `corrupt`.
@@ -140,8 +160,108 @@ impl Spool {
         }
         Ok(Spool {
             root: root.to_path_buf(),
+            journal: Mutex::new(Journal::default()),
             spares: Mutex::new(spares),
         })
+    }
+
+    /// Records that these messages were delivered, before their files go: a
+    /// crash before the removal then removes them at the start instead of
+    /// delivering them again (and never takes a delivered message for a corrupt
+    /// one). Not flushed here: the commit thread flushes it with its batch.
+    pub fn journal_delivered(&self, entries: &[(QueueState, String)]) -> io::Result<()> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if journal.file.is_none() {
+            journal.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.root.join(JOURNAL))?,
+            );
+        }
+        let mut text = String::with_capacity(entries.len() * 32);
+        for (state, id) in entries {
+            text.push_str(state.folder());
+            text.push(' ');
+            text.push_str(id);
+            text.push('\n');
+        }
+        if let Some(file) = journal.file.as_mut() {
+            file.write_all(text.as_bytes())?;
+        }
+        journal.written += entries.len() as u64;
+        journal.bytes += text.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes the journal on its own (for `flush = "fsync"`).
+    pub fn sync_journal(&self) -> io::Result<()> {
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        match &journal.file {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// One journalled message's files are gone. When all are, and the journal
+    /// has grown or has not been emptied for a while, the removals are flushed
+    /// and the journal emptied.
+    pub fn journalled_removed(&self) -> io::Result<()> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.removed += 1;
+        let caught_up = journal.removed >= journal.written;
+        let due = journal.bytes > 256 * 1024
+            || journal
+                .emptied
+                .is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(5));
+        if caught_up && due {
+            syncfs(&self.root)?;
+            if let Some(file) = journal.file.as_mut() {
+                file.set_len(0)?;
+                file.sync_data()?;
+            }
+            journal.written = 0;
+            journal.removed = 0;
+            journal.bytes = 0;
+            journal.emptied = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// At start: removes what the journal says was delivered, then empties it.
+    /// Returns how many messages it removed.
+    fn replay_journal(&self) -> io::Result<usize> {
+        let path = self.root.join(JOURNAL);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for line in text.lines() {
+            let Some((_, id)) = line.split_once(' ') else {
+                continue;
+            };
+            if !valid_id(id) {
+                continue;
+            }
+            let mut found = false;
+            for state in QueueState::QUEUED {
+                for ext in ["env", "msg"] {
+                    match fs::remove_file(self.file(state, id, ext)) {
+                        Ok(()) => found = true,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            removed += usize::from(found);
+        }
+        for state in QueueState::QUEUED {
+            sync_folder(&self.folder(state))?;
+        }
+        OpenOptions::new().write(true).truncate(true).open(&path)?.sync_all()?;
+        Ok(removed)
     }
 
     /// Opens an existing spool without creating anything.
@@ -157,6 +277,7 @@ impl Spool {
         }
         Ok(Spool {
             root: root.to_path_buf(),
+            journal: Mutex::new(Journal::default()),
             spares: Mutex::new(Spares::default()),
         })
     }
@@ -465,7 +586,10 @@ impl Spool {
     /// acknowledged), reunites messages whose files were caught mid-move, and moves
     /// unpaired files to `corrupt`.
     pub fn recover(&self) -> io::Result<Recovery> {
-        let mut report = Recovery::default();
+        let mut report = Recovery {
+            delivered_removed: self.replay_journal()?,
+            ..Recovery::default()
+        };
         for entry in fs::read_dir(self.folder(QueueState::Incoming))? {
             fs::remove_file(entry?.path())?;
             report.incoming_removed += 1;

@@ -65,6 +65,7 @@ fn recovery_reunites_half_moved_messages_and_clears_incoming() {
         report,
         Recovery {
             incoming_removed: 1,
+            delivered_removed: 0,
             reunited: 1,
             corrupt: 1
         }
@@ -144,4 +145,37 @@ fn ids_are_unique_and_ordered() {
     assert_ne!(a, b);
     assert!(valid_id(&a));
     assert!(!valid_id("../etc"));
+}
+
+#[test]
+fn a_delivered_message_caught_by_a_crash_is_removed_not_delivered_again_nor_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let whole = new_id();
+    let half = new_id();
+    let kept = new_id();
+    for id in [&whole, &half, &kept] {
+        spool.commit(&envelope(id), b"abc").unwrap();
+    }
+    spool
+        .journal_delivered(&[
+            (QueueState::Active, whole.clone()),
+            (QueueState::Active, half.clone()),
+        ])
+        .unwrap();
+    spool.sync_journal().unwrap();
+    // The crash: `half` lost its envelope (removals go envelope first), `whole`
+    // was not touched yet.
+    fs::remove_file(dir.path().join("active").join(format!("{half}.env"))).unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let report = spool.recover().unwrap();
+    assert_eq!(report.delivered_removed, 2);
+    assert_eq!(report.corrupt, 0, "a delivered message is never corrupt");
+    assert_eq!(spool.ids(QueueState::Active).unwrap(), vec![kept]);
+    assert!(spool.ids(QueueState::Corrupt).unwrap().is_empty());
+    // Replayed once: the journal is empty now.
+    assert_eq!(
+        fs::read_to_string(dir.path().join("delivered.log")).unwrap(),
+        ""
+    );
 }
