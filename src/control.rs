@@ -19,6 +19,8 @@ use crate::rules::RulesHandle;
 pub enum Request {
     Queue(AdminCommand),
     Quarantine(QuarantineCommand),
+    /// Read the rules, the certificate and the configuration again.
+    Reload,
 }
 
 /// What the server lends to the commands.
@@ -27,11 +29,24 @@ pub struct Context {
     pub archive: Option<Arc<Archive>>,
     pub rules: Arc<RulesHandle>,
     pub config: Arc<crate::config::Config>,
+    pub reloader: Arc<crate::server::Reloader>,
 }
 
 impl Context {
     pub async fn handle(&self, request: Request) -> AdminReply {
         match request {
+            Request::Reload => {
+                let reloader = self.reloader.clone();
+                let report =
+                    tokio::task::spawn_blocking(move || reloader.reload("mailmoat reload"))
+                        .await
+                        .unwrap_or_else(|e| vec![e.to_string()]);
+                let failed = report.iter().any(|line| line.contains("not reloaded"));
+                AdminReply {
+                    ok: !failed,
+                    text: report.join("\n"),
+                }
+            }
             Request::Queue(AdminCommand::Wait(seconds)) => {
                 let timeout = std::time::Duration::from_secs(seconds);
                 if self.queue.wait_idle(timeout).await {

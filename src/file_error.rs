@@ -27,13 +27,34 @@ impl FileError {
         }
     }
 
-    /// A TOML syntax or type error, at the line the parser points to.
+    /// A TOML syntax or type error, at the line the parser points to: which key,
+    /// the value written, what is wrong, and what a valid value looks like.
     pub fn from_toml(file: &Path, text: &str, error: &toml::de::Error) -> FileError {
-        FileError::new(
-            file,
-            error.span().map(|span| line_of(text, span.start)),
-            error.message().trim(),
-        )
+        let message = error.message().trim();
+        let Some(span) = error.span() else {
+            return FileError::new(file, None, message);
+        };
+        let line = line_of(text, span.start);
+        let mut explained = match key_at(text, span.start) {
+            Some(key) => {
+                let value = text
+                    .get(span.clone())
+                    .map(|v| v.trim().lines().next().unwrap_or("").to_string())
+                    .filter(|v| !v.is_empty() && !v.contains('=') && v.len() < 80);
+                match value {
+                    Some(value) if !message.contains(&value) => {
+                        format!("{key} = {value}: {message}")
+                    }
+                    _ => format!("{key}: {message}"),
+                }
+            }
+            None => message.to_string(),
+        };
+        if let Some(hint) = hint(message) {
+            explained.push_str("; ");
+            explained.push_str(hint);
+        }
+        FileError::new(file, Some(line), explained)
     }
 }
 
@@ -47,6 +68,56 @@ impl fmt::Display for FileError {
 }
 
 impl std::error::Error for FileError {}
+
+/// What a valid value looks like, for the errors serde gives about a value.
+fn hint(message: &str) -> Option<&'static str> {
+    let expected = |what: &str| message.contains(&format!("expected {what}"));
+    if ["usize", "u8", "u16", "u32", "u64", "i64"]
+        .iter()
+        .any(|t| expected(t))
+    {
+        Some("write a whole number, without quotes, such as 100")
+    } else if expected("a duration") {
+        Some("write a duration such as \"30s\", \"5m\", \"1h\" or \"2days\"")
+    } else if expected("a boolean") {
+        Some("write true or false, without quotes")
+    } else if expected("a string") {
+        Some("write it in quotes, such as \"value\"")
+    } else if expected("f64") || expected("a float") {
+        Some("write a number such as 0.8")
+    } else if message.contains("socket address") {
+        Some("write an address and port such as \"0.0.0.0:25\" or \"[::]:25\"")
+    } else if message.starts_with("unknown variant") {
+        Some("write one of those, in quotes")
+    } else if message.starts_with("unknown field") {
+        Some("check the spelling; every key is listed in packaging/mailmoat.toml")
+    } else {
+        None
+    }
+}
+
+/// `section.key` of the line holding `offset`: the key before its `=` and the
+/// nearest `[section]` above it.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[start..];
+    let line = line.lines().next().unwrap_or("");
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_string(),
+    })
+}
 
 /// The 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {

@@ -30,8 +30,13 @@ struct Cli {
 enum Command {
     /// Run the proxy until SIGTERM or SIGINT.
     Serve,
-    /// Validate the configuration and print the effective settings.
+    /// Validate the configuration and everything it names (certificates, users
+    /// file, list and recipients files, rules) as `serve` loads them, and print
+    /// the effective settings (secrets left out).
     Check,
+    /// Make the running server read its rules, TLS certificate and configuration
+    /// again (as SIGHUP does); says which changed settings need a restart.
+    Reload,
     /// Show what the server would do with a message, stage by stage — every check
     /// and rule, with this configuration — and the verdict. Nothing is queued or
     /// archived.
@@ -164,23 +169,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
-            // Recipient files are part of the configuration: check them too.
-            for (domain, how) in &config.recipients.domains {
-                if let Some(file) = &how.file {
-                    mailmoat::policy::recipients::RecipientList::load(file)
-                        .map_err(|e| anyhow::anyhow!("recipients.domains.\"{domain}\": {e}"))?;
-                }
-            }
-            let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
+            let config = std::sync::Arc::new(config);
+            // The very loading `serve` does: what passes here starts there.
+            let loaded = mailmoat::server::Loaded::load(&config, None)?;
             print!("{}", config.to_toml());
             eprintln!(
                 "{}: configuration OK; {} rule(s) from {}",
                 cli.config.display(),
-                rules.rules().len(),
+                loaded.rules.current().rules().len(),
                 config.rules.path.display()
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reload => answer(&config, Request::Reload),
         Command::TestRules {
             message,
             from,
@@ -393,6 +394,10 @@ fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminRep
         return match request {
             Request::Queue(command) => Ok(execute(&spool, None, &command)),
             Request::Quarantine(command) => runtime.block_on(offline_quarantine(config, &command)),
+            Request::Reload => Ok(AdminReply {
+                ok: false,
+                text: "no mailmoat is running with this queue: nothing to reload".into(),
+            }),
         };
     }
     let socket = spool.control_socket();

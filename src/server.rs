@@ -20,6 +20,124 @@ use crate::smtp::session::Shared;
 use crate::smtp_client::Target;
 use crate::store::Store;
 
+/// Everything the configuration names that is read from files: the TLS
+/// certificate and key, the users file, the list files, the recipients files, the
+/// backend's CA and the rules. `mailmoat check` loads exactly this, with this
+/// code, so a configuration it passes is one `serve` starts with.
+pub struct Loaded {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub auth: Option<crate::policy::auth::Authenticator>,
+    /// The judging parts, keeping nothing yet.
+    pub pipeline: Pipeline,
+    pub rules: crate::rules::RulesHandle,
+    pub dns: Arc<crate::dns::Dns>,
+}
+
+impl Loaded {
+    /// Loads and checks every file; `callout_cache` keeps callout answers.
+    pub fn load(config: &Arc<Config>, callout_cache: Option<sled::Tree>) -> anyhow::Result<Loaded> {
+        let tls = crate::smtp::tls::configured(&config.tls)?;
+        let backend = Target::from_backend(
+            &config.backend,
+            &config.backend.address,
+            &config.server.hostname,
+        )?;
+        let auth = crate::policy::auth::Authenticator::new(&config.auth, &backend)?;
+        let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
+        let pipeline = Pipeline::build(config.clone(), dns.clone(), callout_cache)?;
+        let rules = crate::rules::RulesHandle::load(&config.rules.path)
+            .map_err(|e| anyhow::anyhow!("rules not loaded: {e}"))?;
+        Ok(Loaded {
+            tls,
+            auth,
+            pipeline,
+            rules,
+            dns,
+        })
+    }
+}
+
+/// What a reload (SIGHUP, `systemctl reload`, `mailmoat reload`) does: the rules
+/// and the TLS certificate are read again and take effect; list and recipients
+/// files are read again whenever they change anyway; any other setting changed in
+/// the configuration file is named as needing a restart. A file with an error
+/// changes nothing: what is in force stays.
+pub struct Reloader {
+    /// The configuration the server runs with.
+    running: Arc<Config>,
+    rules: Arc<crate::rules::RulesHandle>,
+    tls: Arc<crate::smtp::tls::Certificates>,
+}
+
+impl Reloader {
+    /// Reloads; returns what it did, one line each (also logged).
+    pub fn reload(&self, why: &str) -> Vec<String> {
+        let mut report = Vec::new();
+        match self.rules.reload() {
+            Ok(count) => {
+                tracing::info!(rules = count, why, "rules reloaded");
+                report.push(format!("rules: {count} loaded"));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, why, "rules not reloaded; the rules in force stay");
+                report.push(format!("rules not reloaded; the rules in force stay: {e}"));
+            }
+        }
+        let Some(source) = &self.running.source else {
+            return report;
+        };
+        let config = match Config::load(source) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(error = %e, why, "configuration not reloaded; the one in force stays");
+                report.push(format!(
+                    "configuration not reloaded; the one in force stays: {e}"
+                ));
+                return report;
+            }
+        };
+        match crate::smtp::tls::configured(&config.tls) {
+            Ok(acceptor) => {
+                let present = acceptor.is_some();
+                self.tls.replace(acceptor);
+                if present {
+                    tracing::info!(why, "TLS certificate reloaded");
+                    report.push("tls: certificate reloaded".into());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, why, "TLS certificate not reloaded; the one in force stays");
+                report.push(format!(
+                    "tls: not reloaded; the certificate in force stays: {e}"
+                ));
+            }
+        }
+        let restart: Vec<String> = self
+            .running
+            .changed_settings(&config)
+            .into_iter()
+            .filter(|key| !key.starts_with("tls."))
+            .collect();
+        if !restart.is_empty() {
+            tracing::warn!(settings = %restart.join(", "), why, "changed settings take effect only after a restart");
+            report.push(format!(
+                "needs a restart to take effect: {}",
+                restart.join(", ")
+            ));
+        }
+        report
+    }
+
+    /// Reloads on every SIGHUP.
+    pub async fn on_hangup(self: Arc<Self>, mut hangup: tokio::signal::unix::Signal) {
+        while hangup.recv().await.is_some() {
+            let reloader = self.clone();
+            // Compiling thousands of rules takes a while: not on an async worker.
+            let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+        }
+    }
+}
+
 /// A started server.
 pub struct Server {
     /// The addresses actually listened on (port 0 in the config becomes a real port).
@@ -64,14 +182,21 @@ impl Server {
             "queue loaded"
         );
 
-        let rules = Arc::new(
-            crate::rules::RulesHandle::load(&config.rules.path)
-                .map_err(|e| anyhow::anyhow!("rules not loaded: {e}"))?,
-        );
+        let loaded = Loaded::load(&config, Some(store.tree("recipient-callouts")?))?;
+        let rules = Arc::new(loaded.rules);
         tracing::info!(rules = rules.current().rules().len(), dir = %config.rules.path.display(), "rules loaded");
+        let tls = crate::smtp::tls::Certificates::new(loaded.tls);
+        let reloader = Arc::new(Reloader {
+            running: config.clone(),
+            rules: rules.clone(),
+            tls: tls.clone(),
+        });
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let mut background = vec![tokio::spawn(rules.clone().watch(hangup))];
-        let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
+        let mut background = vec![
+            tokio::spawn(rules.clone().watch()),
+            tokio::spawn(reloader.clone().on_hangup(hangup)),
+        ];
+        let dns = loaded.dns;
         let delivery = Arc::new(Delivery::new(
             config.clone(),
             queue.clone(),
@@ -105,6 +230,7 @@ impl Server {
             archive: archive.clone(),
             rules: rules.clone(),
             config: config.clone(),
+            reloader,
         });
         let control = match crate::control::serve(&control_path, context).await {
             Ok(handle) => Some(handle),
@@ -115,27 +241,12 @@ impl Server {
         };
 
         let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
-        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(crate::smtp::tls::acceptor(cert, key)?),
-            _ => None,
-        };
-        let backend_target = Target::from_backend(
-            &config.backend,
-            &config.backend.address,
-            &config.server.hostname,
-        )?;
-        let auth =
-            crate::policy::auth::Authenticator::new(&config.auth, &backend_target)?.map(Arc::new);
+        let auth = loaded.auth.map(Arc::new);
         let limits = ConnectionLimits::new(
             config.server.max_connections,
             config.server.max_connections_per_ip,
         );
-        let pipeline = Pipeline::build(
-            config.clone(),
-            dns.clone(),
-            Some(store.tree("recipient-callouts")?),
-        )?
-        .keeping(queue.clone(), archive, reporter);
+        let pipeline = loaded.pipeline.keeping(queue.clone(), archive, reporter);
         let shared = Arc::new(Shared {
             pipeline: Arc::new(pipeline),
             tls: tls.clone(),
@@ -148,8 +259,8 @@ impl Server {
         });
         let mut local_addrs = Vec::new();
         let mut listeners = Vec::new();
-        let plain = config.server.listen.iter().map(|a| (a, None));
-        let implicit = config.server.listen_tls.iter().map(|a| (a, tls.clone()));
+        let plain = config.server.listen.iter().map(|a| (a, false));
+        let implicit = config.server.listen_tls.iter().map(|a| (a, true));
         for (address, implicit_tls) in plain.chain(implicit) {
             let listener = TcpListener::bind(address)
                 .await

@@ -44,6 +44,9 @@ pub struct Config {
     pub checks: ChecksConfig,
     pub mailbomb: MailBombConfig,
     pub log: LogConfig,
+    /// The file it was read from (for reloading it).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// A configuration error, worded for the administrator: file, line of the key,
@@ -83,7 +86,9 @@ impl Config {
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, path, base)
+        let mut config = Config::parse(&text, path, base)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses configuration text; `file` names it in errors, `base` anchors relative paths.
@@ -337,6 +342,26 @@ impl Config {
             }
         }
         warnings
+    }
+
+    /// The `section.key` settings that differ between two configurations.
+    pub fn changed_settings(&self, other: &Config) -> Vec<String> {
+        let table = |c: &Config| toml::Table::try_from(c).unwrap_or_default();
+        let (old, new) = (table(self), table(other));
+        let mut changed = Vec::new();
+        let sections: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for section in sections {
+            let empty = toml::Table::new();
+            let of = |t: &toml::Table| t.get(section).and_then(|v| v.as_table()).cloned();
+            let (a, b) = (of(&old).unwrap_or(empty.clone()), of(&new).unwrap_or(empty));
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                if a.get(key) != b.get(key) {
+                    changed.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        changed
     }
 
     /// The effective settings, as `mailmoat check` prints them.

@@ -216,8 +216,7 @@ impl Queue {
         // Written at once (a small append, like a log line): from here on a
         // process that dies does not deliver it again; the flush that keeps it
         // through a power loss comes with the next batch.
-        self.spool
-            .journal_delivered(&[(state, id.to_string())])?;
+        self.spool.journal_delivered(&[(state, id.to_string())])?;
         let (done, result) = oneshot::channel();
         let job = Job::Delivered {
             state,
@@ -295,9 +294,8 @@ fn run_commit_thread(
         } else {
             spool.commit_batch(&items, flush)
         };
-        let flushed_with_batch = flush == FlushMode::Syncfs
-            && !results.is_empty()
-            && results.iter().all(Result::is_ok);
+        let flushed_with_batch =
+            flush == FlushMode::Syncfs && !results.is_empty() && results.iter().all(Result::is_ok);
         let journalled = if !delivered.is_empty() && !flushed_with_batch {
             spool.sync_journal()
         } else {

@@ -260,7 +260,11 @@ impl Spool {
         for state in QueueState::QUEUED {
             sync_folder(&self.folder(state))?;
         }
-        OpenOptions::new().write(true).truncate(true).open(&path)?.sync_all()?;
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)?
+            .sync_all()?;
         Ok(removed)
     }
 

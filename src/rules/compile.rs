@@ -85,11 +85,29 @@ impl Compiler {
         let action = action(&spec, place)?;
         let when = self.conditions(&spec.when, place, Some(index))?;
         let unless = self.conditions(&spec.unless, place, None)?;
+        if spec.unless.any.is_some() {
+            return Err(place.error(start, "unless.any means nothing; remove it"));
+        }
         let uses_attachments = !when.attachment.is_empty();
         if matches!(action, Action::StripAttachments) && !uses_attachments {
             return Err(place.error(
                 spec.action.span().start,
                 "strip_attachments needs when.attachment_name, attachment_extension, attachment_type, attachment_magic or attachment_unscannable to say which attachments",
+            ));
+        }
+        let conditionless = when.simple.is_empty()
+            && when.recipient.is_empty()
+            && when.attachment.is_empty()
+            && !when.data_only
+            && unless.simple.is_empty()
+            && unless.recipient.is_empty()
+            && unless.attachment.is_empty()
+            && !unless.data_only;
+        if conditionless && spec.when.any != Some(true) {
+            return Err(place.error(
+                start,
+                "no when. conditions, so it would apply to every message; give conditions, \
+                 or write when.any = true if every message is meant",
             ));
         }
         let stage = when.stage().max(unless.stage());

@@ -64,6 +64,9 @@ pub enum Mode {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Conditions {
+    /// `when.any = true`: the rule applies to every message (a rule without
+    /// conditions must say so: an empty `when` is refused as a slip).
+    pub any: Option<bool>,
     /// Client addresses or CIDR networks.
     pub client_ip: Option<OneOrMany>,
     /// The client's reverse DNS name.

@@ -64,22 +64,20 @@ impl RulesHandle {
             && *self.fingerprint.read().unwrap_or_else(|p| p.into_inner()) != fingerprint(&self.dir)
     }
 
-    /// Reloads when asked (SIGHUP) or when the folder changes; logs the outcome.
-    pub async fn watch(self: Arc<Self>, mut hangup: tokio::signal::unix::Signal) {
+    /// Reloads when a file in the folder changes; logs the outcome. (SIGHUP
+    /// reloads everything: [`crate::server::Reloader`].)
+    pub async fn watch(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
-            let why = tokio::select! {
-                _ = hangup.recv() => "SIGHUP",
-                _ = tick.tick() => {
-                    if !self.changed() {
-                        continue;
-                    }
-                    "rules folder changed"
-                }
-            };
+            tick.tick().await;
+            if !self.changed() {
+                continue;
+            }
             // Compiling thousands of rules takes a while: not on an async worker.
             let handle = self.clone();
-            let _ = tokio::task::spawn_blocking(move || handle.reload_and_log(why)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || handle.reload_and_log("rules folder changed"))
+                    .await;
         }
     }
 

@@ -29,10 +29,12 @@ fn the_first_final_action_decides_and_earlier_changes_add_up() {
         r#"
         [[rule]]
         name = "tag-all"
+        when.any = true
         action = "tag"
         add_header = { "X-Seen" = "yes" }
         [[rule]]
         name = "copy-audit"
+        when.any = true
         action = "copy_to"
         to = ["audit@example.test"]
         [[rule]]
@@ -41,6 +43,7 @@ fn the_first_final_action_decides_and_earlier_changes_add_up() {
         action = "accept"
         [[rule]]
         name = "reject-all"
+        when.any = true
         action = "reject"
         reply = "550 5.7.1 go away"
         "#,
@@ -180,6 +183,7 @@ fn redirect_replaces_only_the_matched_recipient_and_rewrite_maps_addresses() {
         to = ["new@example.test"]
         [[rule]]
         name = "rename-domain"
+        when.any = true
         action = "rewrite"
         sender = [{ from = "/^(.*)@legacy\\.test$/", to = "$1@example.test" }]
         "#,
@@ -262,11 +266,28 @@ fn errors_name_file_line_and_what_to_write() {
             "not a known type",
         ),
         (
-            "[[rule]]\nname = \"a\"\naction = \"accept\"\n[[rule]]\nname = \"a\"\naction = \"accept\"\n",
-            4,
+            "[[rule]]\nname = \"a\"\nwhen.any = true\naction = \"accept\"\n[[rule]]\nname = \"a\"\naction = \"accept\"\n",
+            5,
             "names must be unique",
         ),
     ];
+    let cases = cases.into_iter().chain([
+        (
+            "[[rule]]\nname = \"a\"\naction = \"reject\"\n",
+            1,
+            "write when.any = true",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen = {}\naction = \"reject\"\n",
+            1,
+            "would apply to every message",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nwhen.any = true\nunless.any = true\naction = \"reject\"\n",
+            1,
+            "unless.any means nothing",
+        ),
+    ]);
     for (text, line, words) in cases {
         let err = RuleSet::from_text("r.toml", text)
             .err()

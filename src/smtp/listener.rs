@@ -129,7 +129,7 @@ impl ConnectionLimits {
 /// Accepts connections until shutdown.
 pub async fn accept_loop(
     listener: TcpListener,
-    implicit_tls: Option<tokio_rustls::TlsAcceptor>,
+    implicit_tls: bool,
     shared: Arc<Shared>,
     limits: Arc<ConnectionLimits>,
     mut shutdown: watch::Receiver<Phase>,
@@ -158,7 +158,7 @@ pub async fn accept_loop(
         match limits.admit(ip) {
             Ok(slot) => {
                 let shared = shared.clone();
-                let implicit_tls = implicit_tls.clone();
+                let implicit_tls = implicit_tls.then(|| shared.tls.get()).flatten();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let local = stream.local_addr().unwrap_or(peer);

@@ -39,8 +39,9 @@ pub struct Shared {
     pub pipeline: Arc<Pipeline>,
     /// The rules in force; each session takes the set current when it starts.
     pub rules: Arc<RulesHandle>,
-    /// For STARTTLS; None without a certificate.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// For STARTTLS and implicit TLS: the certificate in force (replaced on
+    /// reload); none without `[tls]`.
+    pub tls: Arc<super::tls::Certificates>,
     /// For AUTH; None when AUTH is off.
     pub auth: Option<Arc<crate::policy::auth::Authenticator>>,
     /// Where the server is in its life (running, draining, closing).

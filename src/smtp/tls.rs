@@ -35,3 +35,38 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcceptor
         .map_err(|e| anyhow::anyhow!("tls: the certificate and key do not go together: {e}"))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// The certificate in force, replaced on reload: a renewed certificate is taken
+/// for new connections without a restart; connections already open keep theirs.
+#[derive(Default)]
+pub struct Certificates {
+    current: std::sync::RwLock<Option<TlsAcceptor>>,
+}
+
+impl Certificates {
+    pub fn new(acceptor: Option<TlsAcceptor>) -> Arc<Certificates> {
+        Arc::new(Certificates {
+            current: std::sync::RwLock::new(acceptor),
+        })
+    }
+
+    /// The acceptor for a new TLS connection; None without TLS.
+    pub fn get(&self) -> Option<TlsAcceptor> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace(&self, acceptor: Option<TlsAcceptor>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+    }
+}
+
+/// The acceptor a configuration asks for (None without `[tls]`).
+pub fn configured(config: &crate::config::TlsConfig) -> anyhow::Result<Option<TlsAcceptor>> {
+    match (&config.cert_file, &config.key_file) {
+        (Some(cert), Some(key)) => acceptor(cert, key).map(Some),
+        _ => Ok(None),
+    }
+}

@@ -220,7 +220,7 @@ async fn each_action_does_what_it_says() {
 async fn shadow_rules_change_nothing() {
     let backend = Backend::start(DataEnd::Strict).await;
     let rules = "[[rule]]\nname = \"would-block\"\nmode = \"shadow\"\nwhen.sender_domain = \"remote.test\"\naction = \"reject\"\n\
-                 [[rule]]\nname = \"would-tag\"\nmode = \"shadow\"\naction = \"tag\"\nsubject_prefix = \"[X]\"\n";
+                 [[rule]]\nname = \"would-tag\"\nmode = \"shadow\"\nwhen.any = true\naction = \"tag\"\nsubject_prefix = \"[X]\"\n";
     let proxy = Proxy::start_with_rules(backend.addr, UNTRUSTED, rules).await;
     let message = sample_message("shadowed");
     let mut client = proxy.client().await;

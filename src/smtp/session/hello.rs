@@ -28,7 +28,7 @@ impl Session {
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
         ];
-        if self.shared.tls.is_some() && !self.conn.tls {
+        if self.shared.tls.get().is_some() && !self.conn.tls {
             lines.push("STARTTLS".into());
         }
         if self.auth_offered() {
@@ -40,7 +40,7 @@ impl Session {
     /// STARTTLS (RFC 3207): the handshake, then a fresh session that forgets
     /// everything said in plain text.
     pub(super) async fn start_tls(&mut self) -> Flow {
-        let Some(acceptor) = self.shared.tls.clone() else {
+        let Some(acceptor) = self.shared.tls.get() else {
             self.error(502, "5.5.1", "Error: command not implemented");
             return Flow::Continue;
         };
