@@ -37,14 +37,16 @@ impl Context {
         match request {
             Request::Reload => {
                 let reloader = self.reloader.clone();
-                let report =
-                    tokio::task::spawn_blocking(move || reloader.reload("mailmoat reload"))
-                        .await
-                        .unwrap_or_else(|e| vec![e.to_string()]);
-                let failed = report.iter().any(|line| line.contains("not reloaded"));
-                AdminReply {
-                    ok: !failed,
-                    text: report.join("\n"),
+                match tokio::task::spawn_blocking(move || reloader.reload("mailmoat reload")).await
+                {
+                    Ok(report) => AdminReply {
+                        ok: report.ok,
+                        text: report.lines.join("\n"),
+                    },
+                    Err(e) => AdminReply {
+                        ok: false,
+                        text: format!("reload failed: {e}"),
+                    },
                 }
             }
             Request::Queue(AdminCommand::Wait(seconds)) => {

@@ -2,6 +2,7 @@
 //! MX of RFC 7505), reverse names, and blocklist queries. hickory-resolver, with the
 //! system's name servers or those of `[dns] servers`.
 
+use anyhow::Context;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -48,7 +49,8 @@ impl Dns {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if config.servers.is_empty() {
             TokioResolver::builder_tokio()
-                .map_err(|e| anyhow::anyhow!("cannot read the system's DNS configuration: {e}"))?
+                .map_err(|e| anyhow::anyhow!("cannot read the system's DNS configuration: {e}"))
+                .context(crate::config::Setting::new(&["dns", "servers"]))?
         } else {
             let servers = config
                 .servers
@@ -70,7 +72,8 @@ impl Dns {
         options.negative_max_ttl = Some(Duration::from_secs(300));
         let resolver = builder
             .build()
-            .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))
+            .context(crate::config::Setting::new(&["dns", "servers"]))?;
         Ok(Dns { resolver })
     }
 

@@ -42,6 +42,13 @@ impl FileError {
                     .map(|v| v.trim().lines().next().unwrap_or("").to_string())
                     .filter(|v| !v.is_empty() && !v.contains('=') && v.len() < 80);
                 match value {
+                    // The value, and serde's words that may quote it, are left out.
+                    _ if crate::config::is_secret_key(&key) => {
+                        let expected = message
+                            .find("expected")
+                            .map_or("not a valid value", |at| &message[at..]);
+                        format!("{key} = {}: {expected}", crate::config::HIDDEN)
+                    }
                     Some(value) if !message.contains(&value) => {
                         format!("{key} = {value}: {message}")
                     }

@@ -36,6 +36,13 @@ pub struct Loaded {
 impl Loaded {
     /// Loads and checks every file; `callout_cache` keeps callout answers.
     pub fn load(config: &Arc<Config>, callout_cache: Option<sled::Tree>) -> anyhow::Result<Loaded> {
+        Loaded::load_files(config, callout_cache).map_err(|e| config.locate(e))
+    }
+
+    fn load_files(
+        config: &Arc<Config>,
+        callout_cache: Option<sled::Tree>,
+    ) -> anyhow::Result<Loaded> {
         let tls = crate::smtp::tls::configured(&config.tls)?;
         let backend = Target::from_backend(
             &config.backend,
@@ -45,6 +52,7 @@ impl Loaded {
         let auth = crate::policy::auth::Authenticator::new(&config.auth, &backend)?;
         let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
         let pipeline = Pipeline::build(config.clone(), dns.clone(), callout_cache)?;
+        // A rule's error names its own file and line.
         let rules = crate::rules::RulesHandle::load(&config.rules.path)
             .map_err(|e| anyhow::anyhow!("rules not loaded: {e}"))?;
         Ok(Loaded {
@@ -71,8 +79,8 @@ pub struct Reloader {
 
 impl Reloader {
     /// Reloads; returns what it did, one line each (also logged).
-    pub fn reload(&self, why: &str) -> Vec<String> {
-        let mut report = Vec::new();
+    pub fn reload(&self, why: &str) -> ReloadReport {
+        let mut report = ReloadReport::default();
         match self.rules.reload() {
             Ok(count) => {
                 tracing::info!(rules = count, why, "rules reloaded");
@@ -80,7 +88,7 @@ impl Reloader {
             }
             Err(e) => {
                 tracing::error!(error = %e, why, "rules not reloaded; the rules in force stay");
-                report.push(format!("rules not reloaded; the rules in force stay: {e}"));
+                report.failed(format!("rules not reloaded; the rules in force stay: {e}"));
             }
         }
         let Some(source) = &self.running.source else {
@@ -90,7 +98,7 @@ impl Reloader {
             Ok(config) => config,
             Err(e) => {
                 tracing::error!(error = %e, why, "configuration not reloaded; the one in force stays");
-                report.push(format!(
+                report.failed(format!(
                     "configuration not reloaded; the one in force stays: {e}"
                 ));
                 return report;
@@ -107,8 +115,8 @@ impl Reloader {
             }
             Err(e) => {
                 tracing::error!(error = %e, why, "TLS certificate not reloaded; the one in force stays");
-                report.push(format!(
-                    "tls: not reloaded; the certificate in force stays: {e}"
+                report.failed(format!(
+                    "tls: not reloaded; the certificate in force stays: {e:#}"
                 ));
             }
         }
@@ -135,6 +143,34 @@ impl Reloader {
             // Compiling thousands of rules takes a while: not on an async worker.
             let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
         }
+    }
+}
+
+/// What a reload did, one line per part; `ok` is false when a part kept the old
+/// version because the new one has an error.
+#[derive(Debug)]
+pub struct ReloadReport {
+    pub lines: Vec<String>,
+    pub ok: bool,
+}
+
+impl Default for ReloadReport {
+    fn default() -> Self {
+        ReloadReport {
+            lines: Vec::new(),
+            ok: true,
+        }
+    }
+}
+
+impl ReloadReport {
+    fn push(&mut self, line: String) {
+        self.lines.push(line);
+    }
+
+    fn failed(&mut self, line: String) {
+        self.ok = false;
+        self.lines.push(line);
     }
 }
 

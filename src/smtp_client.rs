@@ -3,6 +3,7 @@
 //! high-level `send_raw` stops at the first refused recipient and drops ESMTP
 //! parameters.
 
+use anyhow::Context;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,8 @@ impl Target {
         let ca_pem = match &config.ca_file {
             Some(path) => Some(
                 std::fs::read(path)
-                    .map_err(|e| anyhow::anyhow!("backend.ca_file {}: {e}", path.display()))?,
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+                    .context(crate::config::Setting::new(&["backend", "ca_file"]))?,
             ),
             None => None,
         };

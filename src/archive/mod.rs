@@ -229,7 +229,8 @@ impl Archive {
         let key = self
             .config
             .release_key
-            .as_deref()
+            .as_ref()
+            .map(|k| k.expose())
             .filter(|k| !k.is_empty())?;
         let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).ok()?;
         mac.update(id.as_bytes());

@@ -6,7 +6,7 @@ fn archive(dir: &Path, max_age: Duration, max_size: u64) -> Archive {
         path: dir.join("quarantine"),
         max_age,
         max_size,
-        release_key: Some("0123456789abcdef0123".into()),
+        release_key: Some(crate::config::Secret::new("0123456789abcdef0123")),
         ..ArchiveConfig::default()
     };
     let db = sled::Config::new().temporary(true).open().unwrap();

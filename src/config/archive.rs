@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Secret;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
@@ -27,7 +29,7 @@ pub struct ArchiveConfig {
     pub digest_interval: Duration,
     /// Secret for the signed release addresses in reports; unset: no release by
     /// mail.
-    pub release_key: Option<String>,
+    pub release_key: Option<Secret>,
 }
 
 impl Default for ArchiveConfig {

@@ -70,6 +70,51 @@ fn invalid(keys: &[&[&str]], message: impl Into<String>) -> Invalid {
     }
 }
 
+/// The setting an error is about, attached as context to an error found while
+/// loading what the setting names (a certificate, a list file): the error is then
+/// reported at the line of that key (see `Config::locate`).
+#[derive(Debug, Clone)]
+pub struct Setting(pub Vec<String>);
+
+impl Setting {
+    pub fn new<S: AsRef<str>>(path: &[S]) -> Setting {
+        Setting(path.iter().map(|s| s.as_ref().to_string()).collect())
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted: Vec<String> = self
+            .0
+            .iter()
+            .map(|s| {
+                if s.contains('.') {
+                    format!("\"{s}\"")
+                } else {
+                    s.clone()
+                }
+            })
+            .collect();
+        f.write_str(&quoted.join("."))
+    }
+}
+
+/// `host:port` as the SMTP client connects to it: a name or an address (IPv6 in
+/// brackets) and a port number.
+fn is_host_and_port(value: &str) -> bool {
+    if value.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|p| p > 0)
+        && !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
 /// Configuration problems that do not stop the server but that an administrator
 /// should know about (printed by `mailmoat check` and logged at start).
 pub type Warnings = Vec<String>;
@@ -89,6 +134,22 @@ impl Config {
         let mut config = Config::parse(&text, path, base)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
+    }
+
+    /// An error found loading what a setting names, at the line of that setting in
+    /// the configuration file: an error tagged with a `Setting` anywhere in its
+    /// chain is located; others are returned as they are.
+    pub fn locate(&self, error: anyhow::Error) -> anyhow::Error {
+        let Some(setting) = error.downcast_ref::<Setting>().cloned() else {
+            return error;
+        };
+        let Some(source) = &self.source else {
+            return error;
+        };
+        let text = std::fs::read_to_string(source).unwrap_or_default();
+        let path: Vec<&str> = setting.0.iter().map(String::as_str).collect();
+        let line = Spans::new(&text).nearest(&path);
+        anyhow::Error::new(FileError::new(source, line, format!("{error:#}")))
     }
 
     /// Parses configuration text; `file` names it in errors, `base` anchors relative paths.
@@ -208,6 +269,26 @@ impl Config {
                 "backend.address is empty: give the backend as host:port, such as \"10.0.0.5:25\"",
             ));
         }
+        let servers = [
+            ("backend", "address", Some(self.backend.address.as_str())),
+            (
+                "archive",
+                "backup_server",
+                self.archive.backup_server.as_deref(),
+            ),
+        ];
+        for (section, key, value) in servers {
+            if let Some(value) = value
+                && !is_host_and_port(value)
+            {
+                return Err(invalid(
+                    &[&[section, key]],
+                    format!(
+                        "{section}.{key} = \"{value}\" is not host:port; write one such as \"10.0.0.5:25\", \"exchange.corp.example:25\" or \"[2001:db8::5]:25\""
+                    ),
+                ));
+            }
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             let given: &[&str] = if self.tls.cert_file.is_some() {
                 &["tls", "cert_file"]
@@ -253,7 +334,7 @@ impl Config {
                 ),
             ));
         }
-        if let Some(key) = self.archive.release_key.as_deref()
+        if let Some(key) = self.archive.release_key.as_ref().map(Secret::expose)
             && !key.is_empty()
             && key.len() < 16
         {
@@ -361,7 +442,18 @@ impl Config {
                 }
             }
         }
+        // Secrets print alike whatever their value: compared here.
+        for ((name, old), (_, new)) in self.secrets().into_iter().zip(other.secrets()) {
+            if old != new {
+                changed.push(name.to_string());
+            }
+        }
         changed
+    }
+
+    /// Every secret setting, by name.
+    fn secrets(&self) -> [(&'static str, Option<&Secret>); 1] {
+        [("archive.release_key", self.archive.release_key.as_ref())]
     }
 
     /// The effective settings, as `mailmoat check` prints them.
@@ -377,6 +469,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"), Path::new("/etc/mailmoat"))
+    }
+
+    #[test]
+    fn errors_and_printed_settings_never_show_a_secret() {
+        for text in [
+            "[archive]\nrelease_key = 98765432109876543\n",
+            "[archive]\nrelease_key = \"s3cr3t-short\"\n",
+            "[archive]\nrelease_key = [\"s3cr3t-in-a-list\"]\n",
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("release_key"), "{err}");
+            for secret in ["98765432109876543", "s3cr3t"] {
+                assert!(!err.contains(secret), "{err}");
+            }
+        }
+        let config = parse("[archive]\nrelease_key = \"s3cr3t-long-enough-0123\"\n").unwrap();
+        assert!(!config.to_toml().contains("s3cr3t"));
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+        assert!(config.to_toml().contains("release_key = \"(hidden)\""));
     }
 
     #[test]

@@ -118,3 +118,43 @@ impl Serialize for ByteSize {
         s.serialize_u64(n)
     }
 }
+
+/// A value that must never be printed: `check`'s settings, logs and error messages
+/// show `(hidden)` instead. Read it with `expose`, only where it is used.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+/// What a secret is printed as.
+pub const HIDDEN: &str = "(hidden)";
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(HIDDEN)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(HIDDEN)
+    }
+}
+
+/// Whether a configuration key holds a secret, so that an error about its value
+/// must not quote it. Keys that name a file holding a secret (`key_file`) are
+/// paths, not secrets.
+pub fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
+    !last.ends_with("_file")
+        && (last.ends_with("key") || last.contains("password") || last.contains("secret"))
+}

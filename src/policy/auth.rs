@@ -2,6 +2,9 @@
 //! a users file (argon2id hashes) or against the backend, with failed attempts
 //! limited per client address and per user name.
 
+use anyhow::Context;
+
+use crate::config::Setting;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -116,7 +119,7 @@ impl UsersFile {
 pub fn read_users(path: &Path) -> anyhow::Result<HashMap<String, String>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         anyhow::anyhow!(
-            "auth.users_file {}: {e} (add a user with: mailmoat passwd add NAME)",
+            "{}: {e} (add a user with: mailmoat passwd add NAME)",
             path.display()
         )
     })?;
@@ -170,10 +173,12 @@ impl Authenticator {
         let (users, backend) = match config.source {
             AuthSource::Off => return Ok(None),
             AuthSource::Users => {
-                let path = config.users_file.clone().ok_or_else(|| {
-                    anyhow::anyhow!("auth.source = \"users\" needs auth.users_file")
-                })?;
-                read_users(&path)?;
+                let path = config
+                    .users_file
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("source = \"users\" needs auth.users_file"))
+                    .context(Setting::new(&["auth", "source"]))?;
+                read_users(&path).context(Setting::new(&["auth", "users_file"]))?;
                 (
                     Some(UsersFile {
                         path,

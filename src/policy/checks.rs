@@ -6,6 +6,9 @@
 //! trusted networks, logged-in clients and the client allow list skip the deny
 //! lists, DNSBLs and mail-bomb limits; `postmaster@` is always let through DNSBLs.
 
+use anyhow::Context;
+
+use crate::config::Setting;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -127,24 +130,26 @@ const DNSBL_CACHE_MAX: usize = 100_000;
 impl Checks {
     pub fn new(config: &Config, dns: Arc<Dns>) -> anyhow::Result<Checks> {
         let c = &config.checks;
-        let networks = |p: &Option<PathBuf>| {
+        let networks = |p: &Option<PathBuf>, key: &str| {
             p.as_deref()
                 .map(|p| ListFile::new(p, parse_network))
                 .transpose()
+                .context(Setting::new(&["checks", key]))
         };
-        let domains = |p: &Option<PathBuf>| {
+        let domains = |p: &Option<PathBuf>, key: &str| {
             p.as_deref()
                 .map(|p| ListFile::new(p, parse_domain))
                 .transpose()
+                .context(Setting::new(&["checks", key]))
         };
         Ok(Checks {
             config: c.clone(),
             dns,
             hostname: config.server.hostname.to_lowercase(),
-            client_allow: networks(&c.client_allow_file)?,
-            client_deny: networks(&c.client_deny_file)?,
-            name_deny: domains(&c.client_name_deny_file)?,
-            sender_deny: domains(&c.sender_deny_file)?,
+            client_allow: networks(&c.client_allow_file, "client_allow_file")?,
+            client_deny: networks(&c.client_deny_file, "client_deny_file")?,
+            name_deny: domains(&c.client_name_deny_file, "client_name_deny_file")?,
+            sender_deny: domains(&c.sender_deny_file, "sender_deny_file")?,
             dnsbl_cache: Mutex::new(HashMap::new()),
         })
     }

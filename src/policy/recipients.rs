@@ -2,6 +2,9 @@
 //! or by asking the backend — so unknown users get `550 5.1.1` in the dialogue and
 //! nobody is sent a bounce for mail they never wrote (no backscatter).
 
+use anyhow::Context;
+
+use crate::config::Setting;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -149,7 +152,12 @@ impl RecipientValidator {
         let mut sources = HashMap::new();
         for (domain, how) in &config.recipients.domains {
             let source = match &how.file {
-                Some(file) => Source::List(ReloadingList::load(file)?),
+                Some(file) => Source::List(ReloadingList::load(file).context(Setting::new(&[
+                    "recipients",
+                    "domains",
+                    domain,
+                    "file",
+                ]))?),
                 None => Source::Callout,
             };
             sources.insert(domain.to_lowercase(), source);

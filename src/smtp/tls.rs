@@ -7,32 +7,40 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::Setting;
+
 /// Loads the certificate chain and key (PEM) into an acceptor. Errors name the
 /// file and what is wrong with it.
 pub fn acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    let cert_setting = || Setting::new(&["tls", "cert_file"]);
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| anyhow::anyhow!("tls.cert_file {}: {e}", cert_file.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("tls.cert_file {}: {e}", cert_file.display()))?;
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert_file.display()))
+        .context(cert_setting())?;
     if certs.is_empty() {
-        anyhow::bail!(
-            "tls.cert_file {}: no certificate in it (expected PEM, -----BEGIN CERTIFICATE-----)",
+        return Err(anyhow::anyhow!(
+            "{}: no certificate in it (expected PEM, -----BEGIN CERTIFICATE-----)",
             cert_file.display()
-        );
+        ))
+        .context(cert_setting());
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
-        anyhow::anyhow!(
-            "tls.key_file {}: {e} (expected a PEM private key, -----BEGIN PRIVATE KEY-----)",
-            key_file.display()
-        )
-    })?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} (expected a PEM private key, -----BEGIN PRIVATE KEY-----)",
+                key_file.display()
+            )
+        })
+        .context(Setting::new(&["tls", "key_file"]))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| anyhow::anyhow!("tls: the certificate and key do not go together: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("the certificate and tls.key_file do not go together: {e}"))
+        .context(cert_setting())?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -1,6 +1,7 @@
 //! Black-box acceptance tests: the proxy on loopback ports, real SMTP clients, and a
 //! recording backend server on another port.
 
+mod admin;
 mod archive;
 mod auth;
 mod cli;
