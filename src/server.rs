@@ -127,7 +127,7 @@ impl Reloader {
             .filter(|key| !key.starts_with("tls."))
             .collect();
         if !restart.is_empty() {
-            tracing::warn!(settings = %restart.join(", "), why, "changed settings take effect only after a restart");
+            tracing::warn!(settings = %crate::logging::list(&restart), why, "changed settings take effect only after a restart");
             report.push(format!(
                 "needs a restart to take effect: {}",
                 restart.join(", ")
@@ -310,7 +310,7 @@ impl Server {
                 shutdown_rx.clone(),
             )));
         }
-        tracing::info!(listen = ?local_addrs, hostname = %config.server.hostname, "mailmoat started");
+        tracing::info!(listen = %crate::logging::list(&local_addrs), hostname = %config.server.hostname, "mailmoat started");
         Ok(Server {
             local_addrs,
             queue,

@@ -267,7 +267,7 @@ impl Event<'_> {
             client = %self.peer.ip,
             helo = self.peer.helo(),
             sender = self.sender,
-            recipients = %self.recipients.join(","),
+            recipients = %crate::logging::list(self.recipients),
             size = self.size,
             result = self.outcome.name(),
             check,

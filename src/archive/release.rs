@@ -119,7 +119,7 @@ pub async fn release(
         let _ = archive.update(&record);
         return Err(format!("{id}: cannot queue the message: {e}"));
     }
-    tracing::info!(archive_id = id, queue_id = %queue_id, by, recipients = %recipients.join(","), "released from the archive");
+    tracing::info!(archive_id = id, queue_id = %queue_id, by, recipients = %crate::logging::list(recipients), "released from the archive");
     Ok(queue_id)
 }
 

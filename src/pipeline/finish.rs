@@ -47,7 +47,8 @@ impl Pipeline {
             Ok(verdict) => (verdict.decided(&accepted), Some(verdict)),
             Err(decision) => (Some(decision), None),
         };
-        let summary = verdict.as_ref().map(Verdict::summary).unwrap_or_default();
+        // Also when a rule refused: the rules that matched up to it.
+        let summary = crate::rules::summary(&judged.matched);
         // With the archive off (or `archive = false`), a quarantined message
         // waits in the queue's hold folder instead.
         let held = match decision {

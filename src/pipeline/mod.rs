@@ -378,7 +378,11 @@ impl Pipeline {
     ) -> Judgement<T> {
         let mut judging = judging;
         let result = result.map(|()| found(&mut judging));
-        self.log_shadow(judging.id, &judging.matched);
+        // Within a mail transaction the session logs them when it ends (with
+        // the queue id, see ShadowLog); before one, now.
+        if matches!(judging.stage, Stage::Connect | Stage::Helo) {
+            log_shadow(crate::verdict::NOQUEUE, &judging.matched);
+        }
         Judgement {
             result,
             matched: judging.matched,
@@ -469,19 +473,46 @@ impl Pipeline {
             verdict
         })
     }
+}
 
-    /// Shadow rules change nothing but this log line.
-    fn log_shadow(&self, id: &str, matched: &[Matched]) {
-        for m in matched.iter().filter(|m| m.shadow) {
-            tracing::info!(
-                queue_id = %id,
-                rule = %m.rule,
-                stage = m.stage.name(),
-                detail = %m.detail,
-                "shadow rule would have applied {}",
-                m.action
-            );
-        }
+/// Shadow rules change nothing but this log line.
+fn log_shadow(id: &str, matched: &[Matched]) {
+    for m in matched.iter().filter(|m| m.shadow) {
+        tracing::info!(
+            queue_id = %id,
+            rule = %m.rule,
+            stage = m.stage.name(),
+            detail = %m.detail,
+            "shadow rule would have applied {}",
+            m.action
+        );
+    }
+}
+
+/// The shadow rules that matched during one mail transaction (MAIL, RCPT, DATA),
+/// logged when it ends: with the message's queue id once it has one, `NOQUEUE`
+/// when it ends before (a refused sender, RSET, a lost connection).
+#[derive(Default)]
+pub struct ShadowLog {
+    matched: Vec<Matched>,
+    id: Option<String>,
+}
+
+impl ShadowLog {
+    pub fn add(&mut self, matched: &[Matched]) {
+        self.matched
+            .extend(matched.iter().filter(|m| m.shadow).cloned());
+    }
+
+    pub fn queued_as(&mut self, id: &str) {
+        self.id = Some(id.to_string());
+    }
+}
+
+impl Drop for ShadowLog {
+    fn drop(&mut self) {
+        let id = self.id.as_deref().unwrap_or(crate::verdict::NOQUEUE);
+        log_shadow(id, &self.matched);
     }
 }
 

@@ -328,19 +328,20 @@ impl Verdict {
 
     /// One line naming every rule that matched and the decision.
     pub fn summary(&self) -> String {
-        let rules: Vec<String> = self
-            .matched
-            .iter()
-            .map(|m| {
-                if m.shadow {
-                    format!("{}(shadow:{})", m.rule, m.action)
-                } else {
-                    format!("{}({})", m.rule, m.action)
-                }
-            })
-            .collect();
-        rules.join(",")
+        summary(&self.matched)
     }
+}
+
+/// The log's `rules` field: `name(action)` for each rule that matched,
+/// `name(shadow:action)` for a shadow rule.
+pub fn summary(matched: &[Matched]) -> String {
+    crate::logging::list(matched.iter().map(|m| {
+        if m.shadow {
+            format!("{}(shadow:{})", m.rule, m.action)
+        } else {
+            format!("{}({})", m.rule, m.action)
+        }
+    }))
 }
 
 /// An early refusal at MAIL or RCPT: the decision, and the shadow rules that

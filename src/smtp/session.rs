@@ -60,6 +60,7 @@ struct Transaction {
     recipients: Vec<String>,
     /// Archive items this message asks to release (`release+ID.SIG@hostname`).
     releases: Vec<String>,
+    shadow: crate::pipeline::ShadowLog,
 }
 
 struct Session {

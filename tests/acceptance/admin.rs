@@ -421,6 +421,9 @@ async fn no_secret_is_printed_by_check_or_logged_by_serve() {
 
         let log = std::fs::read_to_string(config.with_extension("log")).unwrap();
         assert!(log.contains("block-spam"), "the log was written: {log}");
+        if format == "json" {
+            json_lists_are_arrays(&log, listen);
+        }
         for secret in [
             RELEASE_KEY,
             "another-release-key-also-secret-0d9e",
@@ -546,4 +549,33 @@ async fn a_renewed_certificate_is_served_after_reload_without_a_restart() {
         expected
     );
     daemon.terminate();
+}
+
+/// Every line is one JSON object; lists are arrays, not joined strings.
+fn json_lists_are_arrays(log: &str, listen: SocketAddr) {
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in {log}"))
+    };
+    assert_eq!(
+        find("mailmoat started")["listen"],
+        serde_json::json!([listen.to_string()])
+    );
+    let refused = find("message");
+    assert_eq!(
+        refused["recipients"],
+        serde_json::json!(["alice@example.test"])
+    );
+    assert_eq!(refused["rules"], serde_json::json!(["block-spam(reject)"]));
+    assert_eq!(refused["result"], "rejected");
+    assert_eq!(
+        find("changed settings take effect only after a restart")["settings"],
+        serde_json::json!(["archive.release_key"])
+    );
 }

@@ -435,7 +435,8 @@ async fn shadow_rule_is_logged_as_would_have() {
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     std::fs::write(
         dir.path().join("rules/10-watch.toml"),
-        "[[rule]]\nname = \"watch-remote\"\nmode = \"shadow\"\nwhen.subject = \"watched\"\naction = \"reject\"\n",
+        "[[rule]]\nname = \"watch-remote\"\nmode = \"shadow\"\nwhen.subject = \"watched\"\naction = \"reject\"\n\
+         [[rule]]\nname = \"watch-sender\"\nmode = \"shadow\"\nwhen.sender_domain = \"remote.test\"\naction = \"discard\"\n",
     )
     .unwrap();
     let daemon = Daemon::start(&config, addr).await;
@@ -449,9 +450,22 @@ async fn shadow_rule_is_logged_as_would_have() {
         )
         .await;
     assert_eq!(reply.codes(), "250 2.0.0");
+    let id = queue_id_of(&reply);
     backend.wait_for(1).await;
-    let log = wait_for_log(&config, "shadow rule would have applied reject").await;
-    assert!(log.contains("watch-remote"), "{log}");
+    wait_for_log(&config, "shadow rule would have applied reject").await;
+    let log = wait_for_log(&config, "shadow rule would have applied discard").await;
+    // Each line, whatever stage its rule matched at, carries the message's queue id.
+    for rule in ["watch-remote", "watch-sender"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("rule={rule}")))
+            .unwrap_or_else(|| panic!("no line for {rule}:\n{log}"));
+        assert!(line.contains(&format!("queue_id={id}")), "{line}");
+    }
+    // A transaction that ends before DATA logs NOQUEUE, as Postfix does.
+    client.expect("MAIL FROM:<s@remote.test>", "250").await;
+    client.expect("RSET", "250").await;
+    wait_for_log(&config, "queue_id=NOQUEUE rule=watch-sender").await;
     daemon.terminate();
 }
 

@@ -12,7 +12,7 @@ use crate::verdict::{Decision, Stage};
 
 impl Session {
     pub(super) async fn data(&mut self) -> Flow {
-        let Some(transaction) = self.transaction.take() else {
+        let Some(mut transaction) = self.transaction.take() else {
             self.error(503, "5.5.1", "Error: need MAIL command");
             return Flow::Continue;
         };
@@ -22,6 +22,7 @@ impl Session {
         }
         let config = self.shared.config.clone();
         let id = new_id();
+        transaction.shadow.queued_as(&id);
         let only = match transaction.recipients.as_slice() {
             [only] => Some(only.as_str()),
             _ => None,
@@ -118,6 +119,7 @@ impl Session {
                 &bytes[trace_len..],
             )
             .await;
+        transaction.shadow.add(&judged.matched);
         let reply = pipeline
             .finish(
                 Received {

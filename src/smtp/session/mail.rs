@@ -36,12 +36,14 @@ impl Session {
             return self.reply(552, "5.3.4", "Message size exceeds fixed limit");
         }
         let judged = self.pipeline().mail(&self.peer, &self.rules, &sender).await;
-        let transaction = Transaction {
+        let mut transaction = Transaction {
             sender,
             params,
             recipients: Vec::new(),
             releases: Vec::new(),
+            shadow: Default::default(),
         };
+        transaction.shadow.add(&judged.matched);
         match judged.result {
             Ok(()) => {
                 self.transaction = Some(transaction);

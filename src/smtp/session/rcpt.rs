@@ -28,6 +28,7 @@ impl Session {
         let Some(transaction) = &mut self.transaction else {
             return;
         };
+        transaction.shadow.add(&judged.matched);
         match judged.result {
             Ok(Recipient::Deliver(destination)) => {
                 transaction
