@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod file_error;
+pub mod local_time;
 pub mod logging;
 pub mod mime;
 pub mod pipeline;

@@ -79,15 +79,13 @@ pub async fn execute(
             let mut out = String::new();
             let _ = writeln!(
                 out,
-                "{:<17} {:<19} {:<10} {:<28} Sender -> Recipients",
+                "{:<17} {:<26} {:<11} {:<28} Sender -> Recipients",
                 "Archive ID", "Time", "Outcome", "Rule/check"
             );
             let mut count = 0;
             for record in archive.records().filter(|r| matches(r, command)) {
                 count += 1;
-                let time = chrono::DateTime::from_timestamp(record.time as i64, 0)
-                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                    .unwrap_or_default();
+                let time = crate::local_time::local(record.time);
                 let sender = if record.sender.is_empty() {
                     "<>"
                 } else {
@@ -100,7 +98,7 @@ pub async fn execute(
                 };
                 let _ = writeln!(
                     out,
-                    "{:<17} {:<19} {:<10} {:<28} {} -> {}{}",
+                    "{:<17} {:<26} {:<11} {:<28} {} -> {}{}",
                     record.id,
                     time,
                     record.outcome,
@@ -121,7 +119,9 @@ pub async fn execute(
                 return reply(false, format!("{id}: no such item in the archive"));
             };
             let mut out = format!("# {id}\n");
-            out.push_str(&toml::to_string(&record).unwrap_or_default());
+            out.push_str(&crate::local_time::with_local_times(
+                &toml::to_string(&record).unwrap_or_default(),
+            ));
             if let Some(address) = record
                 .has_message
                 .then(|| archive.release_address(id))

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scheduler::{Scheduler, now_millis};
 use super::spool::{QueueState, Spool, valid_id};
+use crate::local_time::local;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", content = "id", rename_all = "lowercase")]
@@ -121,12 +122,6 @@ fn with_message(
     }
 }
 
-fn format_time(unix: u64) -> String {
-    chrono::DateTime::from_timestamp(unix as i64, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|| unix.to_string())
-}
-
 /// Like `mailq`: one block per message, pending recipients with their last error.
 fn list(spool: &Spool, scheduler: Option<&Scheduler>) -> io::Result<AdminReply> {
     let busy: Vec<String> = scheduler
@@ -143,7 +138,7 @@ fn list(spool: &Spool, scheduler: Option<&Scheduler>) -> io::Result<AdminReply> 
     let mut bytes = 0;
     let _ = writeln!(
         out,
-        "{:<17} {:>9} {:<19} {:<9} Sender/Recipient",
+        "{:<17} {:>9} {:<26} {:<10} Sender/Recipient",
         "Queue ID", "Size", "Arrival Time", "State"
     );
     for state in QueueState::QUEUED {
@@ -170,18 +165,30 @@ fn list(spool: &Spool, scheduler: Option<&Scheduler>) -> io::Result<AdminReply> 
             };
             let _ = writeln!(
                 out,
-                "{:<17} {:>9} {:<19} {:<9} {}",
+                "{:<17} {:>9} {:<26} {:<10} {}",
                 id,
                 envelope.size,
-                format_time(envelope.arrived),
+                local(envelope.arrived),
                 shown,
                 sender
             );
+            const INDENT: usize = 66;
             for rcpt in envelope.pending() {
                 if !rcpt.last_reply.is_empty() {
-                    let _ = writeln!(out, "{:59}({})", "", rcpt.last_reply);
+                    let _ = writeln!(out, "{:INDENT$}({})", "", rcpt.last_reply);
                 }
-                let _ = writeln!(out, "{:59}{}", "", rcpt.address);
+                let _ = writeln!(out, "{:INDENT$}{}", "", rcpt.address);
+            }
+            if state == QueueState::Deferred && shown != "delivering" {
+                let next = match envelope.next_attempt {
+                    0 => "now".to_string(),
+                    at => local(at),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:INDENT$}(attempt {} failed; next attempt {next})",
+                    "", envelope.attempts
+                );
             }
         }
     }
@@ -202,7 +209,7 @@ fn show(spool: &Spool, state: QueueState, id: &str) -> io::Result<AdminReply> {
     let envelope = spool.read_envelope(state, id)?;
     let message = spool.read_message(state, id)?;
     let mut out = format!("# {id} ({state})\n");
-    out.push_str(&envelope.to_toml());
+    out.push_str(&crate::local_time::with_local_times(&envelope.to_toml()));
     out.push_str("\n# message\n");
     out.push_str(&String::from_utf8_lossy(&message));
     Ok(done(out))

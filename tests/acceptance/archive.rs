@@ -193,6 +193,11 @@ async fn release_delivers_the_original_once_and_rcpt_limits_it() {
             && show.contains("outcome = \"quarantined\""),
         "{show}"
     );
+    let record: toml::Table = toml::from_str(show.split("# headers").next().unwrap()).unwrap();
+    assert!(
+        record["time"].as_datetime().is_some(),
+        "the time is a local datetime: {show}"
+    );
 
     let (ok, out) = cli(
         &proxy,

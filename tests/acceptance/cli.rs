@@ -211,6 +211,19 @@ async fn queue_commands_on_a_running_and_a_stopped_server() {
         "last error shown: {text}"
     );
     assert!(text.contains("in 3 messages"), "{text}");
+    // Times in local time; each deferred message says when it is tried next.
+    let envelope: toml::Table = toml::from_str(
+        &std::fs::read_to_string(dir.path().join(format!("queue/deferred/{flushed}.env"))).unwrap(),
+    )
+    .unwrap();
+    let next = envelope["next_attempt"].as_integer().unwrap() as u64;
+    assert!(
+        text.contains(&format!(
+            "(attempt 1 failed; next attempt {})",
+            mailmoat::local_time::local(next)
+        )),
+        "{text}"
+    );
 
     let hold = mailmoat(&config, &["queue", "hold", held]);
     assert!(hold.status.success(), "{}", stderr(&hold));
@@ -228,6 +241,16 @@ async fn queue_commands_on_a_running_and_a_stopped_server() {
     assert!(show.status.success());
     assert!(stdout(&show).contains("sender = \"sender@remote.test\""));
     assert!(stdout(&show).contains("Subject: flushed"));
+    let shown = stdout(&show);
+    let record: toml::Table = toml::from_str(shown.split("# message").next().unwrap()).unwrap();
+    assert!(
+        record["arrived"].as_datetime().is_some() && record["next_attempt"].as_datetime().is_some(),
+        "times are shown as datetimes: {shown}"
+    );
+    assert!(
+        shown.contains(&format!("# {next}\n")),
+        "the seconds stay beside them: {shown}"
+    );
 
     let missing = mailmoat(&config, &["queue", "show", "ABCDEF"]);
     assert!(!missing.status.success());
@@ -254,6 +277,19 @@ async fn queue_commands_on_a_running_and_a_stopped_server() {
     let list = mailmoat(&config, &["queue", "list"]);
     assert!(list.status.success(), "{}", stderr(&list));
     assert!(stdout(&list).contains(held.as_str()));
+    let in_india = Command::new(BIN)
+        // A POSIX zone, so that no tzdata is needed.
+        .env("TZ", "IST-5:30")
+        .arg("--config")
+        .arg(&config)
+        .args(["queue", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&in_india).contains(" +05:30 "),
+        "local time of the reader's zone: {}",
+        stdout(&in_india)
+    );
     let release = mailmoat(&config, &["queue", "release", held]);
     assert!(release.status.success(), "{}", stderr(&release));
     assert!(dir.path().join(format!("queue/active/{held}.env")).exists());
