@@ -104,6 +104,12 @@ pub async fn serve(path: &Path, context: Arc<Context>) -> io::Result<tokio::task
                 continue;
             };
             let context = context.clone();
+            // Who asked, from the kernel (SO_PEERCRED), not from what the
+            // client says: the name the archive records for a release.
+            let asker = match stream.peer_cred() {
+                Ok(credentials) => user_name(credentials.uid()),
+                Err(_) => "unknown user".to_string(),
+            };
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -111,7 +117,14 @@ pub async fn serve(path: &Path, context: Arc<Context>) -> io::Result<tokio::task
                     return;
                 }
                 let reply = match serde_json::from_str::<Request>(&line) {
-                    Ok(request) => context.handle(request).await,
+                    Ok(mut request) => {
+                        if let Request::Quarantine(QuarantineCommand::Release { by, .. }) =
+                            &mut request
+                        {
+                            *by = format!("admin ({asker})");
+                        }
+                        context.handle(request).await
+                    }
                     Err(e) => AdminReply {
                         ok: false,
                         text: format!("bad request: {e}"),
@@ -125,6 +138,31 @@ pub async fn serve(path: &Path, context: Arc<Context>) -> io::Result<tokio::task
     }))
 }
 
+/// The login name of a user id (`root`), or `uid 1000` when it has none.
+pub fn user_name(uid: u32) -> String {
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into `entry` and `buffer`, both ours and alive
+    // for the call; `found` points at `entry` or is null.
+    let status = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if status != 0 || found.is_null() || entry.pw_name.is_null() {
+        return format!("uid {uid}");
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside `buffer`.
+    unsafe { std::ffi::CStr::from_ptr(entry.pw_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Sends a request to a running server.
 pub async fn send(path: &Path, request: &Request) -> io::Result<AdminReply> {
     let stream = tokio::net::UnixStream::connect(path).await?;
@@ -135,4 +173,13 @@ pub async fn send(path: &Path, request: &Request) -> io::Result<AdminReply> {
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn user_ids_are_named_from_the_password_database() {
+        assert_eq!(super::user_name(0), "root");
+        assert_eq!(super::user_name(3_999_999_999), "uid 3999999999");
+    }
 }

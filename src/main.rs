@@ -252,10 +252,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QuarantineAction::Release { id, rcpts } => QuarantineCommand::Release {
                     id,
                     rcpts,
-                    by: format!(
-                        "admin ({})",
-                        std::env::var("USER").unwrap_or_else(|_| "unknown user".into())
-                    ),
+                    // Set by the server from the socket's credentials.
+                    by: String::new(),
                 },
                 QuarantineAction::Delete { id } => QuarantineCommand::Delete { id },
                 QuarantineAction::Purge { older_than } => QuarantineCommand::Purge {

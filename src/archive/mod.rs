@@ -57,6 +57,10 @@ pub struct Record {
     pub has_message: bool,
     #[serde(default)]
     pub released: Option<Released>,
+    /// The trace header the message got when it came in (the client's
+    /// `Received:` line); a release delivers it with the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<String>,
 }
 
 impl Record {
@@ -67,6 +71,7 @@ impl Record {
         id: String,
         decided_by: DecidedBy,
         message: Option<&[u8]>,
+        received: Option<&[u8]>,
     ) -> Record {
         Record {
             id,
@@ -85,6 +90,7 @@ impl Record {
             reply: event.reply.to_string(),
             has_message: message.is_some(),
             released: None,
+            received: received.map(|r| String::from_utf8_lossy(r).into_owned()),
         }
     }
 }

@@ -90,7 +90,16 @@ pub async fn release(
     }
     let changed = verdict.apply(&message);
     let queue_id = new_id();
+    // Our release line above the client's own, as it came in: the backend sees
+    // the whole way the message took.
     let mut bytes = crate::queue::trace::released(&config.server.hostname, id, &queue_id);
+    match &record.received {
+        Some(line) => bytes.extend_from_slice(line.as_bytes()),
+        None => bytes.extend_from_slice(&crate::queue::trace::reconstructed(
+            &config.server.hostname,
+            &record,
+        )),
+    }
     bytes.extend_from_slice(&changed);
     let envelope = Envelope {
         client_ip: record.client_ip.clone(),

@@ -40,6 +40,7 @@ impl Pipeline {
             recipients,
             decision,
             message: Some(&message.bytes[message.trace_len..]),
+            received: Some(&message.bytes[..message.trace_len]),
             size,
             rules,
         };

@@ -22,6 +22,8 @@ pub struct Kept<'a> {
     pub decision: Decision,
     /// The message as the client sent it, kept byte-exact with the record.
     pub message: Option<&'a [u8]>,
+    /// Our trace header for it, kept in the record so a release carries it.
+    pub received: Option<&'a [u8]>,
     /// Octets of the message as received (0 before DATA).
     pub size: usize,
     /// Every rule that matched, for the log line.
@@ -61,6 +63,7 @@ impl Pipeline {
                 kept.id.map_or_else(new_id, str::to_string),
                 kept.decision.by.clone(),
                 kept.message,
+                kept.received,
             );
             let copy = kept.message.map(<[u8]>::to_vec);
             let written = tokio::task::spawn_blocking(move || {
@@ -121,6 +124,7 @@ impl Pipeline {
             recipients: &[],
             decision: Decision::refuse("limits.connections", reply, "connection limit reached"),
             message: None,
+            received: None,
             size: 0,
             rules: "",
         })

@@ -48,6 +48,32 @@ pub fn received(
     header.into_bytes()
 }
 
+/// The client's trace header for an archive record kept before records held it:
+/// what the record knows (the protocol is not among it).
+pub fn reconstructed(hostname: &str, record: &crate::archive::Record) -> Vec<u8> {
+    let helo = if record.helo.is_empty() {
+        "unknown"
+    } else {
+        &record.helo
+    };
+    let ip = match record.client_ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("IPv6:{v6}"),
+        _ => record.client_ip.clone(),
+    };
+    let name = record
+        .client_name
+        .as_deref()
+        .map_or(String::new(), |n| format!("{n} "));
+    let date = chrono::DateTime::from_timestamp(record.time as i64, 0)
+        .unwrap_or_default()
+        .to_rfc2822();
+    format!(
+        "Received: from {helo} ({name}[{ip}])\r\n\tby {hostname} id {}; {date}\r\n",
+        record.id
+    )
+    .into_bytes()
+}
+
 /// The trace header of a message released from the archive.
 pub fn released(hostname: &str, item: &str, id: &str) -> Vec<u8> {
     format!(

@@ -212,6 +212,7 @@ impl Session {
                 recipients,
                 decision,
                 message: None,
+                received: None,
                 size: 0,
                 rules: "",
             })
@@ -237,6 +238,7 @@ impl Session {
                     recipients: &[],
                     decision,
                     message: None,
+                    received: None,
                     size: 0,
                     rules: "",
                 })

@@ -36,7 +36,9 @@ async fn proxy_with_archive(backend: &Backend, archive: &str) -> Proxy {
 }
 
 fn cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
+    // As from cron or a sudo without a login shell: no $USER.
     let output = Command::new(BIN)
+        .env_remove("USER")
         .arg("--config")
         .arg(proxy.config_path())
         .args(args)
@@ -206,14 +208,26 @@ async fn release_delivers_the_original_once_and_rcpt_limits_it() {
     assert!(ok, "{out}");
     let received = backend.wait_for(1).await;
     assert_eq!(received[0].rcpt_to, vec!["bob@example.test"]);
-    let (trace, original) = strip_received(&received[0].data);
+    let (trace, rest) = strip_received(&received[0].data);
     assert!(trace.contains("released from the archive"), "{trace}");
+    // The client's own trace line, as it was written when the message came in.
+    let (client_trace, original) = strip_received(rest);
+    assert!(
+        client_trace.starts_with("Received: from ")
+            && client_trace.contains("([127.0.0.1])")
+            && client_trace.contains(&format!(" with ESMTP id {id};")),
+        "{client_trace}"
+    );
     assert_eq!(original, &sent[..]);
 
     let (ok, again) = cli(&proxy, &["quarantine", "release", &id]);
     assert!(!ok, "{again}");
     assert!(
-        again.contains("already released") && again.contains("admin ("),
+        again.contains("already released")
+            && again.contains(&format!(
+                "by admin ({})",
+                mailmoat::control::user_name(unsafe { libc::getuid() })
+            )),
         "{again}"
     );
     let (ok, wrong) = cli(
@@ -281,7 +295,8 @@ async fn release_by_mail_needs_a_trusted_client_and_the_right_signature() {
         "{done:?}"
     );
     let received = backend.wait_for(1).await;
-    assert_eq!(strip_received(&received[0].data).1, &sent[..]);
+    let (_, with_client_trace) = strip_received(&received[0].data);
+    assert_eq!(strip_received(with_client_trace).1, &sent[..]);
     // Twice: refused, nothing more delivered.
     trusted
         .expect("MAIL FROM:<reviewer@example.test>", "250")

@@ -91,6 +91,7 @@ impl Session {
                         recipients: &transaction.recipients,
                         decision: Decision::refuse("framing", reply, format!("{violations:?}")),
                         message: original,
+                        received: read.get(..trace_len),
                         size,
                         rules: "",
                     })
