@@ -31,6 +31,7 @@ fn record(id: &str, time: u64, size: u64) -> Record {
         reply: "550 5.7.1 no".into(),
         has_message: size > 0,
         released: None,
+        received: None,
     }
 }
 
