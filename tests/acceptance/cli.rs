@@ -346,14 +346,13 @@ async fn check_names_file_line_and_fix_for_a_bad_setting() {
 /// copy of `packaging/` (only the ports changed, so a running proxy does not clash).
 #[tokio::test]
 async fn the_shipped_example_configuration_starts_a_working_proxy() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let check = mailmoat(&repo.join("packaging/mailmoat.toml"), &["check"]);
+    let check = mailmoat(&shipped("packaging/mailmoat.toml"), &["check"]);
     assert!(check.status.success(), "{}", stderr(&check));
 
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(DataEnd::Strict).await;
     let addr = unused_addr().await;
-    let text = std::fs::read_to_string(repo.join("packaging/mailmoat.toml"))
+    let text = std::fs::read_to_string(shipped("packaging/mailmoat.toml"))
         .unwrap()
         .replace("127.0.0.1:2525", &addr.to_string())
         .replace("127.0.0.1:2526", &backend.addr.to_string())
@@ -361,13 +360,13 @@ async fn the_shipped_example_configuration_starts_a_working_proxy() {
         // archive beside the copy.
         .replace(
             "path = \"../rules\"",
-            &format!("path = \"{}\"", repo.join("rules").display()),
+            &format!("path = \"{}\"", shipped("rules").display()),
         )
         .replace("path = \"../quarantine\"", "path = \"quarantine\"");
     let config = dir.path().join("mailmoat.toml");
     std::fs::write(&config, text).unwrap();
     std::fs::copy(
-        repo.join("packaging/recipients.txt"),
+        shipped("packaging/recipients.txt"),
         dir.path().join("recipients.txt"),
     )
     .unwrap();
@@ -507,14 +506,13 @@ async fn shadow_rule_is_logged_as_would_have() {
 
 #[test]
 fn test_rules_names_the_matching_rules_and_the_verdict() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().unwrap();
     let delivered = out.path().join("delivered.eml");
     let output = Command::new(BIN)
         .arg("--config")
-        .arg(repo.join("packaging/mailmoat.toml"))
+        .arg(shipped("packaging/mailmoat.toml"))
         .arg("test-rules")
-        .arg(repo.join("rules/tests/exe-attachment.eml"))
+        .arg(shipped("rules/tests/exe-attachment.eml"))
         .args([
             "--from",
             "sender@remote.test",
@@ -546,9 +544,9 @@ fn test_rules_names_the_matching_rules_and_the_verdict() {
 
     let spam = Command::new(BIN)
         .arg("--config")
-        .arg(repo.join("packaging/mailmoat.toml"))
+        .arg(shipped("packaging/mailmoat.toml"))
         .arg("test-rules")
-        .arg(repo.join("rules/tests/known-spammer.eml"))
+        .arg(shipped("rules/tests/known-spammer.eml"))
         .args(["--from", "x@spammer.invalid", "--to", "alice@example.test"])
         .output()
         .unwrap();
@@ -582,11 +580,10 @@ fn check_refuses_a_broken_rule_file_with_its_line() {
 
 #[test]
 fn check_names_the_line_of_an_empty_backend_address_in_the_shipped_configuration() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shipped = std::fs::read_to_string(repo.join("packaging/mailmoat.toml")).unwrap();
+    let text = std::fs::read_to_string(shipped("packaging/mailmoat.toml")).unwrap();
     let key = "address = \"127.0.0.1:2526\"";
-    assert_eq!(shipped.matches(key).count(), 1, "the backend address line");
-    let broken = shipped.replace(key, "address = \"\"");
+    assert_eq!(text.matches(key).count(), 1, "the backend address line");
+    let broken = text.replace(key, "address = \"\"");
     let line = broken.lines().position(|l| l == "address = \"\"").unwrap() + 1;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mailmoat.toml");

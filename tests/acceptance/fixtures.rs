@@ -17,8 +17,7 @@ use crate::support::*;
 /// trusted networks shrink to 127.0.0.1 so that an untrusted client can connect
 /// from 127.0.0.2; fixtures name their client, and [`loopback_for`] maps it.
 fn quickstart_copy(dir: &Path, backend: std::net::SocketAddr) -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(repo.join("packaging/mailmoat.toml")).unwrap();
+    let text = std::fs::read_to_string(shipped("packaging/mailmoat.toml")).unwrap();
     let mut table: toml::Table = text.parse().unwrap();
     let set = |table: &mut toml::Table, section: &str, key: &str, value: toml::Value| {
         table
@@ -53,13 +52,13 @@ fn quickstart_copy(dir: &Path, backend: std::net::SocketAddr) -> String {
     set(&mut table, "queue", "path", path(&dir.join("queue")));
     set(&mut table, "store", "path", path(&dir.join("db")));
     set(&mut table, "archive", "path", path(&dir.join("archive")));
-    set(&mut table, "rules", "path", path(&repo.join("rules")));
+    set(&mut table, "rules", "path", path(&shipped("rules")));
     let recipients = table["recipients"]["domains"]["example.test"]
         .as_table()
         .unwrap()
         .clone();
     let mut recipients = recipients;
-    recipients.insert("file".into(), path(&repo.join("packaging/recipients.txt")));
+    recipients.insert("file".into(), path(&shipped("packaging/recipients.txt")));
     table["recipients"]["domains"]
         .as_table_mut()
         .unwrap()
@@ -79,12 +78,11 @@ fn loopback_for(ip: IpAddr) -> IpAddr {
 }
 
 fn rules() -> RuleSet {
-    RuleSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"))
-        .unwrap_or_else(|e| panic!("{e}"))
+    RuleSet::load_dir(&shipped("rules")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn fixture_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/tests")
+    shipped("rules/tests")
 }
 
 #[tokio::test]

@@ -15,4 +15,5 @@ mod protocol;
 mod recipients;
 mod relay;
 mod rules;
+mod shipped;
 mod support;

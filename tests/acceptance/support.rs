@@ -497,6 +497,16 @@ path = "db"
     )
 }
 
+/// The test's copy of a shipped file (`rules/10-attachments.toml`,
+/// `packaging/mailmoat.toml`): tests never read the working tree's `rules/` or
+/// `packaging/`, which an administrator edits; `shipped::copies_match_what_is_shipped`
+/// keeps the copies equal to what is committed.
+pub fn shipped(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/shipped")
+        .join(path)
+}
+
 pub const RECIPIENTS: &str =
     "alice@example.test\nbob@example.test\ncarol@example.test\npostmaster@example.test\n";
 
