@@ -1009,7 +1009,11 @@ impl Tokens<'_, '_> {
                     let mut depth = 0;
                     while self.pos < self.raw.len() {
                         match self.raw[self.pos] {
-                            b'\\' => self.pos += 1,
+                            // An escape: the next byte, if there is one, is text.
+                            b'\\' => {
+                                self.pos = (self.pos + 2).min(self.raw.len());
+                                continue;
+                            }
                             b'(' => depth += 1,
                             b')' => {
                                 depth -= 1;
@@ -1073,7 +1077,7 @@ impl Tokens<'_, '_> {
                         if let Some(&next) = self.raw.get(self.pos + 1) {
                             out.push(next);
                         }
-                        self.pos += 2;
+                        self.pos = (self.pos + 2).min(self.raw.len());
                     }
                     Some(b'\r') | Some(b'\n') => {
                         folded = true;

@@ -269,3 +269,20 @@ fn nesting_is_bounded() {
     }
     assert_flags(&message, "nested deeper than");
 }
+
+/// Inputs the fuzzer (`fuzz/run.sh`, target mime_analysis) found; each once
+/// panicked.
+#[test]
+fn found_by_fuzzing() {
+    for message in [
+        // A comment, then a quoted value, ending in a lone backslash: the cursor
+        // stepped past the end of the header.
+        &b"Content-Type: multipart/mixed; boundary=B\r\nContent-Disposition: (comment\\"[..],
+        &b"Content-Type: text/plain; name=\"x\\"[..],
+        &b"Content-Disposition: attachment (a\\\r\n\r\nbody\r\n"[..],
+        include_bytes!("../../../fuzz/regressions/mime_analysis-trailing-backslash"),
+    ] {
+        let reading = read(message);
+        let _ = reading.ambiguities.len();
+    }
+}
