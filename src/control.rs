@@ -64,6 +64,10 @@ impl Context {
                 }
             }
             Request::Queue(command) => {
+                if matches!(command, AdminCommand::Flush) {
+                    // "Try now" includes next hops that failed before.
+                    self.queue.health.retry_now();
+                }
                 let spool = self.queue.spool.clone();
                 let scheduler = self.queue.scheduler.clone();
                 tokio::task::spawn_blocking(move || execute(&spool, Some(&scheduler), &command))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::Queue;
 use super::dsn::{self, Failure};
 use super::envelope::{Envelope, QueuedRecipient, RecipientStatus};
-use super::health::{Admission, Health};
+use super::health::Admission;
 use super::scheduler::{backoff, now_millis};
 use super::spool::{QueueState, new_id};
 use crate::address::Mailbox;
@@ -64,7 +64,7 @@ pub struct Delivery {
     dns: Option<Arc<crate::dns::Dns>>,
     pool: Pool,
     /// Which next hops answer: one connection at a time to those that do not.
-    pub health: Arc<Health>,
+    pub health: Arc<super::health::Health>,
 }
 
 /// Where a group of recipients goes.
@@ -105,7 +105,7 @@ impl Delivery {
                 idle: Mutex::new(HashMap::new()),
                 idle_timeout: config.backend.idle_timeout,
             },
-            health: Arc::new(Health::new(queue.scheduler.clone())),
+            health: queue.health.clone(),
             config,
             queue,
             backend,
@@ -489,14 +489,15 @@ impl Delivery {
             loop {
                 tokio::time::sleep(interval).await;
                 if health.is_healthy(&target.address) == Some(true) {
-                    return;
+                    break;
                 }
                 if let Ok(conn) = Client::connect(&target).await {
                     conn.quit().await;
                     health.succeeded(&target.address);
-                    return;
+                    break;
                 }
             }
+            health.prober_ended(&target.address);
         });
     }
 

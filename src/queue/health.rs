@@ -26,6 +26,8 @@ struct Hop {
     state: State,
     /// A new connection to it is being made now (outside the healthy state).
     probing: bool,
+    /// A background probe is running for it.
+    prober: bool,
 }
 
 /// What delivery may do about a new connection.
@@ -62,6 +64,7 @@ impl Health {
         let hop = hops.entry(address.to_string()).or_insert(Hop {
             state: State::Unknown,
             probing: false,
+            prober: false,
         });
         match (hop.state, hop.probing) {
             (State::Healthy, _) => Admission::Connect,
@@ -82,6 +85,7 @@ impl Health {
             let hop = hops.entry(address.to_string()).or_insert(Hop {
                 state: State::Unknown,
                 probing: false,
+                prober: false,
             });
             let was = hop.state;
             hop.state = State::Healthy;
@@ -101,13 +105,14 @@ impl Health {
         false
     }
 
-    /// A connection to `address` failed or stalled. Returns whether that is news
-    /// (then a background probe should start).
+    /// A connection to `address` failed or stalled. Returns whether a background
+    /// probe should start (none is running for it yet).
     pub fn failed(&self, address: &str, why: &str) -> bool {
         let mut hops = self.lock();
         let hop = hops.entry(address.to_string()).or_insert(Hop {
             state: State::Unknown,
             probing: false,
+            prober: false,
         });
         let news = hop.state != State::Failing;
         hop.state = State::Failing;
@@ -119,7 +124,27 @@ impl Health {
                 "next hop failing; probing it alone until it answers"
             );
         }
-        news
+        let start = !hop.prober;
+        hop.prober = true;
+        start
+    }
+
+    /// The background probe of `address` has ended.
+    pub fn prober_ended(&self, address: &str) {
+        if let Some(hop) = self.lock().get_mut(address) {
+            hop.prober = false;
+        }
+    }
+
+    /// The administrator says try now (`queue flush`): every failing hop gets one
+    /// connection again at once instead of waiting for its background probe.
+    pub fn retry_now(&self) {
+        for hop in self.lock().values_mut() {
+            if hop.state == State::Failing {
+                hop.state = State::Unknown;
+                hop.probing = false;
+            }
+        }
     }
 
     /// Whether `address` is known to answer (for metrics and `status`).

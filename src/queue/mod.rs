@@ -57,6 +57,8 @@ const MAX_BATCH: usize = 256;
 pub struct Queue {
     pub spool: Arc<Spool>,
     pub scheduler: Arc<Scheduler>,
+    /// Which next hops answer (delivery learns it; `queue flush` forgets failures).
+    pub health: Arc<health::Health>,
     /// To the commit thread, which writes every new message and the journal of
     /// delivered ones (group commit: one flush for all that piled up).
     commits: mpsc::Sender<Job>,
@@ -91,9 +93,11 @@ impl Queue {
                     }
                 }
             })?;
+        let scheduler = Arc::new(Scheduler::default());
         Ok(Queue {
             spool,
-            scheduler: Arc::new(Scheduler::default()),
+            health: Arc::new(health::Health::new(scheduler.clone())),
+            scheduler,
             commits,
             fresh: Mutex::new(Fresh::default()),
             free_space: Mutex::new(None),
