@@ -458,11 +458,24 @@ impl Delivery {
 
     /// A new connection, if the next hop's health allows one now.
     async fn connect(&self, target: &Target) -> Result<Client, ClientError> {
-        if self.health.admit(&target.address) == Admission::Wait {
-            return Err(ClientError(format!(
-                "{}: not answering; waiting until it answers a probe",
-                target.address
-            )));
+        // While another delivery probes the hop, wait for its answer rather than
+        // defer: mail queued behind a first connection goes with it.
+        let patience = target.connect_timeout + target.greeting_timeout;
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let changed = self.health.changed();
+            match self.health.admit(&target.address) {
+                Admission::Connect | Admission::Probe => break,
+                Admission::AwaitProbe if tokio::time::Instant::now() < deadline => {
+                    let _ = tokio::time::timeout_at(deadline, changed).await;
+                }
+                Admission::AwaitProbe | Admission::Wait => {
+                    return Err(ClientError(format!(
+                        "{}: not answering; waiting until it answers a probe",
+                        target.address
+                    )));
+                }
+            }
         }
         match Client::connect(target).await {
             Ok(conn) => {

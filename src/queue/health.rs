@@ -37,6 +37,9 @@ pub enum Admission {
     Connect,
     /// Connect, as the one probe; report how it went.
     Probe,
+    /// Another delivery is probing the hop now: wait for how that goes
+    /// ([`Health::changed`]), then ask again.
+    AwaitProbe,
     /// Do not connect: defer the mail; it goes when the hop answers again.
     Wait,
 }
@@ -44,6 +47,8 @@ pub enum Admission {
 pub struct Health {
     hops: Mutex<HashMap<String, Hop>>,
     scheduler: Arc<Scheduler>,
+    /// Told whenever a probe ends, well or badly.
+    changed: tokio::sync::Notify,
 }
 
 impl Health {
@@ -51,6 +56,7 @@ impl Health {
         Health {
             hops: Mutex::new(HashMap::new()),
             scheduler,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -72,8 +78,9 @@ impl Health {
                 hop.probing = true;
                 Admission::Probe
             }
+            (State::Unknown, true) => Admission::AwaitProbe,
             // Failing: the background probe is the one connection.
-            (State::Unknown | State::Failing, _) => Admission::Wait,
+            (State::Failing, _) => Admission::Wait,
         }
     }
 
@@ -92,6 +99,7 @@ impl Health {
             hop.probing = false;
             was
         };
+        self.changed.notify_waiters();
         if was != State::Healthy {
             if was == State::Failing {
                 tracing::info!(
@@ -126,7 +134,14 @@ impl Health {
         }
         let start = !hop.prober;
         hop.prober = true;
+        drop(hops);
+        self.changed.notify_waiters();
         start
+    }
+
+    /// Resolves when a probe ends (or at once is fine: callers ask again).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// The background probe of `address` has ended.
@@ -165,7 +180,11 @@ mod tests {
     fn one_probe_until_a_hop_answers_then_everyone() {
         let health = Health::new(Arc::new(Scheduler::default()));
         assert_eq!(health.admit("b:25"), Admission::Probe);
-        assert_eq!(health.admit("b:25"), Admission::Wait, "one at a time");
+        assert_eq!(
+            health.admit("b:25"),
+            Admission::AwaitProbe,
+            "one at a time; the others wait for it"
+        );
         assert!(health.failed("b:25", "no greeting"));
         assert_eq!(
             health.admit("b:25"),
@@ -177,5 +196,10 @@ mod tests {
         assert_eq!(health.admit("b:25"), Admission::Connect);
         assert!(!health.succeeded("b:25"));
         assert_eq!(health.is_healthy("b:25"), Some(true));
+        // Failing again, then the administrator flushes: one probe at once.
+        assert!(!health.failed("b:25", "refused"), "its prober runs on");
+        assert_eq!(health.admit("b:25"), Admission::Wait);
+        health.retry_now();
+        assert_eq!(health.admit("b:25"), Admission::Probe);
     }
 }

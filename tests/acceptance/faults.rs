@@ -470,3 +470,45 @@ async fn a_backend_that_never_answers_gets_one_connection_and_its_mail_the_momen
     assert_eq!(received.len(), 6);
     let _ = proxy;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_queue_flush_every_message_for_a_returning_hop_goes_with_the_first_connection() {
+    let addr = unused_addr().await;
+    // Neither the retry schedule nor the background probe would move the mail
+    // within the test: only the administrator's flush does.
+    let text = base_config(addr, UNTRUSTED, "")
+        .replace("[backend]\n", "[backend]\nprobe_interval = \"1h\"\n")
+        .replace("delivery_workers = 4", "delivery_workers = 8")
+        .replace("min_backoff = \"1s\"", "min_backoff = \"1h\"")
+        .replace("max_backoff = \"2s\"", "max_backoff = \"2h\"");
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    for n in 0..6 {
+        let reply = client
+            .send_mail(
+                "s@remote.test",
+                &["alice@example.test"],
+                format!("Subject: waits {n}\r\n\r\nx\r\n").as_bytes(),
+            )
+            .await;
+        assert_eq!(reply.codes(), "250 2.0.0");
+    }
+    eventually("all six deferred", || {
+        proxy.queue_files("deferred").len() == 12
+    })
+    .await;
+    let backend = Backend::start_on(addr, DataEnd::Strict).await;
+    let flush = std::process::Command::new(env!("CARGO_BIN_EXE_mailmoat"))
+        .arg("--config")
+        .arg(proxy.config_path())
+        .args(["queue", "flush"])
+        .output()
+        .unwrap();
+    assert!(flush.status.success(), "{flush:?}");
+    // One delivery probes the hop; the five others wait for its answer instead
+    // of being deferred for another hour.
+    let received = backend.wait_for(6).await;
+    assert_eq!(received.len(), 6);
+    proxy.wait_idle().await;
+    assert!(proxy.queue_files("deferred").is_empty());
+}
