@@ -15,6 +15,7 @@ pub mod dns;
 pub mod file_error;
 pub mod local_time;
 pub mod logging;
+pub mod memory;
 pub mod mime;
 pub mod pipeline;
 pub mod policy;

@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::memory::MemoryBudget;
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::delivery::Delivery;
 use crate::queue::spool::Spool;
 use crate::smtp::listener::{ConnectionLimits, Phase, accept_loop};
-use crate::smtp::memory::MemoryBudget;
 use crate::smtp::session::Shared;
 use crate::smtp_client::Target;
 use crate::store::Store;
@@ -204,7 +204,8 @@ impl Server {
             )
         })?;
         let store = Store::open(&config.store.path)?;
-        let queue = Arc::new(Queue::new(spool, config.queue.flush)?);
+        let memory = MemoryBudget::new(config.limits.data_memory.bytes());
+        let queue = Arc::new(Queue::new(spool, config.queue.flush)?.with_memory(memory.clone()));
         let recovery = queue.load()?;
         tracing::info!(
             queue = %config.queue.path.display(),
@@ -291,7 +292,7 @@ impl Server {
             rules,
             shutdown: shutdown_rx.clone(),
             connections: limits.clone(),
-            memory: MemoryBudget::new(config.limits.data_memory.bytes()),
+            memory,
         });
         let mut local_addrs = Vec::new();
         let mut listeners = Vec::new();

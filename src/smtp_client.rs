@@ -13,6 +13,9 @@ use lettre::transport::smtp::extension::ClientId;
 use crate::config::{BackendConfig, TlsMode};
 use crate::reply::Reply;
 
+/// How much of a message lettre dot-stuffs into one buffer at a time.
+const STUFFING_PIECE: usize = 64 * 1024;
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -147,7 +150,9 @@ impl Client {
         // lettre writes `\r\n.\r\n` after the content, so content that already ends in
         // CRLF would gain an empty line: give it without its last CRLF.
         let content = message.strip_suffix(b"\r\n").unwrap_or(message);
-        let sent = self.conn.message(content);
+        // In pieces: lettre stuffs each into a buffer of its own, so a whole message
+        // given at once would be copied whole (and grown past its size) per delivery.
+        let sent = self.conn.message_iter(content.chunks(STUFFING_PIECE));
         to_reply(tokio::time::timeout(self.timeout, sent).await)
     }
 

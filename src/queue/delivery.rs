@@ -229,7 +229,7 @@ impl Delivery {
     /// One delivery attempt of one message. Returns when and where to try again, or
     /// `None` when the message is done (or gone).
     async fn attempt(&self, id: &str, state: QueueState) -> io::Result<Option<(QueueState, u64)>> {
-        let (mut envelope, message) = match self.queue.take_fresh(id) {
+        let (mut envelope, message, _memory) = match self.queue.take_fresh(id) {
             Some(fresh) => fresh,
             None => {
                 let spool = self.queue.spool.clone();
@@ -250,7 +250,10 @@ impl Delivery {
                 .await
                 .map_err(io::Error::other)?;
                 match loaded {
-                    Ok(loaded) => loaded,
+                    Ok((envelope, message)) => {
+                        let memory = self.queue.count_memory(message.len());
+                        (envelope, message, memory)
+                    }
                     // Deleted or held by the administrator in the meantime, or
                     // set aside as damaged.
                     Err(e)

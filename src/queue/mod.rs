@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex, mpsc};
 
+use crate::memory::{MemoryBudget, Reservation};
 use envelope::Envelope;
 use scheduler::{Scheduler, now_millis};
 use spool::{FlushMode, QueueState, Spool};
@@ -41,7 +42,7 @@ enum Job {
 /// the common case — accepted, then delivered at once — never reads the spool back.
 #[derive(Default)]
 struct Fresh {
-    messages: HashMap<String, (Envelope, Arc<Vec<u8>>)>,
+    messages: HashMap<String, (Envelope, Arc<Vec<u8>>, Reservation)>,
     order: VecDeque<String>,
     bytes: usize,
 }
@@ -63,6 +64,8 @@ pub struct Queue {
     /// delivered ones (group commit: one flush for all that piled up).
     commits: mpsc::Sender<Job>,
     fresh: Mutex<Fresh>,
+    /// What [`Fresh`] holds counts against the sessions' memory for message data.
+    memory: Option<Arc<MemoryBudget>>,
     /// The last look at the spool's free space.
     free_space: Mutex<Option<(std::time::Instant, u64)>>,
 }
@@ -100,8 +103,15 @@ impl Queue {
             scheduler,
             commits,
             fresh: Mutex::new(Fresh::default()),
+            memory: None,
             free_space: Mutex::new(None),
         })
+    }
+
+    /// Keeps new messages for their first delivery only as far as `memory` allows.
+    pub fn with_memory(mut self, memory: Arc<MemoryBudget>) -> Queue {
+        self.memory = Some(memory);
+        self
     }
 
     /// Writes a message durably and schedules it. Returns once the message and its
@@ -154,17 +164,25 @@ impl Queue {
     }
 
     fn remember(&self, envelope: Envelope, message: Arc<Vec<u8>>) {
+        let mut memory = match &self.memory {
+            Some(budget) => Reservation::new(budget.clone()),
+            None => Reservation::default(),
+        };
+        if !memory.grow_to(message.len() as u64) {
+            // Delivery reads it back from the spool.
+            return;
+        }
         let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
         fresh.bytes += message.len();
         fresh.order.push_back(envelope.id.clone());
         fresh
             .messages
-            .insert(envelope.id.clone(), (envelope, message));
+            .insert(envelope.id.clone(), (envelope, message, memory));
         while fresh.bytes > FRESH_BYTES {
             let Some(oldest) = fresh.order.pop_front() else {
                 break;
             };
-            if let Some((_, message)) = fresh.messages.remove(&oldest) {
+            if let Some((_, message, _)) = fresh.messages.remove(&oldest) {
                 fresh.bytes -= message.len();
             }
         }
@@ -172,7 +190,14 @@ impl Queue {
 
     /// The envelope and message of a newly committed message, if still in memory.
     /// Each is handed out once: later attempts read the spool.
-    pub fn take_fresh(&self, id: &str) -> Option<(Envelope, Arc<Vec<u8>>)> {
+    /// Counts a message read back from the spool against the memory budget while
+    /// the returned reservation lives.
+    pub fn count_memory(&self, bytes: usize) -> Reservation {
+        Reservation::count(self.memory.as_ref(), bytes as u64)
+    }
+
+    /// The reservation goes with it: hold it while the message is in use.
+    pub fn take_fresh(&self, id: &str) -> Option<(Envelope, Arc<Vec<u8>>, Reservation)> {
         let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
         let taken = fresh.messages.remove(id)?;
         fresh.bytes -= taken.1.len();

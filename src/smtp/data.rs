@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use super::memory::{MemoryBudget, Reservation};
 use crate::config::BareLineEndings;
+use crate::memory::{MemoryBudget, Reservation};
 use crate::reply::Reply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,5 @@ pub mod command;
 pub mod connection;
 pub mod data;
 pub mod listener;
-pub mod memory;
 pub mod session;
 pub mod tls;

@@ -105,8 +105,9 @@ async fn memory_stays_within_data_memory_under_a_flood_of_large_messages() {
     eprintln!(
         "memory: baseline {baseline} KiB, peak {peak} KiB, after {after} KiB; {queued} queued, {refused} refused"
     );
-    // The budget, plus the messages being queued and delivered (a few at a time),
-    // the connection buffers of 40 sessions and the runtime: 64 MiB stated.
+    // The budget covers message data in sessions, in the queue and in delivery;
+    // besides it: what judging derives from a message, the connection buffers of
+    // 40 sessions, lettre's stuffing pieces and the runtime: 64 MiB stated.
     let overhead_mib = 64;
     assert!(
         peak < baseline + (budget_mib + overhead_mib) * 1024,

@@ -1,8 +1,10 @@
-//! The memory all sessions together may hold for message data (`[limits]
+//! The memory all message data held in memory may take together (`[limits]
 //! data_memory`). A session takes what its message needs as it arrives and
-//! gives it back when the message is queued or refused; when there is none left,
-//! the message being received gets `451 4.3.1` instead of more memory, so a flood
-//! of large messages costs a bounded amount, whatever the clients send.
+//! gives it back when the message is refused, or when the queue's copy kept for
+//! its first delivery is delivered or dropped; when there is none left, the
+//! message being received gets `451 4.3.1` instead of more memory, and the queue
+//! reads the next message back from disk instead of keeping it, so a flood of
+//! large messages costs a bounded amount, whatever the clients send.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +78,19 @@ impl Reservation {
         }
     }
 
+    /// Counts `bytes` that are held already, whether or not the budget has room:
+    /// a message delivery has read back still occupies memory, and while it does,
+    /// sessions get less.
+    pub fn count(budget: Option<&Arc<MemoryBudget>>, bytes: u64) -> Reservation {
+        if let Some(budget) = budget {
+            budget.used.fetch_add(bytes, Ordering::AcqRel);
+        }
+        Reservation {
+            budget: budget.cloned(),
+            bytes,
+        }
+    }
+
     /// Gives everything back.
     pub fn release(&mut self) {
         if let Some(budget) = &self.budget {
@@ -119,5 +134,17 @@ mod tests {
         assert_eq!(budget.used(), 3 * STEP, "the taken reservation still holds");
         drop(held);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn memory_held_already_is_counted_even_past_the_limit() {
+        let budget = MemoryBudget::new(2 * STEP);
+        let read_back = Reservation::count(Some(&budget), 3 * STEP);
+        assert_eq!(budget.used(), 3 * STEP);
+        let mut session = Reservation::new(budget.clone());
+        assert!(!session.grow_to(1), "sessions get nothing while it is held");
+        drop(read_back);
+        assert!(session.grow_to(1));
+        assert_eq!(Reservation::count(None, 5).bytes, 5, "no budget: nothing to count");
     }
 }
