@@ -146,18 +146,33 @@ impl<'a> Spans<'a> {
     }
 
     /// The line of the key at `path` (`["backend", "address"]`), if it is written.
+    /// A number steps into an array (`["dkim_sign", "1", "key_file"]`: the key
+    /// of the second `[[dkim_sign]]`); a path ending in one names the element.
     pub fn line(&self, path: &[&str]) -> Option<usize> {
         let mut table = self.document.as_ref()?.get_ref();
-        let (last, tables) = path.split_last()?;
-        for segment in tables {
-            let (_, value) = table.iter().find(|(k, _)| k.get_ref() == segment)?;
+        let mut at = 0;
+        let mut segments = path.iter().peekable();
+        while let Some(segment) = segments.next() {
+            let (key, value) = table.iter().find(|(k, _)| k.get_ref() == segment)?;
+            at = key.span().start;
+            let mut value = value;
+            while let DeValue::Array(items) = value.get_ref() {
+                let Some(index) = segments.peek().and_then(|s| s.parse::<usize>().ok()) else {
+                    break;
+                };
+                segments.next();
+                value = items.get(index)?;
+                at = value.span().start;
+            }
+            if segments.peek().is_none() {
+                break;
+            }
             match value.get_ref() {
                 DeValue::Table(inner) => table = inner,
                 _ => return None,
             }
         }
-        let (key, _) = table.iter().find(|(k, _)| k.get_ref() == last)?;
-        Some(line_of(self.text, key.span().start))
+        Some(line_of(self.text, at))
     }
 
     /// The line of the key at `path` or, when it is not written, of the nearest
@@ -189,6 +204,17 @@ mod tests {
             spans.line(&["recipients", "domains", "example.test", "file"]),
             Some(6)
         );
+    }
+
+    #[test]
+    fn array_elements_are_found_by_their_index() {
+        let text = "[[dkim_sign]]\ndomain = \"a.test\"\nkey_file = \"a.pem\"\n\n\
+                    [[dkim_sign]]\ndomain = \"b.test\"\nkey_file = \"b.pem\"\n";
+        let spans = Spans::new(text);
+        assert_eq!(spans.line(&["dkim_sign", "0", "key_file"]), Some(3));
+        assert_eq!(spans.line(&["dkim_sign", "1", "key_file"]), Some(7));
+        assert_eq!(spans.nearest(&["dkim_sign", "1", "selector"]), Some(5));
+        assert_eq!(spans.line(&["dkim_sign", "2", "key_file"]), None);
     }
 
     #[test]
