@@ -87,6 +87,7 @@ fn per_message(set: &RuleSet, raw: &[u8], recipients: &[String]) -> Duration {
             recipients,
             size: raw.len(),
             content: Some(&content),
+            auth: Default::default(),
         };
         black_box(set.evaluate(&facts));
     };

@@ -77,6 +77,12 @@ impl Dns {
         Ok(Dns { resolver })
     }
 
+    /// The resolver itself, for the sender authentication (same servers and
+    /// timeouts).
+    pub fn resolver(&self) -> TokioResolver {
+        self.resolver.clone()
+    }
+
     /// The mail hosts of a domain: its MX hosts by preference, or the domain itself
     /// when it has no MX but has addresses (RFC 5321 5.1).
     pub async fn mail_hosts(&self, domain: &str) -> Result<MailHosts, DnsError> {

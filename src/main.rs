@@ -67,6 +67,13 @@ enum Command {
         /// Write the message as it would be delivered to this file.
         #[arg(long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        auth: Box<mailmoat::sender_auth::AssumedAuth>,
+    },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
     },
     /// Inspect and manage the mail queue (of a running or a stopped server).
     Queue {
@@ -82,6 +89,26 @@ enum Command {
     Quarantine {
         #[command(subcommand)]
         action: QuarantineAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimAction {
+    /// Make a signing key: the private key goes to --out (mode 0600), the TXT
+    /// record to publish is printed.
+    Keygen {
+        /// The signing domain (d=).
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=): the record goes at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// Where to write the private key (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// rsa (2048 bits, verified everywhere) or ed25519 (RFC 8463).
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ed25519"])]
+        algorithm: String,
     },
 }
 
@@ -163,6 +190,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Needs no configuration: a key is made before it is configured.
+    if let Command::Dkim { action } = cli.command {
+        return dkim(action);
+    }
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Check => {
@@ -191,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             helo,
             login,
             output,
+            auth,
         } => {
             use mailmoat::pipeline::{Pipeline, fixtures as fixture, trial};
             let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
@@ -202,7 +234,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let pipeline = Pipeline::for_trial(std::sync::Arc::new(config))?;
+            let config = std::sync::Arc::new(config);
+            let pipeline = if auth.any() {
+                Pipeline::for_trial_assuming(config, auth.facts().map_err(anyhow::Error::msg)?)?
+            } else {
+                Pipeline::for_trial(config)?
+            };
             if let Some(dir) = fixtures {
                 let (report, ok) = runtime.block_on(fixture::check_all(&pipeline, &rules, &dir))?;
                 print!("{report}");
@@ -234,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(config),
+        Command::Dkim { .. } => unreachable!("handled before the configuration is read"),
         Command::Passwd { action } => passwd(&config, action),
         Command::Quarantine { action } => {
             let command = match action {
@@ -287,6 +325,57 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             answer(&config, Request::Queue(command))
         }
     }
+}
+
+fn dkim(action: DkimAction) -> anyhow::Result<ExitCode> {
+    use mailmoat::sender_auth::keys::{Algorithm, generate};
+    let DkimAction::Keygen {
+        domain,
+        selector,
+        out,
+        algorithm,
+    } = action;
+    if out.exists() {
+        anyhow::bail!(
+            "{}: exists; mailmoat does not overwrite a key (choose another --out, or a new selector)",
+            out.display()
+        );
+    }
+    let key = generate(match algorithm.as_str() {
+        "ed25519" => Algorithm::Ed25519,
+        _ => Algorithm::Rsa2048,
+    })?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&out)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+        file.write_all(key.private_pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    }
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    eprintln!("private key written to {}", out.display());
+    eprintln!("publish this TXT record, then add to mailmoat.toml:");
+    eprintln!(
+        "  [[dkim_sign]]\n  domain = \"{domain}\"\n  selector = \"{selector}\"\n  key_file = \"{}\"",
+        out.display()
+    );
+    // Zone-file form: strings of at most 255 bytes.
+    let strings: Vec<String> = key
+        .record
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    println!(
+        "{selector}._domainkey.{domain}. IN TXT ( {} )",
+        strings.join(" ")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a queue or quarantine command and prints its answer: on standard output

@@ -145,6 +145,10 @@ mod tests {
         assert!(!session.grow_to(1), "sessions get nothing while it is held");
         drop(read_back);
         assert!(session.grow_to(1));
-        assert_eq!(Reservation::count(None, 5).bytes, 5, "no budget: nothing to count");
+        assert_eq!(
+            Reservation::count(None, 5).bytes,
+            5,
+            "no budget: nothing to count"
+        );
     }
 }

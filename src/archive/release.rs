@@ -74,6 +74,9 @@ pub async fn release(
         recipients: &recipients,
         size: 0,
         content: None,
+        // Not kept with the record: a released message's authentication
+        // conditions read as none.
+        auth: Default::default(),
     };
     let verdict = rules.judge_message(
         facts,

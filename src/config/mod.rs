@@ -7,6 +7,7 @@ mod archive;
 mod checks;
 mod delivery;
 mod mime;
+mod sender_auth;
 mod server;
 mod types;
 
@@ -18,6 +19,7 @@ pub use archive::*;
 pub use checks::*;
 pub use delivery::*;
 pub use mime::*;
+pub use sender_auth::*;
 pub use server::*;
 pub use types::*;
 
@@ -44,6 +46,9 @@ pub struct Config {
     pub checks: ChecksConfig,
     pub mailbomb: MailBombConfig,
     pub log: LogConfig,
+    pub sender_auth: SenderAuthConfig,
+    /// Keys that sign the mail of trusted and logged-in clients, by From domain.
+    pub dkim_sign: Vec<SigningKey>,
     /// The file it was read from (for reloading it).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -206,6 +211,21 @@ impl Config {
                 anchor(file);
             }
         }
+        for key in self
+            .dkim_sign
+            .iter_mut()
+            .chain(self.sender_auth.arc_seal.as_mut())
+        {
+            anchor(&mut key.key_file);
+        }
+    }
+
+    /// The authserv-id of our Authentication-Results headers.
+    pub fn authserv_id(&self) -> &str {
+        self.sender_auth
+            .authserv_id
+            .as_deref()
+            .unwrap_or(&self.server.hostname)
     }
 
     /// Checks that keys agree with each other.

@@ -15,6 +15,8 @@ pub struct Received<'a> {
     pub peer: &'a Peer,
     /// Empty for the null sender.
     pub sender: &'a str,
+    /// The sender's SPF check at MAIL (for an ARC seal's results).
+    pub spf: Option<&'a crate::sender_auth::SpfCheck>,
     pub recipients: &'a [String],
     /// BODY=8BITMIME and SMTPUTF8 were given.
     pub eight_bit: bool,
@@ -123,10 +125,27 @@ impl Pipeline {
             return Err(std::io::Error::other("no queue to keep the message in"));
         };
         let mut bytes = message.bytes;
-        if verdict.changes_message() {
-            let changed = verdict.apply(&bytes[message.trace_len..]);
+        let changed = verdict
+            .changes_message()
+            .then(|| verdict.apply(&bytes[message.trace_len..]));
+        let authenticated = match &self.sender_auth {
+            Some(auth) => {
+                auth.outgoing(crate::sender_auth::Outgoing {
+                    peer: message.peer,
+                    sender: message.sender,
+                    spf: message.spf,
+                    auth: verdict.authentication.as_ref(),
+                    original: &bytes[message.trace_len..],
+                    delivered: changed.as_deref().unwrap_or(&bytes[message.trace_len..]),
+                    changed: changed.is_some(),
+                })
+                .await
+            }
+            None => None,
+        };
+        if let Some(replacement) = authenticated.or(changed) {
             bytes.truncate(message.trace_len);
-            bytes.extend_from_slice(&changed);
+            bytes.extend_from_slice(&replacement);
         }
         let envelope = Envelope {
             client_ip: message.peer.ip.to_string(),

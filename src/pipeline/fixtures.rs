@@ -51,6 +51,8 @@ pub struct Fixture {
     pub shadow: Vec<String>,
     pub recipients: Option<Vec<String>>,
     pub sender: Option<String>,
+    /// Sender authentication results to assume instead of DNS lookups.
+    pub auth: Option<crate::sender_auth::AssumedAuth>,
 }
 
 fn default_ip() -> IpAddr {
@@ -95,12 +97,17 @@ pub fn load(dir: &Path) -> anyhow::Result<Vec<Loaded>> {
     for path in paths {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let at_line = |at: Option<std::ops::Range<usize>>| {
+            at.map_or(1, |s| text[..s.start].matches('\n').count() + 1)
+        };
         let fixture: Fixture = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map_or(1, |s| text[..s.start].matches('\n').count() + 1);
+            let line = at_line(e.span());
             anyhow::anyhow!("{}:{line}: {}", path.display(), e.message().trim())
         })?;
+        if let Some(Err(e)) = fixture.auth.as_ref().map(|a| a.facts()) {
+            let line = at_line(text.find("[auth]").map(|at| at..at));
+            anyhow::bail!("{}:{line}: [auth]: {e}", path.display());
+        }
         let eml = match &fixture.message {
             Some(name) => dir.join(name),
             None => path.with_extension("eml"),
@@ -207,7 +214,14 @@ pub async fn check_all(
     let mut out = String::new();
     let mut ok = true;
     for loaded in load(dir)? {
-        let trial = run(pipeline, rules, &loaded.input()).await;
+        let assumed = match &loaded.fixture.auth {
+            Some(auth) => Some(Pipeline::for_trial_assuming(
+                pipeline.config.clone(),
+                auth.facts().map_err(anyhow::Error::msg)?,
+            )?),
+            None => None,
+        };
+        let trial = run(assumed.as_ref().unwrap_or(pipeline), rules, &loaded.input()).await;
         let problems = problems(&trial, &loaded);
         let name = loaded.path.display();
         if problems.is_empty() {

@@ -35,6 +35,7 @@ use crate::policy::recipients::RecipientValidator;
 use crate::policy::relay::Destination;
 use crate::queue::Queue;
 use crate::rules::{Matched, RuleSet, Verdict};
+use crate::sender_auth::{AuthFacts, Authentication, SenderAuth, SpfCheck};
 use crate::verdict::{Decision, Peer, Stage};
 
 /// The order of the checks, stage by stage (README, "Precedence"). A client that
@@ -55,14 +56,14 @@ pub const CONNECT: &[Step] = &[
 pub const HELO: &[Step] = &[Step::HeloNotOurs];
 
 /// At MAIL FROM: room on the spool for a message, a logged-in client's right
-/// to the sender address, the sender
-/// deny list, the sender domain's existence, the message rates, then the rules
-/// that can judge a sender.
+/// to the sender address, the sender deny list, the sender domain's existence,
+/// its SPF result, the message rates, then the rules that can judge a sender.
 pub const MAIL: &[Step] = &[
     Step::SpoolSpace,
     Step::SenderLogin,
     Step::SenderDeny,
     Step::SenderDomain,
+    Step::Spf,
     Step::MessageRate,
     Step::Rules,
 ];
@@ -80,11 +81,13 @@ pub const RCPT: &[Step] = &[
 ];
 
 /// At the end of DATA: the flood of identical bodies, a MIME structure that
-/// readers could read in more than one way, the rules on the whole message, then
-/// attachments the engine could not look into.
+/// readers could read in more than one way, DKIM, ARC and DMARC (and its
+/// enforcement), the rules on the whole message, then attachments the engine
+/// could not look into.
 pub const DATA: &[Step] = &[
     Step::BodyFlood,
     Step::MimeStructure,
+    Step::SenderAuth,
     Step::Rules,
     Step::Unscannable,
 ];
@@ -124,6 +127,10 @@ pub enum Step {
     SenderDeny,
     /// `[checks] sender_domain_exists`.
     SenderDomain,
+    /// `[sender_auth] spf`: the sender's SPF result, for the rules and DMARC.
+    Spf,
+    /// `[sender_auth]` DKIM, ARC and DMARC, and `dmarc_enforce`.
+    SenderAuth,
     /// `[mailbomb] messages_per_hour` and `messages_per_sender_per_hour`.
     MessageRate,
     /// `release+ID.SIG@hostname` from a client that may relay.
@@ -165,7 +172,9 @@ impl Step {
             | Step::Pregreet
             | Step::HeloNotOurs
             | Step::SenderDeny
-            | Step::SenderDomain => Spares::Exempt,
+            | Step::SenderDomain
+            | Step::Spf
+            | Step::SenderAuth => Spares::Exempt,
             Step::ConnectionRate | Step::MessageRate | Step::RecipientRate | Step::BodyFlood => {
                 Spares::LimitsExempt
             }
@@ -229,6 +238,8 @@ pub struct Judgement<T> {
 /// Everything that judges, and where refusals and accepted mail go.
 pub struct Pipeline {
     pub config: Arc<Config>,
+    /// SPF, DKIM, DMARC and ARC; signing. None when all of it is off.
+    pub sender_auth: Option<Arc<SenderAuth>>,
     pub checks: Arc<Checks>,
     pub mailbomb: Arc<MailBomb>,
     pub recipients: Arc<RecipientValidator>,
@@ -266,6 +277,10 @@ struct Judging<'a> {
     /// Found at DATA.
     verdict: Option<Verdict>,
     matched: Vec<Matched>,
+    /// SPF: checked at MAIL, kept by the session for RCPT and DATA.
+    spf: Option<std::borrow::Cow<'a, SpfCheck>>,
+    /// DKIM, ARC, DMARC: verified at DATA.
+    authentication: Option<Authentication>,
 }
 
 impl<'a> Judging<'a> {
@@ -280,6 +295,14 @@ impl<'a> Judging<'a> {
             self.content = Some(crate::mime::Content::analyze(self.judged_message(), limits));
         }
         self.content.as_ref().expect("analysed above")
+    }
+
+    /// What the rules may know of the sender's authentication by now.
+    fn auth_facts(&self) -> AuthFacts {
+        match &self.authentication {
+            Some(auth) => auth.facts.clone(),
+            None => AuthFacts::of_spf(self.spf.as_deref()),
+        }
     }
 
     fn new(stage: Stage, peer: &'a Peer, rules: &'a RuleSet) -> Self {
@@ -299,6 +322,8 @@ impl<'a> Judging<'a> {
             accepted: None,
             verdict: None,
             matched: Vec::new(),
+            spf: None,
+            authentication: None,
         }
     }
 }
@@ -327,6 +352,7 @@ impl Pipeline {
             &config.server.hostname,
         )?;
         Ok(Pipeline {
+            sender_auth: SenderAuth::new(&config, &dns)?,
             checks: Arc::new(Checks::new(&config, dns)?),
             mailbomb: Arc::new(MailBomb::new(&config.mailbomb)),
             recipients: Arc::new(RecipientValidator::new(
@@ -410,14 +436,20 @@ impl Pipeline {
         self.judged(judging, result, |_| ())
     }
 
-    /// At MAIL FROM.
-    pub async fn mail(&self, peer: &Peer, rules: &RuleSet, sender: &Path) -> Judgement<()> {
+    /// At MAIL FROM; what it found is the sender's SPF check (when made), for
+    /// the later stages.
+    pub async fn mail(
+        &self,
+        peer: &Peer,
+        rules: &RuleSet,
+        sender: &Path,
+    ) -> Judgement<Option<SpfCheck>> {
         let text = sender.to_string();
         let mut judging = Judging::new(Stage::Mail, peer, rules);
         judging.sender = &text;
         judging.sender_domain = sender.mailbox().and_then(|m| m.domain_name());
         let result = self.run(&mut judging).await;
-        self.judged(judging, result, |_| ())
+        self.judged(judging, result, |j| j.spf.take().map(|s| s.into_owned()))
     }
 
     /// At RCPT TO; `raw` is the recipient as the client wrote it between `<>`.
@@ -426,10 +458,12 @@ impl Pipeline {
         peer: &Peer,
         rules: &RuleSet,
         sender: &str,
+        spf: Option<&SpfCheck>,
         raw: &str,
     ) -> Judgement<Recipient> {
         let mut judging = Judging::new(Stage::Rcpt, peer, rules);
         judging.sender = sender;
+        judging.spf = spf.map(std::borrow::Cow::Borrowed);
         judging.recipient = raw;
         let result = self.run(&mut judging).await;
         let result = match result {
@@ -455,12 +489,14 @@ impl Pipeline {
         rules: &RuleSet,
         id: &str,
         sender: &str,
+        spf: Option<&SpfCheck>,
         recipients: &[String],
         message: &[u8],
     ) -> Judgement<Verdict> {
         let mut judging = Judging::new(Stage::Data, peer, rules);
         judging.id = id;
         judging.sender = sender;
+        judging.spf = spf.map(std::borrow::Cow::Borrowed);
         judging.recipients = recipients;
         judging.message = message;
         let result = self.run(&mut judging).await;
@@ -470,6 +506,7 @@ impl Pipeline {
                 .take()
                 .unwrap_or_else(|| crate::rules::Verdict::deliver(j.sender, j.recipients.to_vec()));
             verdict.normalized = j.normalized.take();
+            verdict.authentication = j.authentication.take();
             verdict
         })
     }

@@ -68,6 +68,23 @@ impl Pipeline {
             Step::SenderDeny => self.checks.sender_deny(j.sender_domain)?,
             Step::SenderDomain => self.checks.sender_domain(j.sender_domain).await?,
             Step::MessageRate => self.mailbomb.message(ip, j.sender)?,
+            Step::Spf => {
+                if let Some(auth) = &self.sender_auth {
+                    j.spf = auth
+                        .spf(j.peer, j.sender)
+                        .await
+                        .map(std::borrow::Cow::Owned);
+                }
+            }
+            Step::SenderAuth => {
+                if let Some(auth) = &self.sender_auth {
+                    let spf = j.spf.as_deref();
+                    j.authentication = auth.verify(j.peer, j.sender, spf, j.message).await;
+                    if let Some(found) = &j.authentication {
+                        auth.enforce(found, j.id).await?;
+                    }
+                }
+            }
             Step::ReleaseAddress => return self.release_address(j),
             Step::Relay => {
                 let destination = relay::decide(&self.config, j.recipient, j.peer.may_relay)?;
@@ -101,7 +118,8 @@ impl Pipeline {
             if needs_content {
                 j.content(&self.config.rules.limits());
             }
-            let facts = Facts::of(j.peer, j.sender, j.recipients);
+            let mut facts = Facts::of(j.peer, j.sender, j.recipients);
+            facts.auth = j.auth_facts();
             let verdict = j
                 .rules
                 .judge_content(facts, j.message.len(), j.content.as_ref(), None);
@@ -120,7 +138,8 @@ impl Pipeline {
             }
             _ => &[],
         };
-        let facts = Facts::of(j.peer, j.sender, recipients);
+        let mut facts = Facts::of(j.peer, j.sender, recipients);
+        facts.auth = j.auth_facts();
         match j.rules.check_early(j.stage, &facts) {
             Ok(matched) => {
                 j.matched.extend(matched);

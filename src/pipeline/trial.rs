@@ -31,7 +31,7 @@ pub struct Trial {
     pub connect: Judgement<()>,
     pub helo: Option<Judgement<()>>,
     /// `None` when the sender syntax is wrong (the reply says why).
-    pub mail: Option<Judgement<()>>,
+    pub mail: Option<Judgement<Option<crate::sender_auth::SpfCheck>>>,
     pub mail_syntax: Option<Reply>,
     pub rcpt: Vec<(String, Judgement<Recipient>)>,
     /// At the end of DATA; none when an earlier stage refused everything.
@@ -45,6 +45,19 @@ impl Pipeline {
     pub fn for_trial(config: Arc<Config>) -> anyhow::Result<Pipeline> {
         let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
         Pipeline::build(config, dns, None)
+    }
+
+    /// The same, with these sender authentication results instead of DNS
+    /// lookups (`test-rules --spf … --dmarc …`, a fixture's `[auth]`).
+    pub fn for_trial_assuming(
+        config: Arc<Config>,
+        auth: crate::sender_auth::AuthFacts,
+    ) -> anyhow::Result<Pipeline> {
+        let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
+        let sender_auth = crate::sender_auth::SenderAuth::assuming(&config, &dns, auth)?;
+        let mut pipeline = Pipeline::build(config, dns, None)?;
+        pipeline.sender_auth = Some(sender_auth);
+        Ok(pipeline)
     }
 }
 
@@ -98,6 +111,7 @@ pub async fn run(pipeline: &Pipeline, rules: &RuleSet, input: &TrialInput<'_>) -
     };
     let mail = pipeline.mail(&peer, rules, &sender).await;
     let refused = mail.result.is_err();
+    let spf = mail.result.as_ref().ok().cloned().flatten();
     trial.mail = Some(mail);
     if refused {
         return trial;
@@ -105,7 +119,9 @@ pub async fn run(pipeline: &Pipeline, rules: &RuleSet, input: &TrialInput<'_>) -
     let sender = sender.to_string();
     let mut accepted = Vec::new();
     for raw in &input.recipients {
-        let judged = pipeline.rcpt(&peer, rules, &sender, raw).await;
+        let judged = pipeline
+            .rcpt(&peer, rules, &sender, spf.as_ref(), raw)
+            .await;
         if let Ok(Recipient::Deliver(destination)) = &judged.result {
             accepted.push(destination.mailbox().to_string());
         }
@@ -115,7 +131,15 @@ pub async fn run(pipeline: &Pipeline, rules: &RuleSet, input: &TrialInput<'_>) -
         return trial;
     }
     let data = pipeline
-        .data(&peer, rules, "trial", &sender, &accepted, input.message)
+        .data(
+            &peer,
+            rules,
+            "trial",
+            &sender,
+            spf.as_ref(),
+            &accepted,
+            input.message,
+        )
         .await;
     if let Ok(verdict) = &data.result
         && matches!(verdict.decision, Final::Deliver | Final::Quarantine)
@@ -129,11 +153,12 @@ pub async fn run(pipeline: &Pipeline, rules: &RuleSet, input: &TrialInput<'_>) -
 impl Trial {
     /// The refusal that ended the dialogue before DATA, if one did.
     fn refusal_before_data(&self) -> Option<&Decision> {
-        let early = [Some(&self.connect), self.helo.as_ref(), self.mail.as_ref()];
+        let early = [Some(&self.connect), self.helo.as_ref()];
         early
             .into_iter()
             .flatten()
             .find_map(|j| j.result.as_ref().err())
+            .or_else(|| self.mail.as_ref().and_then(|j| j.result.as_ref().err()))
             .or_else(|| {
                 self.data
                     .is_none()
@@ -162,11 +187,14 @@ impl Trial {
     /// Every rule that matched, at any stage.
     pub fn matched(&self) -> Vec<&Matched> {
         let mut all: Vec<&Matched> = Vec::new();
-        for judged in [Some(&self.connect), self.helo.as_ref(), self.mail.as_ref()]
+        for judged in [Some(&self.connect), self.helo.as_ref()]
             .into_iter()
             .flatten()
         {
             all.extend(judged.matched.iter());
+        }
+        if let Some(mail) = &self.mail {
+            all.extend(mail.matched.iter());
         }
         for (_, judged) in &self.rcpt {
             all.extend(judged.matched.iter());
@@ -207,7 +235,7 @@ impl Trial {
         } else if let Some(judged) = &self.mail {
             out.push((
                 mail,
-                answer(judged.result.as_ref().map(|()| ok(250, "2.1.0"))),
+                answer(judged.result.as_ref().map(|_| ok(250, "2.1.0"))),
             ));
         }
         for (raw, judged) in &self.rcpt {
@@ -245,6 +273,31 @@ impl Trial {
                     );
                 }
             }
+        }
+        if let Some(auth) = self
+            .data
+            .as_ref()
+            .and_then(|d| d.result.as_ref().ok())
+            .and_then(|v| v.authentication.as_ref())
+        {
+            let facts = &auth.facts;
+            let _ = writeln!(
+                out,
+                "sender authentication: spf={} dkim={} dmarc={} arc={}{}{}",
+                facts.spf.name(),
+                facts.dkim.name(),
+                facts.dmarc.name(),
+                facts.arc.name(),
+                facts
+                    .dmarc_policy
+                    .map(|p| format!(" dmarc_policy={}", p.name()))
+                    .unwrap_or_default(),
+                if facts.dkim_domains.is_empty() {
+                    String::new()
+                } else {
+                    format!(" dkim_domain={}", facts.dkim_domains.join(","))
+                }
+            );
         }
         let matched = self.matched();
         if matched.is_empty() {

@@ -10,8 +10,9 @@ use toml::Spanned;
 
 use super::file::{Conditions, Mode, OneOrMany, RuleFile, RuleSpec};
 use super::pattern::{self, FieldBuilder, PatternId, Plain};
-use super::{Action, Cond, CondSet, FieldKey, Rewrite, Rule, RuleSet, Stage};
+use super::{Action, AuthCheck, Cond, CondSet, FieldKey, Rewrite, Rule, RuleSet, Stage};
 use crate::reply::Reply;
+use crate::sender_auth::{AuthResult, DmarcPolicy};
 
 /// A rule file error, with where it is and what to do.
 pub type RuleError = crate::file_error::FileError;
@@ -228,7 +229,64 @@ impl Compiler {
             let ids = self.patterns(FieldKey::AttachmentUnscannable, &value, place, gate)?;
             set.attachment.push(ids);
         }
-        set.data_only = c.min_recipients.is_some()
+        let auth_checks = [
+            (&c.spf, AuthCheck::Spf, "spf"),
+            (&c.dkim, AuthCheck::Dkim, "dkim"),
+            (&c.dmarc, AuthCheck::Dmarc, "dmarc"),
+            (&c.arc, AuthCheck::Arc, "arc"),
+        ];
+        for (values, check, name) in auth_checks {
+            let Some(values) = values else { continue };
+            let mut wanted = Vec::new();
+            for item in strings(values, place)? {
+                let result = AuthResult::parse(item.get_ref()).ok_or_else(|| {
+                    place.error(
+                        item.span().start,
+                        format!(
+                            "{name} '{}' is not a result; write one of pass, fail, softfail, neutral, none, temperror, permerror",
+                            item.get_ref()
+                        ),
+                    )
+                })?;
+                wanted.push(result);
+            }
+            set.simple.push(Cond::Auth(check, wanted));
+        }
+        if let Some(values) = &c.dkim_domain {
+            let domains = strings(values, place)?
+                .into_iter()
+                .map(|d| {
+                    d.get_ref()
+                        .trim()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase()
+                })
+                .collect();
+            set.simple.push(Cond::DkimDomain(domains));
+        }
+        if let Some(values) = &c.dmarc_policy {
+            let mut wanted = Vec::new();
+            for item in strings(values, place)? {
+                wanted.push(DmarcPolicy::parse(item.get_ref()).ok_or_else(|| {
+                    place.error(
+                        item.span().start,
+                        format!(
+                            "dmarc_policy '{}' is not a policy; write none, quarantine or reject",
+                            item.get_ref()
+                        ),
+                    )
+                })?);
+            }
+            set.simple.push(Cond::DmarcPolicy(wanted));
+        }
+        // SPF is known at MAIL; the rest only once the message is there.
+        let message_auth = c.dkim.is_some()
+            || c.dmarc.is_some()
+            || c.arc.is_some()
+            || c.dkim_domain.is_some()
+            || c.dmarc_policy.is_some();
+        set.data_only = message_auth
+            || c.min_recipients.is_some()
             || c.max_recipients.is_some()
             || c.min_size.is_some()
             || c.max_size.is_some()

@@ -147,6 +147,25 @@ impl RuleSet {
             Cond::MinSize(n) => facts.size >= *n,
             Cond::MaxSize(n) => facts.size <= *n,
             Cond::Message(ids) => hit(&hits.message, ids),
+            Cond::Auth(check, wanted) => {
+                let auth = &facts.auth;
+                let value = match check {
+                    AuthCheck::Spf => auth.spf,
+                    AuthCheck::Dkim => auth.dkim,
+                    AuthCheck::Dmarc => auth.dmarc,
+                    AuthCheck::Arc => auth.arc,
+                };
+                wanted.contains(&value)
+            }
+            Cond::DkimDomain(domains) => facts.auth.dkim_domains.iter().any(|signed| {
+                domains.iter().any(|d| match d.strip_prefix("*.") {
+                    Some(parent) => signed == parent || signed.ends_with(&format!(".{parent}")),
+                    None => signed == d,
+                })
+            }),
+            Cond::DmarcPolicy(wanted) => {
+                facts.auth.dmarc_policy.is_some_and(|p| wanted.contains(&p))
+            }
         };
         if !rule.when.simple.iter().all(holds) {
             return None;
@@ -291,6 +310,7 @@ impl RuleSet {
             header_edits: Vec::new(),
             removals: Vec::new(),
             normalized: None,
+            authentication: None,
         };
         // Per original recipient: what it becomes (redirects replace, rewrites map).
         let mut recipients: Vec<Vec<String>> =

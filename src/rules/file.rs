@@ -93,6 +93,17 @@ pub struct Conditions {
     pub attachment_extension: Option<OneOrMany>,
     pub attachment_type: Option<OneOrMany>,
     pub attachment_magic: Option<OneOrMany>,
+    /// Sender authentication results: `pass`, `fail`, `softfail`, `neutral`,
+    /// `none`, `temperror`, `permerror` (SPF at MAIL, the others at DATA).
+    pub spf: Option<OneOrMany>,
+    pub dkim: Option<OneOrMany>,
+    pub dmarc: Option<OneOrMany>,
+    pub arc: Option<OneOrMany>,
+    /// A domain that signed with a passing DKIM signature (`"*.example.com"`
+    /// for its subdomains too).
+    pub dkim_domain: Option<OneOrMany>,
+    /// The author domain's DMARC policy: `none`, `quarantine`, `reject`.
+    pub dmarc_policy: Option<OneOrMany>,
     /// The engine could not look into all of it (an encrypted archive, one too
     /// deep or too big for the zip limits).
     pub attachment_unscannable: Option<Spanned<bool>>,

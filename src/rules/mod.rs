@@ -139,6 +139,19 @@ enum Cond {
     MaxSize(usize),
     /// Any of these patterns matched a message-level field.
     Message(Vec<PatternId>),
+    /// A sender authentication result is one of these.
+    Auth(AuthCheck, Vec<crate::sender_auth::AuthResult>),
+    /// One of these domains signed with a passing DKIM signature.
+    DkimDomain(Vec<String>),
+    DmarcPolicy(Vec<crate::sender_auth::DmarcPolicy>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthCheck {
+    Spf,
+    Dkim,
+    Dmarc,
+    Arc,
 }
 
 /// The compiled `when` or `unless` of a rule.
@@ -206,6 +219,8 @@ pub struct Facts<'a> {
     /// Message size in octets (DATA only).
     pub size: usize,
     pub content: Option<&'a Content>,
+    /// SPF (from MAIL on), DKIM, DMARC, ARC (at DATA).
+    pub auth: crate::sender_auth::AuthFacts,
 }
 
 impl<'a> Facts<'a> {
@@ -222,6 +237,7 @@ impl<'a> Facts<'a> {
             recipients,
             size: 0,
             content: None,
+            auth: Default::default(),
         }
     }
 }
@@ -263,6 +279,9 @@ pub struct Verdict {
     /// The message rewritten to one reading (`[mime] ambiguous = "normalize"`):
     /// what was judged, and what the edits apply to.
     pub normalized: Option<Vec<u8>>,
+    /// What sender authentication found (inbound mail), for the
+    /// Authentication-Results header and an ARC seal.
+    pub authentication: Option<crate::sender_auth::Authentication>,
 }
 
 impl Verdict {
@@ -278,6 +297,7 @@ impl Verdict {
             header_edits: Vec::new(),
             removals: Vec::new(),
             normalized: None,
+            authentication: None,
         }
     }
 

@@ -16,6 +16,7 @@ fn facts<'a>(sender: &'a str, recipients: &'a [String], content: Option<&'a Cont
         recipients,
         size: 100,
         content,
+        auth: Default::default(),
     }
 }
 

@@ -61,6 +61,8 @@ struct Transaction {
     /// Archive items this message asks to release (`release+ID.SIG@hostname`).
     releases: Vec<String>,
     shadow: crate::pipeline::ShadowLog,
+    /// The sender's SPF result, from MAIL.
+    spf: Option<crate::sender_auth::SpfCheck>,
 }
 
 struct Session {

@@ -261,6 +261,21 @@ fn broken_cases() -> Vec<Broken> {
             says: "block.toml:2:",
         },
         Broken {
+            what: "the second DKIM signing key is no key",
+            change: |dir, t| {
+                let key = mailmoat::sender_auth::keys::generate(
+                    mailmoat::sender_auth::keys::Algorithm::Ed25519,
+                )
+                .unwrap();
+                std::fs::write(dir.join("dkim-good.pem"), key.private_pem).unwrap();
+                std::fs::write(dir.join("dkim-bad.pem"), "not a key\n").unwrap();
+                t + "\n[[dkim_sign]]\ndomain = \"example.test\"\nselector = \"a\"\nkey_file = \"dkim-good.pem\"\n\
+                     \n[[dkim_sign]]\ndomain = \"example.test\"\nselector = \"b\"\nkey_file = \"dkim-bad.pem\"\n"
+            },
+            at: "key_file = \"dkim-bad.pem\"",
+            says: "PEM private key",
+        },
+        Broken {
             what: "short release key",
             change: |_, t| {
                 t.replace(

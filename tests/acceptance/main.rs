@@ -15,5 +15,6 @@ mod protocol;
 mod recipients;
 mod relay;
 mod rules;
+mod sender_auth;
 mod shipped;
 mod support;

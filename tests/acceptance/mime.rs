@@ -485,8 +485,8 @@ action = "strip_attachments"
 
 /// The readers that find the program in a delivered message.
 fn readers_finding_the_program(message: &[u8]) -> Vec<String> {
-    ensure_tool("ripmime", "ripmime");
-    ensure_tool("munpack", "mpack");
+    ensure_package("command -v ripmime", "ripmime");
+    ensure_package("command -v munpack", "mpack");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("delivered.eml");
     std::fs::write(&path, message).unwrap();
@@ -503,29 +503,6 @@ fn readers_finding_the_program(message: &[u8]) -> Vec<String> {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
-}
-
-/// A Debian tool the test needs, installed when missing (CI runs as root).
-fn ensure_tool(command: &str, package: &str) {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = LOCK.lock().unwrap();
-    let present = |c: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {c}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if present(command) {
-        return;
-    }
-    let _ = Command::new("apt-get")
-        .args(["install", "-y", "-q", package])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output();
-    assert!(
-        present(command),
-        "{command} is needed (apt-get install {package}); .ci/run installs it"
-    );
 }
 
 #[test]

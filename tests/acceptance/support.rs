@@ -483,6 +483,15 @@ timeout = "1s"
 [checks]
 sender_domain_exists = false
 
+# Sender authentication adds an Authentication-Results header to inbound mail;
+# the tests of other stages compare bytes, so it is on only where tested
+# (sender_auth.rs).
+[sender_auth]
+spf = false
+dkim = false
+dmarc = false
+arc = false
+
 [queue]
 path = "queue"
 min_backoff = "1s"
@@ -798,6 +807,20 @@ impl DnsServer {
         );
     }
 
+    /// A TXT record; text longer than 255 bytes goes in several strings, as
+    /// zone files publish long DKIM keys.
+    pub fn txt(&self, name: &str, text: &str) {
+        let strings = text
+            .as_bytes()
+            .chunks(255)
+            .map(|chunk| String::from_utf8(chunk.to_vec()).unwrap())
+            .collect();
+        self.add(
+            name,
+            hickory_proto::rr::RData::TXT(hickory_proto::rr::rdata::TXT::new(strings)),
+        );
+    }
+
     /// A name that exists with no records of the asked type (NODATA).
     pub fn exists(&self, name: &str) {
         self.zone
@@ -876,4 +899,29 @@ pub async fn wait_for_logged(
         assert!(Instant::now() < deadline, "no log line: {what}");
         poll_pause().await;
     }
+}
+
+/// Makes sure a Debian package the tests read with is installed: `check` is a
+/// shell command that succeeds when it is. Installs it when missing (CI runs as
+/// root on Debian; `.ci/run` installs them first anyway).
+pub fn ensure_package(check: &str, package: &str) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let present = || {
+        std::process::Command::new("sh")
+            .args(["-c", check])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if present() {
+        return;
+    }
+    let _ = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-q", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output();
+    assert!(
+        present(),
+        "{package} is needed (apt-get install {package}); .ci/run installs it"
+    );
 }

@@ -116,6 +116,7 @@ impl Session {
                 &self.rules,
                 &id,
                 &sender,
+                transaction.spf.as_ref(),
                 &transaction.recipients,
                 &bytes[trace_len..],
             )
@@ -127,6 +128,7 @@ impl Session {
                     id: &id,
                     peer: &self.peer,
                     sender: &sender,
+                    spf: transaction.spf.as_ref(),
                     recipients: &transaction.recipients,
                     eight_bit: transaction.params.eight_bit,
                     smtputf8: transaction.params.smtputf8,

@@ -42,10 +42,12 @@ impl Session {
             recipients: Vec::new(),
             releases: Vec::new(),
             shadow: Default::default(),
+            spf: None,
         };
         transaction.shadow.add(&judged.matched);
         match judged.result {
-            Ok(()) => {
+            Ok(spf) => {
+                transaction.spf = spf;
                 self.transaction = Some(transaction);
                 self.reply(250, "2.1.0", "Ok");
             }

@@ -21,9 +21,10 @@ impl Session {
             );
         }
         let sender = transaction.sender.to_string();
+        let spf = transaction.spf.clone();
         let judged = self
             .pipeline()
-            .rcpt(&self.peer, &self.rules, &sender, raw)
+            .rcpt(&self.peer, &self.rules, &sender, spf.as_ref(), raw)
             .await;
         let Some(transaction) = &mut self.transaction else {
             return;
