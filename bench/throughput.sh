@@ -4,12 +4,17 @@
 #
 #   bench/throughput.sh [--msgs N] [--reps N] [--no-postfix] [--csv FILE]
 #                       [--baseline BIN] [--settings "S BYTES,..."] [--throughput-only]
+#                       [--sender-auth]
 #
 # --baseline BIN runs a second mailmoat binary (an older build) beside this one,
 # alternating with it at every setting, so a change is measured against what was
 # there before in the same run ("baseline" in the table). --settings picks the
 # settings (default "1 5120,10 5120,50 5120,50 102400"); --throughput-only skips the
-# latency, idle-connection and disk figures.
+# latency, idle-connection and disk figures. --sender-auth adds two instances that
+# treat the load as coming from outside, with names from a dnsmasq on
+# 127.0.0.1:5353 (SPF and DMARC records for the sender's domain, example.org):
+# "untrusted" (sender authentication off) and "auth" (SPF, DKIM, DMARC, ARC on,
+# results cached), so what verification costs per message is the difference.
 #
 # Builds the release binary, starts mailmoat with a benchmark configuration
 # (127.0.0.1:2535 -> smtp-sink on 127.0.0.1:2536, hosting example.com, spool flushed
@@ -26,7 +31,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 HARNESS="$REPO/bench/harness"
-MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0
+MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0
 SETTINGS_ARG="1 5120,10 5120,50 5120,50 102400"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,6 +42,7 @@ while [ $# -gt 0 ]; do
     --baseline) BASELINE="$(realpath "$2")"; shift 2;;
     --settings) SETTINGS_ARG="$2"; shift 2;;
     --throughput-only) ONLY_THROUGHPUT=1; shift;;
+    --sender-auth) SENDER_AUTH=1; shift;;
     -h|--help) sed -n '2,26p' "$0"; exit 0;;
     *) echo "unknown argument: $1" >&2; exit 2;;
   esac
@@ -45,6 +51,7 @@ done
 need_apt=()
 command -v smtp-source >/dev/null || need_apt+=(postfix postfix-pcre)
 command -v ss >/dev/null || need_apt+=(iproute2)
+[ "$SENDER_AUTH" = 0 ] || command -v dnsmasq >/dev/null || need_apt+=(dnsmasq-base)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_apt[@]}" >/dev/null
@@ -55,8 +62,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 BIN="$REPO/target/release/mailmoat"
 WORK="$(mktemp -d /tmp/mailmoat-bench.XXXXXX)"
 [ -n "$CSV" ] || CSV="$WORK/results.csv"
-MM_PID=""; BL_PID=""
+MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; DNS_PID=""
 cleanup() {
+  for pid in "$UT_PID" "$SA_PID" "$DNS_PID"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  done
   [ -n "$MM_PID" ] && kill "$MM_PID" 2>/dev/null && wait "$MM_PID" 2>/dev/null || true
   [ -n "$BL_PID" ] && kill "$BL_PID" 2>/dev/null && wait "$BL_PID" 2>/dev/null || true
   if [ "$POSTFIX" = 1 ] && command -v postfix >/dev/null; then
@@ -108,6 +118,31 @@ start_baseline() {
   echo "baseline did not start:" >&2; tail "$WORK/baseline/mailmoat.log" >&2; exit 1
 }
 
+# An instance of the same configuration in its own folder on ports PORT ->
+# PORT+1, with the client untrusted and names from the dnsmasq; AUTH says whether
+# sender authentication is on. Prints its PID.
+start_outside() { # name port auth
+  local name="$1" port="$2" auth="$3" dir="$WORK/$1"
+  mkdir -p "$dir"
+  sed -e "s/127.0.0.1:2535/127.0.0.1:$port/" -e "s/127.0.0.1:2536/127.0.0.1:$((port + 1))/" \
+    -e 's/^\[relay\]$/[relay]\ntrusted_networks = ["127.0.0.9\/32"]/' \
+    "$WORK/mailmoat.toml" > "$dir/mailmoat.toml"
+  cat >> "$dir/mailmoat.toml" <<EXTRA
+[dns]
+servers = ["127.0.0.1:5353"]
+[sender_auth]
+spf = $auth
+dkim = $auth
+dmarc = $auth
+arc = $auth
+EXTRA
+  cp "$WORK/recipients.txt" "$dir/"
+  "$BIN" --config "$dir/mailmoat.toml" serve >> "$dir/mailmoat.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do ss -Hltn "sport = :$port" | grep -q . && { echo "$pid"; return; }; sleep 0.05; done
+  echo "$name did not start:" >&2; tail "$dir/mailmoat.log" >&2; exit 1
+}
+
 IFS=',' read -r -a SETTINGS <<< "$SETTINGS_ARG"
 run_one() { # system target sink-port pid-args... sessions size
   local system="$1" target="$2" sink="$3" s="$4" l="$5"; shift 5
@@ -117,6 +152,18 @@ run_one() { # system target sink-port pid-args... sessions size
 
 start_mailmoat
 [ -n "$BASELINE" ] && start_baseline
+if [ "$SENDER_AUTH" = 1 ]; then
+  # The sender's domain authorises loopback and publishes p=reject.
+  dnsmasq --no-daemon --no-resolv --no-hosts --port=5353 --listen-address=127.0.0.1 \
+    --bind-interfaces --local=/org/ --local=/com/ \
+    --txt-record=example.org,"v=spf1 ip4:127.0.0.0/8 -all" \
+    --txt-record=_dmarc.example.org,"v=DMARC1; p=reject" \
+    --host-record=example.org,127.0.0.1 --host-record=client.example.org,127.0.0.1 \
+    > "$WORK/dnsmasq.log" 2>&1 &
+  DNS_PID=$!
+  UT_PID=$(start_outside untrusted 2555 false)
+  SA_PID=$(start_outside auth 2565 true)
+fi
 if [ "$POSTFIX" = 1 ]; then bash "$HARNESS/postfix-relay/setup.sh" start >/dev/null; fi
 for rep in $(seq 1 "$REPS"); do
   for setting in "${SETTINGS[@]}"; do
@@ -124,6 +171,10 @@ for rep in $(seq 1 "$REPS"); do
     run_one mailmoat 127.0.0.1:2535 2536 "$s" "$l" --server-pid "$MM_PID"
     if [ -n "$BASELINE" ]; then
       run_one baseline 127.0.0.1:2545 2546 "$s" "$l" --server-pid "$BL_PID"
+    fi
+    if [ "$SENDER_AUTH" = 1 ]; then
+      run_one untrusted 127.0.0.1:2555 2556 "$s" "$l" --server-pid "$UT_PID"
+      run_one auth 127.0.0.1:2565 2566 "$s" "$l" --server-pid "$SA_PID"
     fi
     if [ "$POSTFIX" = 1 ]; then
       sleep 3  # Postfix drops its cached client connections after 2 s idle

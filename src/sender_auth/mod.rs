@@ -205,7 +205,8 @@ pub struct SenderAuth {
     hostname: String,
     authenticator: MessageAuthenticator,
     caches: Caches,
-    /// How long one message's lookups may take in all: past it, temperror.
+    /// How long one stage's lookups (SPF at MAIL; DKIM, ARC, DMARC at DATA) may take in all
+    /// (`dns.timeout`): past it, temperror, so no name server holds a session longer.
     deadline: Duration,
     signers: Vec<Signer>,
     sealer: Option<Signer>,
@@ -257,7 +258,7 @@ impl SenderAuth {
             hostname: config.server.hostname.clone(),
             authenticator: MessageAuthenticator(dns.resolver()),
             caches: Caches::default(),
-            deadline: config.dns.timeout * 3,
+            deadline: config.dns.timeout,
             signers,
             sealer,
             assumed: None,
@@ -516,6 +517,15 @@ impl SenderAuth {
             .find(|r| dkim.iter().any(|o| AuthResult::of_dkim(o.result()) == *r))
             .unwrap_or(AuthResult::None)
         };
+        // mail-auth drops a DKIM-Signature it cannot parse unless the fault is a
+        // DKIM one (bad base64, say): it still was a signature that failed.
+        let unparsed = self.config.dkim
+            && parsed.has_dkim_errors
+            && !dkim.iter().any(|o| o.signature().is_none());
+        let dkim_result = match dkim_result {
+            AuthResult::None if unparsed => AuthResult::PermError,
+            other => other,
+        };
         let arc_result = arc
             .as_ref()
             .filter(|_| self.config.arc)
@@ -540,6 +550,10 @@ impl SenderAuth {
         };
         let mut header = Vec::new();
         mail_auth::common::headers::HeaderWriter::write_header(&results, &mut header);
+        if unparsed && header.ends_with(b"\r\n") {
+            header.truncate(header.len() - 2);
+            header.extend_from_slice(b";\r\n\tdkim=permerror (malformed DKIM-Signature)\r\n");
+        }
         let sealed = match (seal_over, &self.sealer, &arc) {
             (Some(changed), Some(sealer), Some(arc)) => {
                 sealer.seal(changed, &header, &results, arc).ok()
@@ -636,7 +650,8 @@ impl SenderAuth {
     /// failing mail; the rest gets the next weaker one. (mail-auth follows RFC
     /// 9989, which dropped `pct`; many domains still publish it.)
     async fn sampled(&self, domain: &str, policy: DmarcPolicy) -> DmarcPolicy {
-        let Some(pct) = self.pct(domain).await else {
+        // No answer in time: the policy as published.
+        let Ok(Some(pct)) = tokio::time::timeout(self.deadline, self.pct(domain)).await else {
             return policy;
         };
         if rand::random_range(0..100u32) < pct {

@@ -182,6 +182,18 @@ async fn spf_is_checked_at_mail_and_recorded_for_every_result() {
     dns.txt("perm.test", "v=spf1 redirect=none.test");
     dns.servfail("temp.test");
     dns.exists("none.test");
+    // RFC 7208 4.6.4: more than 10 mechanisms that look names up.
+    let includes: Vec<String> = (1..=11).map(|n| format!("include:i{n}.test")).collect();
+    dns.txt(
+        "toomany.test",
+        &format!("v=spf1 {} -all", includes.join(" ")),
+    );
+    for n in 1..=11 {
+        dns.txt(&format!("i{n}.test"), "v=spf1 ip4:192.0.2.1 -all");
+    }
+    dns.txt("loop.test", "v=spf1 include:loop.test -all");
+    // A name server that never answers for the domain.
+    dns.silent("silent.test");
     let rules = r#"
 [[rule]]
 name = "spf-fail"
@@ -203,25 +215,53 @@ reply = "550 5.7.23 SPF says no"
         ("perm.test", "permerror"),
         ("temp.test", "temperror"),
         ("none.test", "none"),
+        ("toomany.test", "permerror"),
+        ("loop.test", "permerror"),
+        ("silent.test", "temperror"),
     ];
     for (n, (domain, result)) in cases.iter().enumerate() {
         let sender = format!("x@{domain}");
+        let started = std::time::Instant::now();
         let (mail, data) = send(&proxy, &sender, &message(&sender, domain, "b")).await;
         assert_eq!(mail, "250 2.1.0", "{domain}");
         assert!(data.unwrap().starts_with("250 2.0.0"), "{domain}");
-        let header = our_results(&backend, n).await;
+        // A name server that never answers holds a session for the DNS timeout
+        // (1 s here), not longer.
         assert!(
-            header.contains(&format!("spf={result} "))
-                && header.contains(&format!("smtp.mailfrom={sender}")),
-            "{domain}: {header}"
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{domain}: {:?}",
+            started.elapsed()
+        );
+        let comment = match *result {
+            "pass" => format!("domain of {sender} designates 127.0.0.1 as permitted sender"),
+            "softfail" => format!("domain of {sender} reports soft fail for 127.0.0.1"),
+            "neutral" => format!("domain of {sender} reports neutral for 127.0.0.1"),
+            "permerror" => format!("unable to verify SPF record for {sender}"),
+            "temperror" => format!("temporary dns error validating {sender}"),
+            _ => format!("no SPF records found for {sender}"),
+        };
+        assert_eq!(
+            our_results(&backend, n).await,
+            format!(
+                "Authentication-Results: mx.example.test; spf={result} (mx.example.test: {comment}) \
+                 smtp.mailfrom={sender}; arc=none smtp.remote-ip=127.0.0.1; \
+                 dmarc=none header.from={domain} policy.dmarc=none"
+            ),
+            "{domain}"
         );
     }
+    // Results are cached for the record's TTL: a second message from a domain
+    // asks the name server nothing new.
+    let asked = dns.asked("pass.test", "TXT");
+    let (_, data) = send(&proxy, "y@pass.test", &message("y@pass.test", "again", "b")).await;
+    assert!(data.unwrap().starts_with("250 2.0.0"));
+    assert_eq!(dns.asked("pass.test", "TXT"), asked, "looked up again");
 
     // The null sender: the HELO name's record is checked.
     dns.txt("client.remote.test", "v=spf1 ip4:127.0.0.1 -all");
     let (mail, _) = send(&proxy, "", &message("x@none.test", "bounce", "b")).await;
     assert_eq!(mail, "250 2.1.0");
-    let header = our_results(&backend, cases.len()).await;
+    let header = our_results(&backend, cases.len() + 1).await;
     assert!(
         header.contains("spf=pass ") && header.contains("smtp.helo=client.remote.test"),
         "{header}"
@@ -272,70 +312,167 @@ add_header = { "X-Dmarc-Would-Reject" = "yes" }
         .unwrap()
         .replace("Subject: genuine", "Subject: changed")
         .into_bytes();
+    // Signed with an expiry one second after signing; judged once it passed.
+    let expiring = bank.sign_with(
+        bank.signer().expiration(1),
+        &message("ceo@bank.test", "expired", "b"),
+    );
+    let expiry: u64 = String::from_utf8_lossy(&expiring)
+        .split("x=")
+        .nth(1)
+        .and_then(|v| v.split(';').next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("an x= tag");
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= expiry
+    {
+        poll_pause().await;
+    }
+    let malformed = [
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=bank.test; s=s1; h=From; bh=!!!; b=@@@\r\n"
+            .as_slice(),
+        &message("ceo@bank.test", "malformed", "b"),
+    ]
+    .concat();
     let unpublished = Key {
         selector: "gone".into(),
         ..Key::new(&dns, keys.path(), "bank.test", "unused", Algorithm::Ed25519)
     };
-    /// Name, envelope sender, message, what our header says, the tags it gets.
-    type Case<'a> = (&'a str, &'a str, Vec<u8>, &'a [&'a str], &'a [&'a str]);
+    let bank_spf = "spf=none (mx.example.test: no SPF records found for x@bank.test) \
+                    smtp.mailfrom=x@bank.test; arc=none smtp.remote-ip=127.0.0.1";
+    let fails = "dmarc=fail (policy not aligned) header.from=bank.test policy.dmarc=reject";
+    // Our header: the DKIM entry (header.b names the signature by its first
+    // characters), SPF and ARC, DMARC.
+    let exact = |dkim: String, spf: &str, dmarc: &str| {
+        format!("Authentication-Results: mx.example.test; {dkim}{spf}; {dmarc}")
+    };
+    let signed = |result: &str, domain: &str, selector: &str, message: &[u8]| {
+        format!(
+            "dkim={result} header.d={domain} header.s={selector} header.b={}; ",
+            header_b(message)
+        )
+    };
+    /// Name, envelope sender, message, our exact header, the tags it gets.
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, String, &'a [&'a str]);
+    let other_signed = other.sign(&message("ceo@bank.test", "other", "b"));
+    let unpublished_signed = unpublished.sign(&message("ceo@bank.test", "nokey", "b"));
     let cases: Vec<Case> = vec![
         (
             "genuine",
             "x@bank.test",
-            genuine,
-            &["dkim=pass", "header.d=bank.test", "dmarc=pass"],
+            genuine.clone(),
+            exact(
+                signed("pass", "bank.test", "s1", &genuine),
+                bank_spf,
+                "dmarc=pass header.from=bank.test policy.dmarc=reject",
+            ),
             &["X-Signed-By-Bank: yes"],
         ),
         (
             "body changed",
             "x@bank.test",
-            body_changed,
+            body_changed.clone(),
             // As OpenDKIM writes it: the signature could not be checked
             // against a body that is not the one signed.
-            &[
-                "dkim=neutral (body hash did not verify)",
-                "dmarc=fail",
-                "policy.dmarc=reject",
-            ],
+            exact(
+                signed(
+                    "neutral (body hash did not verify)",
+                    "bank.test",
+                    "s1",
+                    &body_changed,
+                ),
+                bank_spf,
+                fails,
+            ),
             &["X-Dmarc-Would-Reject: yes"],
         ),
         (
             "header changed",
             "x@bank.test",
-            header_changed,
-            &["dkim=fail", "dmarc=fail"],
+            header_changed.clone(),
+            exact(
+                signed(
+                    "fail (verification failed)",
+                    "bank.test",
+                    "s1",
+                    &header_changed,
+                ),
+                bank_spf,
+                fails,
+            ),
             &["X-Dmarc-Would-Reject: yes"],
         ),
         (
             "no key published",
             "x@bank.test",
-            unpublished.sign(&message("ceo@bank.test", "nokey", "b")),
-            &["dkim=permerror", "dmarc=fail"],
+            unpublished_signed.clone(),
+            exact(
+                signed(
+                    "permerror (dns record not found)",
+                    "bank.test",
+                    "gone",
+                    &unpublished_signed,
+                ),
+                bank_spf,
+                fails,
+            ),
+            &["X-Dmarc-Would-Reject: yes"],
+        ),
+        (
+            "expired",
+            "x@bank.test",
+            expiring.clone(),
+            exact(
+                signed("neutral (signature error)", "bank.test", "s1", &expiring),
+                bank_spf,
+                fails,
+            ),
+            &["X-Dmarc-Would-Reject: yes"],
+        ),
+        (
+            "malformed signature",
+            "x@bank.test",
+            malformed,
+            exact(
+                String::new(),
+                bank_spf,
+                &format!("{fails}; dkim=permerror (malformed DKIM-Signature)"),
+            ),
             &["X-Dmarc-Would-Reject: yes"],
         ),
         (
             "aligned by SPF only",
             "x@corp.test",
             message("boss@corp.test", "spf-aligned", "b"),
-            &["spf=pass", "dmarc=pass"],
+            exact(
+                String::new(),
+                "spf=pass (mx.example.test: domain of x@corp.test designates 127.0.0.1 as \
+                 permitted sender) smtp.mailfrom=x@corp.test; arc=none smtp.remote-ip=127.0.0.1",
+                "dmarc=pass header.from=corp.test policy.dmarc=quarantine",
+            ),
             &[],
         ),
         (
             "signed by another domain",
             "x@other.test",
-            other.sign(&message("ceo@bank.test", "other", "b")),
-            &["dkim=pass", "header.d=other.test", "dmarc=fail"],
+            other_signed.clone(),
+            exact(
+                signed("pass", "other.test", "s1", &other_signed),
+                "spf=none (mx.example.test: no SPF records found for x@other.test) \
+                 smtp.mailfrom=x@other.test; arc=none smtp.remote-ip=127.0.0.1",
+                fails,
+            ),
             &["X-Dmarc-Would-Reject: yes"],
         ),
     ];
-    for (n, (name, sender, message, in_header, tags)) in cases.iter().enumerate() {
+    for (n, (name, sender, message, expected, tags)) in cases.iter().enumerate() {
         let (mail, data) = send(&proxy, sender, message).await;
         assert_eq!(mail, "250 2.1.0", "{name}");
         assert!(data.unwrap().starts_with("250 2.0.0"), "{name}");
-        let header = our_results(&backend, n).await;
-        for part in *in_header {
-            assert!(header.contains(part), "{name}: no {part} in {header}");
-        }
+        assert_eq!(&our_results(&backend, n).await, expected, "{name}");
         let delivered = String::from_utf8_lossy(&backend.messages()[n].data).into_owned();
         for tag in ["X-Signed-By-Bank: yes", "X-Dmarc-Would-Reject: yes"] {
             assert_eq!(
@@ -345,6 +482,23 @@ add_header = { "X-Dmarc-Would-Reject" = "yes" }
             );
         }
     }
+}
+
+/// The first eight characters of a message's DKIM signature (its `b=` tag,
+/// white space removed), as RFC 8601 `header.b` names it.
+fn header_b(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let signature = text.split("DKIM-Signature:").nth(1).unwrap();
+    let value = signature
+        .split(';')
+        .map(str::trim)
+        .find_map(|tag| tag.strip_prefix("b="))
+        .unwrap();
+    value
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .take(8)
+        .collect()
 }
 
 /// Seals `message` as the mailing list `list` would after changing its subject:
@@ -414,10 +568,12 @@ async fn dmarc_enforcement_refuses_quarantines_and_trusts_only_named_arc_sealers
     // p=none: delivered, with the failure recorded.
     let (_, data) = send(&proxy, "x@spammer.test", &forged("a@relaxed.test", "none")).await;
     assert!(data.unwrap().starts_with("250 2.0.0"));
-    let header = our_results(&backend, 0).await;
-    assert!(
-        header.contains("dmarc=fail") && header.contains("header.from=relaxed.test"),
-        "{header}"
+    assert_eq!(
+        our_results(&backend, 0).await,
+        "Authentication-Results: mx.example.test; spf=none (mx.example.test: no SPF records \
+         found for x@spammer.test) smtp.mailfrom=x@spammer.test; arc=none \
+         smtp.remote-ip=127.0.0.1; dmarc=fail (policy not aligned) header.from=relaxed.test \
+         policy.dmarc=none"
     );
 
     // A list changed the bank's signed message: DMARC fails, but the trusted
@@ -426,10 +582,16 @@ async fn dmarc_enforcement_refuses_quarantines_and_trusts_only_named_arc_sealers
     let via_list = forwarded_by_list(&dns, &list, &original).await;
     let (_, data) = send(&proxy, "bounce@lists.test", &via_list).await;
     assert!(data.unwrap().starts_with("250 2.0.0"), "trusted sealer");
-    let header = our_results(&backend, 1).await;
-    assert!(
-        header.contains("arc=pass") && header.contains("dmarc=fail"),
-        "{header}"
+    assert_eq!(
+        our_results(&backend, 1).await,
+        format!(
+            "Authentication-Results: mx.example.test; dkim=fail (verification failed) \
+             header.d=bank.test header.s=s1 header.b={}; spf=none (mx.example.test: no SPF \
+             records found for bounce@lists.test) smtp.mailfrom=bounce@lists.test; arc=pass \
+             smtp.remote-ip=127.0.0.1; dmarc=fail (policy not aligned) header.from=bank.test \
+             policy.dmarc=reject",
+            header_b(&original)
+        )
     );
     // The same from a sealer not named: refused.
     let via_stranger = forwarded_by_list(&dns, &stranger, &original).await;
@@ -670,6 +832,15 @@ action = "strip_attachments"
     let (_, delivered) = strip_received(&got[0].data);
     let text = String::from_utf8_lossy(delivered);
     assert!(!text.contains(&base64(b"MZ\x90\x00 a program")), "stripped");
+    // Our own header records the signature as it was before the change.
+    let ours = our_results(&backend, 0).await;
+    assert!(
+        ours.starts_with(&format!(
+            "Authentication-Results: mx.example.test; dkim=pass header.d=bank.test header.s=s1 header.b={}; ",
+            header_b(&signed)
+        )) && ours.contains("dmarc=pass"),
+        "{ours}"
+    );
 
     // As the backend (Microsoft 365 trusting this sealer) reads it: the author's
     // signature broke, the seal holds and records that it passed here.

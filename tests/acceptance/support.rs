@@ -718,6 +718,10 @@ pub struct DnsServer {
 struct DnsZone {
     records: HashMap<String, Vec<hickory_proto::rr::RData>>,
     servfail: Vec<String>,
+    /// Names never answered: the query times out.
+    silent: Vec<String>,
+    /// Every question asked: (name, type).
+    asked: Vec<(String, String)>,
 }
 
 fn dns_name(name: &str) -> hickory_proto::rr::Name {
@@ -754,7 +758,12 @@ impl DnsServer {
                 response.metadata.recursion_available = true;
                 response.add_query(question.clone());
                 {
-                    let zone = table.lock().unwrap();
+                    let mut zone = table.lock().unwrap();
+                    zone.asked
+                        .push((name.clone(), question.query_type().to_string()));
+                    if zone.silent.contains(&name) {
+                        continue;
+                    }
                     if zone.servfail.contains(&name) {
                         response.metadata.response_code = ResponseCode::ServFail;
                     } else if let Some(records) = zone.records.get(&name) {
@@ -833,6 +842,22 @@ impl DnsServer {
 
     pub fn servfail(&self, name: &str) {
         self.zone.lock().unwrap().servfail.push(name.to_lowercase());
+    }
+
+    /// Never answers for `name`, as a dead or filtered name server.
+    pub fn silent(&self, name: &str) {
+        self.zone.lock().unwrap().silent.push(name.to_lowercase());
+    }
+
+    /// How many times `name` was asked for records of `kind` ("TXT", "A").
+    pub fn asked(&self, name: &str, kind: &str) -> usize {
+        self.zone
+            .lock()
+            .unwrap()
+            .asked
+            .iter()
+            .filter(|(n, k)| n == name && k == kind)
+            .count()
     }
 }
 
