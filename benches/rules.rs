@@ -88,6 +88,7 @@ fn per_message(set: &RuleSet, raw: &[u8], recipients: &[String]) -> Duration {
             size: raw.len(),
             content: Some(&content),
             auth: Default::default(),
+            scan: None,
         };
         black_box(set.evaluate(&facts));
     };

@@ -21,6 +21,17 @@ pub enum Request {
     Quarantine(QuarantineCommand),
     /// Read the rules, the certificate and the configuration again.
     Reload,
+    Greylist(GreylistCommand),
+}
+
+/// `mailmoat greylist …`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum GreylistCommand {
+    List,
+    /// Let a network (or an address's network) through from now on.
+    Allow(String),
+    /// Remove the triplets past their retry window or expiry.
+    Purge,
 }
 
 /// What the server lends to the commands.
@@ -30,6 +41,7 @@ pub struct Context {
     pub rules: Arc<RulesHandle>,
     pub config: Arc<crate::config::Config>,
     pub reloader: Arc<crate::server::Reloader>,
+    pub greylist: Arc<crate::policy::greylist::Greylist>,
 }
 
 impl Context {
@@ -94,6 +106,71 @@ impl Context {
                     text: "the archive is off ([archive] enabled = false)".into(),
                 },
             },
+            Request::Greylist(command) => {
+                let greylist = self.greylist.clone();
+                let enabled = self.config.greylist.enabled;
+                tokio::task::spawn_blocking(move || greylist_command(&greylist, enabled, command))
+                    .await
+                    .unwrap_or_else(|e| AdminReply {
+                        ok: false,
+                        text: e.to_string(),
+                    })
+            }
+        }
+    }
+}
+
+/// A greylist command, on the running server's greylist or, when none runs, on
+/// the store's.
+pub fn greylist_command(
+    greylist: &crate::policy::greylist::Greylist,
+    enabled: bool,
+    command: GreylistCommand,
+) -> AdminReply {
+    use crate::local_time::local;
+    let ok = |text: String| AdminReply { ok: true, text };
+    match command {
+        GreylistCommand::List => {
+            let (triplets, networks) = greylist.list();
+            let mut out = String::new();
+            if !enabled {
+                out.push_str("greylisting is off ([greylist] enabled = false)\n");
+            }
+            for t in &triplets {
+                let state = match t.passed {
+                    Some(at) => format!("passed, last {}", local(at)),
+                    None => "waiting".to_string(),
+                };
+                out.push_str(&format!(
+                    "{}  first {}  {state}\n",
+                    t.triplet,
+                    local(t.first)
+                ));
+            }
+            for (network, passes) in &networks {
+                let why = match passes {
+                    Some(n) => format!("{n} passes"),
+                    None => "allowed by an administrator".to_string(),
+                };
+                out.push_str(&format!("{network}  let through ({why})\n"));
+            }
+            out.push_str(&format!(
+                "{} triplet(s), {} network(s) let through",
+                triplets.len(),
+                networks.len()
+            ));
+            ok(out)
+        }
+        GreylistCommand::Allow(network) => match greylist.allow(&network) {
+            Ok(key) => ok(format!("{key} is let through from now on")),
+            Err(why) => AdminReply {
+                ok: false,
+                text: why,
+            },
+        },
+        GreylistCommand::Purge => {
+            let removed = greylist.purge(crate::policy::greylist::now());
+            ok(format!("{removed} stale triplet(s) removed"))
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod queue;
 pub mod reply;
 pub mod rules;
+pub mod scanners;
 pub mod sender_auth;
 pub mod server;
 pub mod smtp;

@@ -70,6 +70,12 @@ enum Command {
         #[command(flatten)]
         auth: Box<mailmoat::sender_auth::AssumedAuth>,
     },
+    /// The greylist of a running server: its triplets, networks to let
+    /// through, stale entries.
+    Greylist {
+        #[command(subcommand)]
+        action: GreylistAction,
+    },
     /// DKIM signing keys.
     Dkim {
         #[command(subcommand)]
@@ -90,6 +96,18 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+}
+
+#[derive(Subcommand)]
+enum GreylistAction {
+    /// Every triplet with when it was first seen and last passed, and the
+    /// networks let through.
+    List,
+    /// Let an address's network, or a network, through from now on.
+    Allow { network: String },
+    /// Remove triplets past their retry window or expiry (the server does it
+    /// hourly).
+    Purge,
 }
 
 #[derive(Subcommand)]
@@ -213,6 +231,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload => answer(&config, Request::Reload),
+        Command::Greylist { action } => {
+            use mailmoat::control::GreylistCommand;
+            let command = match action {
+                GreylistAction::List => GreylistCommand::List,
+                GreylistAction::Allow { network } => GreylistCommand::Allow(network),
+                GreylistAction::Purge => GreylistCommand::Purge,
+            };
+            answer(&config, Request::Greylist(command))
+        }
         Command::TestRules {
             message,
             from,
@@ -485,6 +512,16 @@ fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminRep
                 ok: false,
                 text: "no mailmoat is running with this queue: nothing to reload".into(),
             }),
+            Request::Greylist(command) => {
+                let store = mailmoat::store::Store::open(&config.store.path)?;
+                let greylist =
+                    mailmoat::policy::greylist::Greylist::open(&config.greylist, &store)?;
+                Ok(mailmoat::control::greylist_command(
+                    &greylist,
+                    config.greylist.enabled,
+                    command,
+                ))
+            }
         };
     }
     let socket = spool.control_socket();

@@ -34,15 +34,13 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Loads and checks every file; `callout_cache` keeps callout answers.
-    pub fn load(config: &Arc<Config>, callout_cache: Option<sled::Tree>) -> anyhow::Result<Loaded> {
-        Loaded::load_files(config, callout_cache).map_err(|e| config.locate(e))
+    /// Loads and checks every file; `store` keeps callout answers and the
+    /// greylist (none: `check`, which must not take the running server's store).
+    pub fn load(config: &Arc<Config>, store: Option<&Store>) -> anyhow::Result<Loaded> {
+        Loaded::load_files(config, store).map_err(|e| config.locate(e))
     }
 
-    fn load_files(
-        config: &Arc<Config>,
-        callout_cache: Option<sled::Tree>,
-    ) -> anyhow::Result<Loaded> {
+    fn load_files(config: &Arc<Config>, store: Option<&Store>) -> anyhow::Result<Loaded> {
         let tls = crate::smtp::tls::configured(&config.tls)?;
         let backend = Target::from_backend(
             &config.backend,
@@ -51,7 +49,7 @@ impl Loaded {
         )?;
         let auth = crate::policy::auth::Authenticator::new(&config.auth, &backend)?;
         let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
-        let pipeline = Pipeline::build(config.clone(), dns.clone(), callout_cache)?;
+        let pipeline = Pipeline::build(config.clone(), dns.clone(), store)?;
         // A rule's error names its own file and line.
         let rules = crate::rules::RulesHandle::load(&config.rules.path)
             .map_err(|e| anyhow::anyhow!("rules not loaded: {e}"))?;
@@ -219,7 +217,7 @@ impl Server {
             "queue loaded"
         );
 
-        let loaded = Loaded::load(&config, Some(store.tree("recipient-callouts")?))?;
+        let loaded = Loaded::load(&config, Some(&store))?;
         let rules = Arc::new(loaded.rules);
         tracing::info!(rules = rules.current().rules().len(), dir = %config.rules.path.display(), "rules loaded");
         let tls = crate::smtp::tls::Certificates::new(loaded.tls);
@@ -232,6 +230,7 @@ impl Server {
         let mut background = vec![
             tokio::spawn(rules.clone().watch()),
             tokio::spawn(reloader.clone().on_hangup(hangup)),
+            tokio::spawn(loaded.pipeline.greylist.clone().purge_loop()),
         ];
         let dns = loaded.dns;
         let delivery = Arc::new(Delivery::new(
@@ -268,6 +267,7 @@ impl Server {
             rules: rules.clone(),
             config: config.clone(),
             reloader,
+            greylist: loaded.pipeline.greylist.clone(),
         });
         let control = match crate::control::serve(&control_path, context).await {
             Ok(handle) => Some(handle),

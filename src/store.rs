@@ -30,6 +30,13 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// A store in memory, gone when dropped (trials keep nothing).
+    pub fn temporary() -> anyhow::Result<Store> {
+        Ok(Store {
+            db: sled::Config::new().temporary(true).open()?,
+        })
+    }
+
     /// A named collection of keys, one per kind of state.
     pub fn tree(&self, name: &str) -> anyhow::Result<sled::Tree> {
         Ok(self.db.open_tree(name)?)

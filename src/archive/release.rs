@@ -77,6 +77,8 @@ pub async fn release(
         // Not kept with the record: a released message's authentication
         // conditions read as none.
         auth: Default::default(),
+        // A release is the administrator's decision: not scanned again.
+        scan: None,
     };
     let verdict = rules.judge_message(
         facts,

@@ -7,6 +7,7 @@ mod archive;
 mod checks;
 mod delivery;
 mod mime;
+mod scanning;
 mod sender_auth;
 mod server;
 mod types;
@@ -19,6 +20,7 @@ pub use archive::*;
 pub use checks::*;
 pub use delivery::*;
 pub use mime::*;
+pub use scanning::*;
 pub use sender_auth::*;
 pub use server::*;
 pub use types::*;
@@ -47,6 +49,9 @@ pub struct Config {
     pub mailbomb: MailBombConfig,
     pub log: LogConfig,
     pub sender_auth: SenderAuthConfig,
+    pub greylist: GreylistConfig,
+    pub antivirus: AntivirusConfig,
+    pub spam: SpamConfig,
     /// Keys that sign the mail of trusted and logged-in clients, by From domain.
     pub dkim_sign: Vec<SigningKey>,
     /// The file it was read from (for reloading it).
@@ -395,6 +400,41 @@ impl Config {
                 }
                 _ => {}
             }
+        }
+        self.validate_scanning()
+    }
+
+    fn validate_scanning(&self) -> Result<(), Invalid> {
+        let grey = &self.greylist;
+        if grey.ipv4_prefix > 32 || grey.ipv6_prefix > 128 {
+            return Err(invalid(
+                &[&["greylist", "ipv4_prefix"], &["greylist", "ipv6_prefix"]],
+                "greylist: ipv4_prefix is at most 32 and ipv6_prefix at most 128 (24 and 64 are usual)",
+            ));
+        }
+        if grey.retry_window <= grey.delay {
+            return Err(invalid(
+                &[&["greylist", "retry_window"], &["greylist", "delay"]],
+                "greylist.retry_window must be longer than delay (such as \"2d\" against \"5m\")",
+            ));
+        }
+        if let Some(clamd) = &self.antivirus.clamd
+            && crate::scanners::clamd::Address::parse(clamd).is_none()
+        {
+            return Err(invalid(
+                &[&["antivirus", "clamd"]],
+                format!(
+                    "antivirus.clamd = \"{clamd}\": write \"127.0.0.1:3310\" or \"unix:/run/clamav/clamd.ctl\""
+                ),
+            ));
+        }
+        if let Some(rspamd) = &self.spam.rspamd
+            && crate::scanners::rspamd::Endpoint::parse(rspamd).is_none()
+        {
+            return Err(invalid(
+                &[&["spam", "rspamd"]],
+                format!("spam.rspamd = \"{rspamd}\": write \"http://127.0.0.1:11333\""),
+            ));
         }
         Ok(())
     }

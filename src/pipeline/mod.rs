@@ -70,7 +70,8 @@ pub const MAIL: &[Step] = &[
 
 /// At RCPT TO: a signed release address, the relay decision, whether the
 /// recipient exists, the rules that can judge a recipient, the DNS blocklists
-/// when judged at RCPT, then the recipient rates.
+/// when judged at RCPT, the recipient rates, then greylisting (last, so that
+/// what would be refused for good is refused at once).
 pub const RCPT: &[Step] = &[
     Step::ReleaseAddress,
     Step::Relay,
@@ -78,17 +79,21 @@ pub const RCPT: &[Step] = &[
     Step::Rules,
     Step::Dnsbl,
     Step::RecipientRate,
+    Step::Greylist,
 ];
 
 /// At the end of DATA: the flood of identical bodies, a MIME structure that
 /// readers could read in more than one way, DKIM, ARC and DMARC (and its
-/// enforcement), the rules on the whole message, then attachments the engine
-/// could not look into.
+/// enforcement), the virus scan and spam score (both at once), the rules on the
+/// whole message, what the scanners decide when no rule did, then attachments
+/// the engine could not look into.
 pub const DATA: &[Step] = &[
     Step::BodyFlood,
     Step::MimeStructure,
     Step::SenderAuth,
+    Step::Scan,
     Step::Rules,
+    Step::ScanDefaults,
     Step::Unscannable,
 ];
 
@@ -129,6 +134,14 @@ pub enum Step {
     SenderDomain,
     /// `[sender_auth] spf`: the sender's SPF result, for the rules and DMARC.
     Spf,
+    /// `[greylist]`: a triplet's first attempt waits; postmaster is let through.
+    Greylist,
+    /// `[antivirus] clamd` and `[spam] rspamd`, asked at once; a scanner that
+    /// cannot answer tempfails the message when its `on_error` says so.
+    Scan,
+    /// `[antivirus] on_virus` and rspamd's action, when no rule decided; the
+    /// spam headers.
+    ScanDefaults,
     /// `[sender_auth]` DKIM, ARC and DMARC, and `dmarc_enforce`.
     SenderAuth,
     /// `[mailbomb] messages_per_hour` and `messages_per_sender_per_hour`.
@@ -174,6 +187,7 @@ impl Step {
             | Step::SenderDeny
             | Step::SenderDomain
             | Step::Spf
+            | Step::Greylist
             | Step::SenderAuth => Spares::Exempt,
             Step::ConnectionRate | Step::MessageRate | Step::RecipientRate | Step::BodyFlood => {
                 Spares::LimitsExempt
@@ -185,6 +199,8 @@ impl Step {
             | Step::Recipients
             | Step::MimeStructure
             | Step::Unscannable
+            | Step::Scan
+            | Step::ScanDefaults
             | Step::Rules => Spares::Nobody,
         }
     }
@@ -243,6 +259,9 @@ pub struct Pipeline {
     pub checks: Arc<Checks>,
     pub mailbomb: Arc<MailBomb>,
     pub recipients: Arc<RecipientValidator>,
+    pub greylist: Arc<crate::policy::greylist::Greylist>,
+    /// clamd and rspamd; None when neither is configured.
+    pub scanners: Option<Arc<crate::scanners::Scanners>>,
     /// Where refused mail is kept; None when the archive is off (and in trials).
     pub archive: Option<Arc<Archive>>,
     /// Sends reports of archived mail to the backup mailbox.
@@ -281,6 +300,8 @@ struct Judging<'a> {
     spf: Option<std::borrow::Cow<'a, SpfCheck>>,
     /// DKIM, ARC, DMARC: verified at DATA.
     authentication: Option<Authentication>,
+    /// What clamd and rspamd said, at DATA.
+    scan: Option<crate::scanners::ScanFacts>,
 }
 
 impl<'a> Judging<'a> {
@@ -324,6 +345,7 @@ impl<'a> Judging<'a> {
             matched: Vec::new(),
             spf: None,
             authentication: None,
+            scan: None,
         }
     }
 }
@@ -344,8 +366,19 @@ impl Pipeline {
     pub fn build(
         config: Arc<Config>,
         dns: Arc<crate::dns::Dns>,
-        callout_cache: Option<sled::Tree>,
+        store: Option<&crate::store::Store>,
     ) -> anyhow::Result<Pipeline> {
+        // A trial keeps nothing: its greylist is a store of its own, thrown away.
+        let temporary;
+        let store = match store {
+            Some(store) => store,
+            None => {
+                temporary = crate::store::Store::temporary()?;
+                &temporary
+            }
+        };
+        let callout_cache = store.tree("recipient-callouts")?;
+        let greylist = crate::policy::greylist::Greylist::open(&config.greylist, store)?;
         let backend = crate::smtp_client::Target::from_backend(
             &config.backend,
             &config.backend.address,
@@ -358,8 +391,10 @@ impl Pipeline {
             recipients: Arc::new(RecipientValidator::new(
                 config.clone(),
                 backend,
-                callout_cache,
+                Some(callout_cache),
             )?),
+            greylist: Arc::new(greylist),
+            scanners: crate::scanners::Scanners::new(&config).map(Arc::new),
             config,
             archive: None,
             reporter: None,

@@ -101,6 +101,27 @@ impl Pipeline {
                         .recipient(ip, &destination.mailbox().to_string())?;
                 }
             }
+            Step::Greylist => self.greylist(j)?,
+            Step::Scan => {
+                if let Some(scanners) = &self.scanners {
+                    let found = scanners
+                        .scan(j.peer, j.sender, j.recipients, j.id, j.message)
+                        .await;
+                    log_scan(j.id, &found);
+                    let unanswered = scanners.unanswered(&found);
+                    j.scan = Some(found);
+                    unanswered?;
+                }
+            }
+            Step::ScanDefaults => {
+                if let (Some(scanners), Some(found), Some(verdict)) =
+                    (&self.scanners, &j.scan, j.verdict.as_mut())
+                {
+                    let rule_decided = verdict.decided_by.is_some();
+                    let edits = scanners.defaults(found, rule_decided, j.id)?;
+                    verdict.header_edits.extend(edits);
+                }
+            }
             Step::BodyFlood => self.mailbomb.body(j.message)?,
             Step::MimeStructure => self.mime_structure(j)?,
             Step::Rules => self.rules(j)?,
@@ -120,6 +141,7 @@ impl Pipeline {
             }
             let mut facts = Facts::of(j.peer, j.sender, j.recipients);
             facts.auth = j.auth_facts();
+            facts.scan = j.scan.as_ref();
             let verdict = j
                 .rules
                 .judge_content(facts, j.message.len(), j.content.as_ref(), None);
@@ -150,6 +172,30 @@ impl Pipeline {
                 Err(refused.decision)
             }
         }
+    }
+
+    /// Greylisting of the recipient being judged; postmaster is always let
+    /// through, and so is a release request.
+    fn greylist(&self, j: &Judging<'_>) -> Result<(), Decision> {
+        let Some(Recipient::Deliver(destination)) = &j.accepted else {
+            return Ok(());
+        };
+        let mailbox = destination.mailbox();
+        if mailbox.local_unquoted.eq_ignore_ascii_case("postmaster") {
+            return Ok(());
+        }
+        let spf_domain = j
+            .spf
+            .as_deref()
+            .filter(|spf| spf.result == crate::sender_auth::AuthResult::Pass)
+            .map(|spf| spf.domain());
+        self.greylist.check(
+            j.peer.ip,
+            j.sender,
+            &mailbox.to_string(),
+            spf_domain,
+            crate::policy::greylist::now(),
+        )
     }
 
     /// `RCPT TO:<release+ID.SIG@hostname>`: a reviewer releasing an archived item
@@ -351,4 +397,18 @@ fn printable(text: &str) -> String {
         })
         .take(160)
         .collect()
+}
+
+/// One line per scanned message: what each scanner said.
+fn log_scan(id: &str, found: &crate::scanners::ScanFacts) {
+    let score = found.spam.as_ref();
+    tracing::info!(
+        queue_id = %id,
+        virus = found.virus.as_deref().unwrap_or(""),
+        virus_error = found.virus_error.as_deref().unwrap_or(""),
+        spam_score = score.map_or(String::new(), |s| format!("{:.2}", s.score)),
+        spam_action = score.map_or("", |s| s.action.as_str()),
+        spam_error = found.spam_error.as_deref().unwrap_or(""),
+        "scanned"
+    );
 }

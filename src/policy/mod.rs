@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod checks;
+pub mod greylist;
 pub mod limits;
 pub mod recipients;
 pub mod relay;

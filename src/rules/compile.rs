@@ -180,6 +180,9 @@ impl Compiler {
         if let Some(size) = &c.max_size {
             set.simple.push(Cond::MaxSize(size.get_ref().0));
         }
+        if let Some(score) = c.min_spam_score {
+            set.simple.push(Cond::MinSpamScore(score));
+        }
         let message_fields = [
             (&c.client_name, FieldKey::ClientName),
             (&c.helo, FieldKey::Helo),
@@ -187,6 +190,9 @@ impl Compiler {
             (&c.sender_domain, FieldKey::SenderDomain),
             (&c.subject, FieldKey::Subject),
             (&c.body, FieldKey::Body),
+            (&c.virus, FieldKey::Virus),
+            (&c.spam_action, FieldKey::SpamAction),
+            (&c.spam_symbol, FieldKey::SpamSymbol),
         ];
         for (patterns, key) in message_fields {
             if let Some(patterns) = patterns {
@@ -280,7 +286,11 @@ impl Compiler {
             set.simple.push(Cond::DmarcPolicy(wanted));
         }
         // SPF is known at MAIL; the rest only once the message is there.
-        let message_auth = c.dkim.is_some()
+        let message_auth = c.virus.is_some()
+            || c.min_spam_score.is_some()
+            || c.spam_action.is_some()
+            || c.spam_symbol.is_some()
+            || c.dkim.is_some()
             || c.dmarc.is_some()
             || c.arc.is_some()
             || c.dkim_domain.is_some()
@@ -617,6 +627,9 @@ impl FieldKey {
             FieldKey::AttachmentType => "attachment_type".into(),
             FieldKey::AttachmentMagic => "attachment_magic".into(),
             FieldKey::AttachmentUnscannable => "attachment_unscannable".into(),
+            FieldKey::Virus => "virus".into(),
+            FieldKey::SpamAction => "spam_action".into(),
+            FieldKey::SpamSymbol => "spam_symbol".into(),
         }
     }
 }

@@ -51,6 +51,25 @@ impl RuleSet {
                 field.matches(value, &mut message);
             }
         }
+        if let Some(scan) = facts.scan {
+            let scanned = [
+                (FieldKey::Virus, scan.virus.as_deref()),
+                (
+                    FieldKey::SpamAction,
+                    scan.spam.as_ref().map(|s| s.action.as_str()),
+                ),
+            ];
+            for (key, value) in scanned {
+                if let (Some(value), Some(field)) = (value, self.field(&key)) {
+                    field.matches(value, &mut message);
+                }
+            }
+            if let Some(field) = self.field(&FieldKey::SpamSymbol) {
+                for symbol in scan.spam_symbols() {
+                    field.matches(symbol, &mut message);
+                }
+            }
+        }
         let mut attachments = Vec::new();
         if let Some(content) = facts.content {
             if let Some(field) = self.field(&FieldKey::Subject) {
@@ -147,6 +166,10 @@ impl RuleSet {
             Cond::MinSize(n) => facts.size >= *n,
             Cond::MaxSize(n) => facts.size <= *n,
             Cond::Message(ids) => hit(&hits.message, ids),
+            Cond::MinSpamScore(min) => facts
+                .scan
+                .and_then(|s| s.spam.as_ref())
+                .is_some_and(|s| s.score >= *min),
             Cond::Auth(check, wanted) => {
                 let auth = &facts.auth;
                 let value = match check {

@@ -107,6 +107,15 @@ pub struct Conditions {
     /// The engine could not look into all of it (an encrypted archive, one too
     /// deep or too big for the zip limits).
     pub attachment_unscannable: Option<Spanned<bool>>,
+    /// The virus clamd found (its signature's name), with the usual patterns.
+    pub virus: Option<OneOrMany>,
+    /// rspamd's score is at least this.
+    pub min_spam_score: Option<f64>,
+    /// rspamd's action: `reject`, `soft reject`, `rewrite subject`,
+    /// `add header`, `greylist`, `no action`.
+    pub spam_action: Option<OneOrMany>,
+    /// A symbol rspamd found (`GTUBE`, `BAYES_SPAM`).
+    pub spam_symbol: Option<OneOrMany>,
 }
 
 /// A size: a number of bytes or text such as "10MB".

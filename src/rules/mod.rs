@@ -125,6 +125,12 @@ pub enum FieldKey {
     AttachmentMagic,
     /// `true` or `false`: whether the engine could look into all of it.
     AttachmentUnscannable,
+    /// The virus clamd named.
+    Virus,
+    /// rspamd's action.
+    SpamAction,
+    /// A symbol rspamd found.
+    SpamSymbol,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +145,8 @@ enum Cond {
     MaxSize(usize),
     /// Any of these patterns matched a message-level field.
     Message(Vec<PatternId>),
+    /// rspamd's score is at least this.
+    MinSpamScore(f64),
     /// A sender authentication result is one of these.
     Auth(AuthCheck, Vec<crate::sender_auth::AuthResult>),
     /// One of these domains signed with a passing DKIM signature.
@@ -221,6 +229,8 @@ pub struct Facts<'a> {
     pub content: Option<&'a Content>,
     /// SPF (from MAIL on), DKIM, DMARC, ARC (at DATA).
     pub auth: crate::sender_auth::AuthFacts,
+    /// What clamd and rspamd said (at DATA, when they were asked).
+    pub scan: Option<&'a crate::scanners::ScanFacts>,
 }
 
 impl<'a> Facts<'a> {
@@ -238,6 +248,7 @@ impl<'a> Facts<'a> {
             size: 0,
             content: None,
             auth: Default::default(),
+            scan: None,
         }
     }
 }

@@ -17,6 +17,7 @@ fn facts<'a>(sender: &'a str, recipients: &'a [String], content: Option<&'a Cont
         size: 100,
         content,
         auth: Default::default(),
+        scan: None,
     }
 }
 
@@ -319,4 +320,65 @@ fn client_conditions_see_the_reverse_name_and_the_address() {
     let mut unnamed = facts("a@x.test", &to, None);
     unnamed.client_name = None;
     assert!(set.evaluate(&unnamed).matched.is_empty());
+}
+
+#[test]
+fn scanner_results_are_facts_for_the_rules() {
+    let set = rules(
+        r#"
+[[rule]]
+name = "eicar"
+when.virus = "/^Eicar/"
+action = "quarantine"
+
+[[rule]]
+name = "spammy"
+when.min_spam_score = 5.0
+when.spam_symbol = "BAYES_SPAM"
+action = "tag"
+subject_prefix = "[spam]"
+
+[[rule]]
+name = "soft"
+when.spam_action = "soft reject"
+action = "tempfail"
+"#,
+    );
+    let content = Content::analyze(b"Subject: x\r\n\r\nbody\r\n", &Default::default());
+    let recipients = rcpts(&["a@example.test"]);
+    let score = |score: f64, action: &str, symbols: &[&str]| crate::scanners::rspamd::Score {
+        score,
+        required_score: 15.0,
+        action: action.into(),
+        symbols: symbols
+            .iter()
+            .map(|s| (s.to_string(), serde_json::Value::Null))
+            .collect(),
+        subject: None,
+    };
+    let judge = |scan: &crate::scanners::ScanFacts| {
+        let mut f = facts("s@remote.test", &recipients, Some(&content));
+        f.scan = Some(scan);
+        set.judge_content(f, 100, Some(&content), None)
+            .matched
+            .iter()
+            .map(|m| m.rule.clone())
+            .collect::<Vec<_>>()
+    };
+    let virus = crate::scanners::ScanFacts {
+        virus: Some("Eicar-Test-Signature".into()),
+        ..Default::default()
+    };
+    assert_eq!(judge(&virus), ["eicar"]);
+    let spam = crate::scanners::ScanFacts {
+        spam: Some(score(7.5, "add header", &["BAYES_SPAM", "R_DKIM_NA"])),
+        ..Default::default()
+    };
+    assert_eq!(judge(&spam), ["spammy"]);
+    let low = crate::scanners::ScanFacts {
+        spam: Some(score(4.9, "soft reject", &["BAYES_SPAM"])),
+        ..Default::default()
+    };
+    assert_eq!(judge(&low), ["soft"]);
+    assert!(judge(&crate::scanners::ScanFacts::default()).is_empty());
 }

@@ -147,6 +147,16 @@ pub struct SpfCheck {
     helo: String,
 }
 
+impl SpfCheck {
+    /// The domain whose record was checked: the MAIL FROM domain, or the HELO
+    /// name for the null sender.
+    pub fn domain(&self) -> &str {
+        self.mail_from
+            .rsplit_once('@')
+            .map_or(self.helo.as_str(), |(_, d)| d)
+    }
+}
+
 /// What the rules may ask about a sender's authentication. Unchecked results
 /// (trusted clients, a check turned off, before the stage) read as `none`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

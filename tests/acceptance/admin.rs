@@ -276,6 +276,12 @@ fn broken_cases() -> Vec<Broken> {
             says: "PEM private key",
         },
         Broken {
+            what: "clamd without a port",
+            change: |_, t| t + "\n[antivirus]\nclamd = \"localhost\"\n",
+            at: "clamd = ",
+            says: "write \"127.0.0.1:3310\" or \"unix:/run/clamav/clamd.ctl\"",
+        },
+        Broken {
             what: "short release key",
             change: |_, t| {
                 t.replace(

@@ -15,6 +15,7 @@ mod protocol;
 mod recipients;
 mod relay;
 mod rules;
+mod scanning;
 mod sender_auth;
 mod shipped;
 mod support;
