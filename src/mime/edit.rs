@@ -112,9 +112,21 @@ fn note(removals: &[&Removal]) -> String {
     )
 }
 
-/// A file name as it may appear in a note: no line breaks or control characters.
+/// A file name as it may appear in a note: no line breaks or control characters,
+/// and not at all when the name itself reads as a file (a name holding a base64
+/// run of a program, found by fuzzing): the note must not carry what the rule
+/// removed.
 fn printable(name: &str) -> String {
-    name.chars().filter(|c| !c.is_control()).collect()
+    let clean: String = name.chars().filter(|c| !c.is_control()).collect();
+    let probe = format!("Content-Type: text/plain\r\n\r\n{clean}\r\n");
+    if super::Content::analyze(probe.as_bytes(), &super::Limits::default())
+        .attachments
+        .is_empty()
+    {
+        clean
+    } else {
+        "(its name withheld: it reads as a file itself)".into()
+    }
 }
 
 fn note_part(note: &str, keep_final_newline: bool) -> Vec<u8> {

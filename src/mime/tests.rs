@@ -260,3 +260,32 @@ fn a_message_the_parser_cannot_read_is_unscannable_not_clean() {
         Some("the MIME structure could not be read")
     );
 }
+
+/// Found by the `strip` fuzz target: an attachment whose name holds the base64
+/// of a program. The note naming it must not carry the program back in.
+#[test]
+fn a_name_that_reads_as_a_program_is_not_repeated_in_the_note() {
+    let found: &[u8] = include_bytes!("../../fuzz/regressions/strip-name-reads-as-a-program");
+    let normalized = crate::mime::normalize::normalize(found);
+    let message = normalized.as_deref().unwrap_or(found);
+    let content = Content::analyze(message, &Limits::default());
+    let removals: Vec<Removal> = content
+        .attachments
+        .iter()
+        .filter(|a| a.sniffed == Some("exe") || a.extensions().any(|e| e == "exe"))
+        .map(|a| Removal {
+            cut: a.cut.clone(),
+            name: a.names.first().cloned().unwrap_or_default(),
+            rule: "fuzz".into(),
+        })
+        .collect();
+    assert!(!removals.is_empty());
+    let out = strip(message, &removals);
+    let again = Content::analyze(&out, &Limits::default());
+    assert!(again.attachments.is_empty(), "{:?}", again.attachments);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("[mailmoat removed the attachment \"(its name withheld: it reads as a file itself)\" (rule fuzz).]"),
+        "{text}"
+    );
+}
