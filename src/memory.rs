@@ -78,6 +78,16 @@ impl Reservation {
         }
     }
 
+    /// Exactly `bytes`, when the budget has room for them (a message kept as it
+    /// is: not rounded up to steps, which for small messages would cost fifty
+    /// times their size).
+    pub fn exact(budget: &Arc<MemoryBudget>, bytes: u64) -> Option<Reservation> {
+        budget.take(bytes).then(|| Reservation {
+            budget: Some(budget.clone()),
+            bytes,
+        })
+    }
+
     /// Counts `bytes` that are held already, whether or not the budget has room:
     /// a message delivery has read back still occupies memory, and while it does,
     /// sessions get less.

@@ -164,14 +164,14 @@ impl Queue {
     }
 
     fn remember(&self, envelope: Envelope, message: Arc<Vec<u8>>) {
-        let mut memory = match &self.memory {
-            Some(budget) => Reservation::new(budget.clone()),
+        let memory = match &self.memory {
+            Some(budget) => match Reservation::exact(budget, message.len() as u64) {
+                Some(memory) => memory,
+                // Delivery reads it back from the spool.
+                None => return,
+            },
             None => Reservation::default(),
         };
-        if !memory.grow_to(message.len() as u64) {
-            // Delivery reads it back from the spool.
-            return;
-        }
         let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
         fresh.bytes += message.len();
         fresh.order.push_back(envelope.id.clone());

@@ -120,6 +120,59 @@ async fn memory_stays_within_data_memory_under_a_flood_of_large_messages() {
     daemon.terminate();
 }
 
+/// Small messages queued faster than they are delivered: each kept copy counts
+/// its own size against `data_memory`, not a whole step of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_messages_waiting_for_delivery_leave_data_memory_to_new_mail() {
+    let mute = Mute::start().await;
+    let text = base_config(mute.addr, UNTRUSTED, "[limits]\ndata_memory = \"4MB\"\n")
+        .replace(
+            "[limits]\ncommand_timeout = \"10s\"\ndata_timeout = \"10s\"\n",
+            "",
+        )
+        .replace(
+            "[limits]\ndata_memory",
+            "[limits]\ncommand_timeout = \"10s\"\ndata_timeout = \"10s\"\ndata_memory",
+        )
+        .replace(
+            "command_timeout = \"5s\"",
+            "command_timeout = \"60s\"\ngreeting_timeout = \"60s\"",
+        )
+        .replace("delivery_workers = 4", "delivery_workers = 1");
+    let proxy = Proxy::start_with_text(&text).await;
+    // Eight clients at once: they need eight steps of the budget while the
+    // queue keeps what they sent before.
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                client.hello().await;
+                let body = format!("{}\r\n", "x".repeat(900)).repeat(3);
+                for n in 0..10 {
+                    let reply = client
+                        .send_mail(
+                            "s@remote.test",
+                            &["alice@example.test"],
+                            format!("Subject: small {c}.{n}\r\n\r\n{body}").as_bytes(),
+                        )
+                        .await;
+                    assert_eq!(
+                        reply.codes(),
+                        "250 2.0.0",
+                        "message {c}.{n}: {}",
+                        reply.text
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let _ = mute;
+}
+
 /// Sends `bytes` one at a time, a second apart, until the server closes; returns
 /// the reply it closed with and how long the drip lasted.
 async fn drip(client: &mut Client, bytes: &[u8]) -> (Reply, Duration) {
