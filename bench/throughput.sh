@@ -4,7 +4,7 @@
 #
 #   bench/throughput.sh [--msgs N] [--reps N] [--no-postfix] [--csv FILE]
 #                       [--baseline BIN] [--settings "S BYTES,..."] [--throughput-only]
-#                       [--sender-auth]
+#                       [--sender-auth] [--scanners]
 #
 # --baseline BIN runs a second mailmoat binary (an older build) beside this one,
 # alternating with it at every setting, so a change is measured against what was
@@ -15,6 +15,9 @@
 # 127.0.0.1:5353 (SPF and DMARC records for the sender's domain, example.org):
 # "untrusted" (sender authentication off) and "auth" (SPF, DKIM, DMARC, ARC on,
 # results cached), so what verification costs per message is the difference.
+# --scanners adds an instance ("scanners", 2575 -> 2576) that asks a clamd
+# (a one-line signature database: nothing to download) and an rspamd, both
+# started here on loopback ports, about every message.
 #
 # Builds the release binary, starts mailmoat with a benchmark configuration
 # (127.0.0.1:2535 -> smtp-sink on 127.0.0.1:2536, hosting example.com, spool flushed
@@ -31,7 +34,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 HARNESS="$REPO/bench/harness"
-MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0
+MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0
 SETTINGS_ARG="1 5120,10 5120,50 5120,50 102400"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --settings) SETTINGS_ARG="$2"; shift 2;;
     --throughput-only) ONLY_THROUGHPUT=1; shift;;
     --sender-auth) SENDER_AUTH=1; shift;;
+    --scanners) SCANNERS=1; shift;;
     -h|--help) sed -n '2,26p' "$0"; exit 0;;
     *) echo "unknown argument: $1" >&2; exit 2;;
   esac
@@ -52,6 +56,8 @@ need_apt=()
 command -v smtp-source >/dev/null || need_apt+=(postfix postfix-pcre)
 command -v ss >/dev/null || need_apt+=(iproute2)
 [ "$SENDER_AUTH" = 0 ] || command -v dnsmasq >/dev/null || need_apt+=(dnsmasq-base)
+[ "$SCANNERS" = 0 ] || command -v clamd >/dev/null || need_apt+=(clamav-daemon)
+[ "$SCANNERS" = 0 ] || command -v rspamd >/dev/null || need_apt+=(rspamd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_apt[@]}" >/dev/null
@@ -62,9 +68,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 BIN="$REPO/target/release/mailmoat"
 WORK="$(mktemp -d /tmp/mailmoat-bench.XXXXXX)"
 [ -n "$CSV" ] || CSV="$WORK/results.csv"
-MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; DNS_PID=""
+MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; DNS_PID=""; SC_PID=""; CLAMD_PID=""; RSPAMD_PID=""
 cleanup() {
-  for pid in "$UT_PID" "$SA_PID" "$DNS_PID"; do
+  for pid in "$UT_PID" "$SA_PID" "$DNS_PID" "$SC_PID" "$CLAMD_PID" "$RSPAMD_PID"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   done
   [ -n "$MM_PID" ] && kill "$MM_PID" 2>/dev/null && wait "$MM_PID" 2>/dev/null || true
@@ -164,6 +170,46 @@ if [ "$SENDER_AUTH" = 1 ]; then
   UT_PID=$(start_outside untrusted 2555 false)
   SA_PID=$(start_outside auth 2565 true)
 fi
+if [ "$SCANNERS" = 1 ]; then
+  mkdir -p "$WORK/clamd/db" "$WORK/rspamd/conf/local.d" "$WORK/rspamd/db" "$WORK/rspamd/run"
+  printf 'BenchSig:0:*:%s\n' "$(printf 'MAILMOAT-BENCH-VIRUS' | xxd -p | tr -d '\n')" > "$WORK/clamd/db/bench.ndb"
+  printf 'Foreground yes\nTCPSocket 23310\nTCPAddr 127.0.0.1\nDatabaseDirectory %s\nUser root\n' \
+    "$WORK/clamd/db" > "$WORK/clamd/clamd.conf"
+  clamd -c "$WORK/clamd/clamd.conf" > "$WORK/clamd/clamd.log" 2>&1 &
+  CLAMD_PID=$!
+  L="$WORK/rspamd/conf/local.d"
+  echo 'bind_socket = "127.0.0.1:21333";' > "$L/worker-normal.inc"
+  echo 'bind_socket = "127.0.0.1:21334";' > "$L/worker-controller.inc"
+  echo 'bind_socket = "127.0.0.1:21332";' > "$L/worker-proxy.inc"
+  echo 'dns { nameserver = ["127.0.0.1:9"]; timeout = 0.2s; retransmits = 1; }' > "$L/options.inc"
+  setsid rspamd -f -u root -g root -c /etc/rspamd/rspamd.conf LOCAL_CONFDIR="$WORK/rspamd/conf" \
+    DBDIR="$WORK/rspamd/db" RUNDIR="$WORK/rspamd/run" LOGDIR="$WORK/rspamd/run" > /dev/null 2>&1 &
+  RSPAMD_PID=$!
+  # Ready when clamd listens and rspamd's worker answers a check (10-30 s).
+  python3 - <<'PY'
+import http.client, socket, time
+deadline = time.time() + 90
+while time.time() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", 23310), timeout=1).close()
+        c = http.client.HTTPConnection("127.0.0.1", 21333, timeout=2)
+        c.request("POST", "/checkv2", body=b"Subject: ready\r\n\r\nx\r\n")
+        if c.getresponse().status == 200:
+            break
+    except OSError:
+        pass
+    time.sleep(0.5)
+PY
+  mkdir -p "$WORK/scanners"
+  sed -e "s/127.0.0.1:2535/127.0.0.1:2575/" -e "s/127.0.0.1:2536/127.0.0.1:2576/" \
+    "$WORK/mailmoat.toml" > "$WORK/scanners/mailmoat.toml"
+  printf '[antivirus]\nclamd = "127.0.0.1:23310"\n[spam]\nrspamd = "http://127.0.0.1:21333"\n' \
+    >> "$WORK/scanners/mailmoat.toml"
+  cp "$WORK/recipients.txt" "$WORK/scanners/"
+  "$BIN" --config "$WORK/scanners/mailmoat.toml" serve >> "$WORK/scanners/mailmoat.log" 2>&1 &
+  SC_PID=$!
+  for _ in $(seq 1 100); do ss -Hltn "sport = :2575" | grep -q . && break; sleep 0.05; done
+fi
 if [ "$POSTFIX" = 1 ]; then bash "$HARNESS/postfix-relay/setup.sh" start >/dev/null; fi
 for rep in $(seq 1 "$REPS"); do
   for setting in "${SETTINGS[@]}"; do
@@ -175,6 +221,9 @@ for rep in $(seq 1 "$REPS"); do
     if [ "$SENDER_AUTH" = 1 ]; then
       run_one untrusted 127.0.0.1:2555 2556 "$s" "$l" --server-pid "$UT_PID"
       run_one auth 127.0.0.1:2565 2566 "$s" "$l" --server-pid "$SA_PID"
+    fi
+    if [ "$SCANNERS" = 1 ]; then
+      run_one scanners 127.0.0.1:2575 2576 "$s" "$l" --server-pid "$SC_PID"
     fi
     if [ "$POSTFIX" = 1 ]; then
       sleep 3  # Postfix drops its cached client connections after 2 s idle
