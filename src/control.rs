@@ -22,6 +22,8 @@ pub enum Request {
     /// Read the rules, the certificate and the configuration again.
     Reload,
     Greylist(GreylistCommand),
+    /// One screen about the running server.
+    Status,
 }
 
 /// `mailmoat greylist …`
@@ -42,6 +44,7 @@ pub struct Context {
     pub config: Arc<crate::config::Config>,
     pub reloader: Arc<crate::server::Reloader>,
     pub greylist: Arc<crate::policy::greylist::Greylist>,
+    pub started: std::time::Instant,
 }
 
 impl Context {
@@ -106,6 +109,36 @@ impl Context {
                     text: "the archive is off ([archive] enabled = false)".into(),
                 },
             },
+            Request::Status => {
+                let queue = self.queue.clone();
+                let census = tokio::task::spawn_blocking(move || queue.census())
+                    .await
+                    .unwrap_or_default();
+                let backend = &self.config.backend.address;
+                let answering = match self.queue.health.is_healthy(backend) {
+                    Some(true) => "answering",
+                    Some(false) => "NOT answering (deliveries wait for a probe)",
+                    None => "not tried yet",
+                };
+                let metrics = &self.queue.metrics;
+                let mut text = format!(
+                    "mailmoat {}, up {}\nconnections: {} open\nqueue: {}\nbackend {backend}: {answering}\nrules: {} loaded\n",
+                    env!("CARGO_PKG_VERSION"),
+                    age(self.started.elapsed().as_secs()),
+                    metrics.open_connections(),
+                    census_line(&census),
+                    self.rules.current().rules().len(),
+                );
+                let top = metrics.top_refusals(5);
+                if top.is_empty() {
+                    text.push_str("refusals in the last hour: none");
+                } else {
+                    let listed: Vec<String> =
+                        top.iter().map(|(what, n)| format!("{what} {n}")).collect();
+                    text.push_str(&format!("refusals in the last hour: {}", listed.join(", ")));
+                }
+                AdminReply { ok: true, text }
+            }
             Request::Greylist(command) => {
                 let greylist = self.greylist.clone();
                 let enabled = self.config.greylist.enabled;
@@ -117,6 +150,29 @@ impl Context {
                     })
             }
         }
+    }
+}
+
+/// "active 0, deferred 2 (oldest 1h 20m), hold 0"
+pub fn census_line(census: &[(&str, usize, Option<u64>)]) -> String {
+    census
+        .iter()
+        .map(|(state, n, oldest)| match oldest {
+            Some(secs) if *n > 0 => format!("{state} {n} (oldest {})", age(*secs)),
+            _ => format!("{state} {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// "2d 3h", "1h 20m", "5m 2s", "40s"
+pub fn age(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
     }
 }
 

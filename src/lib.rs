@@ -16,6 +16,7 @@ pub mod file_error;
 pub mod local_time;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod mime;
 pub mod pipeline;
 pub mod policy;

@@ -70,6 +70,10 @@ enum Command {
         #[command(flatten)]
         auth: Box<mailmoat::sender_auth::AssumedAuth>,
     },
+    /// One screen: uptime, connections, the queue by state with the oldest
+    /// message's age, the backend's health, the rules loaded, the most frequent
+    /// refusals of the last hour.
+    Status,
     /// The greylist of a running server: its triplets, networks to let
     /// through, stale entries.
     Greylist {
@@ -178,6 +182,9 @@ enum QuarantineAction {
 enum QueueAction {
     /// List queued messages with their state and last error.
     List,
+    /// Recipients still to be delivered by domain and age in minutes (like
+    /// Postfix's qshape): up to 5, 10, 20, 40, 80, 160, and older.
+    Shape,
     /// Print a message's envelope and content.
     Show { id: String },
     /// Remove a message from the queue for good.
@@ -231,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload => answer(&config, Request::Reload),
+        Command::Status => answer(&config, Request::Status),
         Command::Greylist { action } => {
             use mailmoat::control::GreylistCommand;
             let command = match action {
@@ -341,6 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueAction::Hold { id } => AdminCommand::Hold(id),
                 QueueAction::Release { id } => AdminCommand::Release(id),
                 QueueAction::Flush => AdminCommand::Flush,
+                QueueAction::Shape => AdminCommand::Shape,
                 QueueAction::Wait { timeout } => AdminCommand::Wait(
                     humantime::parse_duration(&timeout)
                         .map_err(|e| {
@@ -512,6 +521,16 @@ fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminRep
                 ok: false,
                 text: "no mailmoat is running with this queue: nothing to reload".into(),
             }),
+            Request::Status => {
+                let queue = mailmoat::queue::Queue::new(spool, config.queue.flush)?;
+                Ok(AdminReply {
+                    ok: false,
+                    text: format!(
+                        "no mailmoat is running with this queue\nqueue: {}",
+                        mailmoat::control::census_line(&queue.census())
+                    ),
+                })
+            }
             Request::Greylist(command) => {
                 let store = mailmoat::store::Store::open(&config.store.path)?;
                 let greylist =

@@ -73,13 +73,16 @@ pub struct Reloader {
     running: Arc<Config>,
     rules: Arc<crate::rules::RulesHandle>,
     tls: Arc<crate::smtp::tls::Certificates>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Reloader {
     /// Reloads; returns what it did, one line each (also logged).
     pub fn reload(&self, why: &str) -> ReloadReport {
         let mut report = ReloadReport::default();
-        match self.rules.reload() {
+        let reloaded = self.rules.reload();
+        self.metrics.rules_reloaded(reloaded.is_ok());
+        match reloaded {
             Ok(count) => {
                 tracing::info!(rules = count, why, "rules reloaded");
                 report.push(format!("rules: {count} loaded"));
@@ -225,10 +228,14 @@ impl Server {
             running: config.clone(),
             rules: rules.clone(),
             tls: tls.clone(),
+            metrics: queue.metrics.clone(),
         });
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut background = vec![
-            tokio::spawn(rules.clone().watch()),
+            tokio::spawn(rules.clone().watch({
+                let metrics = queue.metrics.clone();
+                move |ok| metrics.rules_reloaded(ok)
+            })),
             tokio::spawn(reloader.clone().on_hangup(hangup)),
             tokio::spawn(loaded.pipeline.greylist.clone().purge_loop()),
         ];
@@ -268,6 +275,7 @@ impl Server {
             config: config.clone(),
             reloader,
             greylist: loaded.pipeline.greylist.clone(),
+            started: std::time::Instant::now(),
         });
         let control = match crate::control::serve(&control_path, context).await {
             Ok(handle) => Some(handle),
@@ -310,6 +318,22 @@ impl Server {
                 limits.clone(),
                 shutdown_rx.clone(),
             )));
+        }
+        if let Some(address) = config.metrics.listen {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot serve metrics on {address}"))?;
+            let health = Arc::new(ServerHealth {
+                queue: queue.clone(),
+                backend: config.backend.address.clone(),
+                phase: shutdown_rx.clone(),
+            });
+            background.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                queue.metrics.clone(),
+                health,
+            )));
+            tracing::info!(listen = %address, "metrics served at /metrics and /healthz");
         }
         tracing::info!(listen = %crate::logging::list(&local_addrs), hostname = %config.server.hostname, "mailmoat started");
         Ok(Server {
@@ -365,5 +389,33 @@ impl Server {
             let _ = std::fs::remove_file(self.queue.spool.control_socket());
         }
         tracing::info!("mailmoat stopped");
+    }
+}
+
+/// What `/healthz` looks at: the listeners accept while the server runs, and the
+/// spool takes a write.
+struct ServerHealth {
+    queue: Arc<Queue>,
+    backend: String,
+    phase: watch::Receiver<Phase>,
+}
+
+impl crate::metrics::Health for ServerHealth {
+    fn problem(&self) -> Option<String> {
+        if *self.phase.borrow() != Phase::Running {
+            return Some("shutting down: no new connections are taken".into());
+        }
+        self.queue.spool.probe_write().err().map(|e| {
+            format!(
+                "the spool {} cannot be written: {e}",
+                self.queue.spool.root().display()
+            )
+        })
+    }
+
+    fn refresh(&self, metrics: &crate::metrics::Metrics) {
+        metrics.queue(&self.queue.census());
+        // Unknown (nothing sent yet) counts as up: only a failure says down.
+        metrics.backend(self.queue.health.is_healthy(&self.backend) != Some(false));
     }
 }

@@ -241,6 +241,7 @@ impl Reporter {
         };
         match self.queue.enqueue(envelope, report).await {
             Ok(()) => {
+                self.queue.metrics.report_sent();
                 tracing::info!(queue_id = %id, archive_id = about, to = %destination.address, "report queued for the backup mailbox")
             }
             Err(e) => {

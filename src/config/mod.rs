@@ -48,6 +48,7 @@ pub struct Config {
     pub checks: ChecksConfig,
     pub mailbomb: MailBombConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub sender_auth: SenderAuthConfig,
     pub greylist: GreylistConfig,
     pub antivirus: AntivirusConfig,

@@ -195,3 +195,12 @@ pub struct DomainRecipients {
     #[serde(default)]
     pub callout: bool,
 }
+
+/// `[metrics]`: Prometheus metrics and a health check over HTTP.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` and `GET /healthz` are served, such as
+    /// "127.0.0.1:9187". Unset: off.
+    pub listen: Option<SocketAddr>,
+}

@@ -96,7 +96,7 @@ impl Pipeline {
                 )
             }
         };
-        Event {
+        self.record(&Event {
             id,
             stage: Stage::Data,
             peer,
@@ -108,8 +108,7 @@ impl Pipeline {
             reason: &reason,
             reply: &reply,
             rules: &summary,
-        }
-        .log();
+        });
         reply
     }
 

@@ -74,7 +74,12 @@ impl Pipeline {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match written {
-                Ok(done) => archived = Some(done),
+                Ok(done) => {
+                    if let Some(queue) = &self.queue {
+                        queue.metrics.archived(kept.message.map_or(0, <[u8]>::len));
+                    }
+                    archived = Some(done)
+                }
                 Err(e) if kept.message.is_some() => {
                     tracing::error!(queue_id = kept.id.unwrap_or(NOQUEUE), error = %e, "cannot keep a copy in the archive");
                     kept.decision = Decision::refuse(
@@ -96,7 +101,7 @@ impl Pipeline {
                 }
             }
         }
-        kept.event().log();
+        self.record(&kept.event());
         if let (Some((record, copy)), Some(reporter)) = (archived, &self.reporter) {
             reporter.report(&record, copy.as_deref()).await;
         }

@@ -444,9 +444,22 @@ impl Pipeline {
         if matches!(judging.stage, Stage::Connect | Stage::Helo) {
             log_shadow(crate::verdict::NOQUEUE, &judging.matched);
         }
+        if let Some(queue) = &self.queue {
+            for matched in judging.matched.iter().filter(|m| !m.shadow) {
+                queue.metrics.rule_matched(&matched.rule);
+            }
+        }
         Judgement {
             result,
             matched: judging.matched,
+        }
+    }
+
+    /// Logs a decision and counts it.
+    fn record(&self, event: &crate::verdict::Event<'_>) {
+        event.log();
+        if let Some(queue) = &self.queue {
+            queue.metrics.decision(event);
         }
     }
 

@@ -26,6 +26,9 @@ pub enum AdminCommand {
     Flush,
     /// Wait (at most this many seconds) until nothing is being delivered or due.
     Wait(u64),
+    /// The age distribution of waiting mail by recipient domain (Postfix's
+    /// qshape).
+    Shape,
 }
 
 /// The answer to a command: text for the administrator, and whether it worked.
@@ -54,6 +57,7 @@ fn done(text: impl Into<String>) -> AdminReply {
 pub fn execute(spool: &Spool, scheduler: Option<&Scheduler>, command: &AdminCommand) -> AdminReply {
     let result = match command {
         AdminCommand::List => list(spool, scheduler),
+        AdminCommand::Shape => shape(spool, super::scheduler::now_millis() / 1000),
         // A running server waits in the control socket's handler; offline nothing
         // is ever being delivered.
         AdminCommand::Wait(_) => Ok(done("no server is running: nothing is being delivered")),
@@ -123,6 +127,68 @@ fn with_message(
 }
 
 /// Like `mailq`: one block per message, pending recipients with their last error.
+/// qshape's buckets: up to 5 minutes old, 5-10, 10-20, … 80-160, older.
+const SHAPE_MINUTES: [u64; 6] = [5, 10, 20, 40, 80, 160];
+
+/// Recipients still to be delivered (active and deferred mail) by domain and
+/// age, most first, with a TOTAL line; ages from `now` (seconds).
+fn shape(spool: &Spool, now: u64) -> io::Result<AdminReply> {
+    let mut domains: std::collections::BTreeMap<String, [usize; 7]> = Default::default();
+    for state in [QueueState::Active, QueueState::Deferred] {
+        for id in spool.ids(state)? {
+            let Ok(envelope) = spool.read_envelope(state, &id) else {
+                continue;
+            };
+            let minutes = now.saturating_sub(envelope.arrived) / 60;
+            let bucket = SHAPE_MINUTES
+                .iter()
+                .position(|&limit| minutes < limit)
+                .unwrap_or(SHAPE_MINUTES.len());
+            for rcpt in envelope
+                .recipients
+                .iter()
+                .filter(|r| r.status == super::envelope::RecipientStatus::Pending)
+            {
+                let domain = rcpt
+                    .address
+                    .rsplit_once('@')
+                    .map_or("", |(_, d)| d)
+                    .to_ascii_lowercase();
+                domains.entry(domain).or_default()[bucket] += 1;
+            }
+        }
+    }
+    let mut rows: Vec<(String, [usize; 7])> = domains.into_iter().collect();
+    rows.sort_by(|a, b| {
+        let total = |r: &[usize; 7]| r.iter().sum::<usize>();
+        total(&b.1).cmp(&total(&a.1)).then_with(|| a.0.cmp(&b.0))
+    });
+    let mut total = [0usize; 7];
+    for (_, counts) in &rows {
+        for (t, c) in total.iter_mut().zip(counts) {
+            *t += c;
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>24} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5}",
+        "", "T", "5", "10", "20", "40", "80", "160", "160+"
+    );
+    let line = |out: &mut String, name: &str, counts: &[usize; 7]| {
+        let _ = write!(out, "{name:>24} {:>5}", counts.iter().sum::<usize>());
+        for c in counts {
+            let _ = write!(out, " {c:>5}");
+        }
+        out.push('\n');
+    };
+    line(&mut out, "TOTAL", &total);
+    for (domain, counts) in &rows {
+        line(&mut out, domain, counts);
+    }
+    Ok(done(out.trim_end().to_string()))
+}
+
 fn list(spool: &Spool, scheduler: Option<&Scheduler>) -> io::Result<AdminReply> {
     let busy: Vec<String> = scheduler
         .map(|s| {
@@ -232,4 +298,78 @@ fn flush(spool: &Spool, scheduler: Option<&Scheduler>) -> io::Result<AdminReply>
     Ok(done(format!(
         "{n} deferred message(s) will be delivered when the server starts"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::envelope::{Envelope, RecipientStatus};
+    use crate::queue::spool::new_id;
+
+    #[test]
+    fn shape_counts_waiting_recipients_by_domain_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let now = 1_800_000_000;
+        let minutes_ago = |m: u64| now - m * 60;
+        let queue = |arrived: u64, rcpts: &[&str], state: QueueState| {
+            let mut envelope = Envelope::new(
+                new_id(),
+                "s@remote.test".into(),
+                rcpts.iter().map(|r| r.to_string()),
+            );
+            envelope.arrived = arrived;
+            spool.commit(&envelope, b"Subject: x\r\n\r\nx\r\n").unwrap();
+            if state != QueueState::Active {
+                spool
+                    .move_message(&envelope.id, QueueState::Active, state)
+                    .unwrap();
+            }
+            envelope
+        };
+        queue(
+            minutes_ago(1),
+            &["a@big.test", "b@big.test"],
+            QueueState::Active,
+        );
+        queue(minutes_ago(30), &["c@big.test"], QueueState::Deferred);
+        queue(minutes_ago(500), &["d@small.test"], QueueState::Deferred);
+        queue(minutes_ago(7), &["e@small.test"], QueueState::Hold);
+        // A recipient already delivered is not waiting.
+        let mut partly = queue(
+            minutes_ago(12),
+            &["f@small.test", "g@big.test"],
+            QueueState::Deferred,
+        );
+        partly.recipients[1].status = RecipientStatus::Delivered;
+        spool
+            .update_envelope(QueueState::Deferred, &partly)
+            .unwrap();
+        let text = shape(&spool, now).unwrap().text;
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            ["T", "5", "10", "20", "40", "80", "160", "160+"],
+            "{text}"
+        );
+        assert_eq!(
+            lines[1],
+            ["TOTAL", "5", "2", "0", "1", "1", "0", "0", "1"],
+            "{text}"
+        );
+        assert_eq!(
+            lines[2],
+            ["big.test", "3", "2", "0", "0", "1", "0", "0", "0"],
+            "{text}"
+        );
+        assert_eq!(
+            lines[3],
+            ["small.test", "2", "0", "0", "1", "0", "0", "0", "1"],
+            "{text}"
+        );
+        assert_eq!(lines.len(), 4, "{text}");
+    }
 }

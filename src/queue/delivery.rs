@@ -283,6 +283,7 @@ impl Delivery {
         }
         let mut failures = Vec::new();
         for (route, indices) in by_route.values() {
+            let started = std::time::Instant::now();
             let (relay, outcomes) = match self.targets(route).await {
                 Ok(targets) => {
                     self.send_to_first(&targets, &envelope, indices, &message)
@@ -293,6 +294,9 @@ impl Delivery {
             for (&i, outcome) in indices.iter().zip(outcomes) {
                 let rcpt = &mut envelope.recipients[i];
                 log_outcome(&envelope.id, &rcpt.address, &relay, &outcome);
+                self.queue
+                    .metrics
+                    .delivered(outcome.name(), started.elapsed());
                 match outcome {
                     Outcome::Delivered(reply) => {
                         rcpt.status = RecipientStatus::Delivered;
@@ -604,6 +608,17 @@ fn failure(rcpt: &QueuedRecipient, reply: &Reply, remote: Option<&str>) -> Failu
         },
         diagnostic: reply.to_string(),
         remote: remote.map(str::to_string),
+    }
+}
+
+impl Outcome {
+    /// As logs and metrics name it.
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Delivered(_) => "sent",
+            Outcome::Refused(_) => "bounced",
+            Outcome::Deferred(_) => "deferred",
+        }
     }
 }
 

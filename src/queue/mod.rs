@@ -60,6 +60,8 @@ pub struct Queue {
     pub scheduler: Arc<Scheduler>,
     /// Which next hops answer (delivery learns it; `queue flush` forgets failures).
     pub health: Arc<health::Health>,
+    /// The server's metrics: the queue and delivery count into them.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// To the commit thread, which writes every new message and the journal of
     /// delivered ones (group commit: one flush for all that piled up).
     commits: mpsc::Sender<Job>,
@@ -80,9 +82,11 @@ impl Queue {
         let (removals, doomed) = mpsc::channel::<(QueueState, String, bool)>();
         let committer = spool.clone();
         let to_cleanup = removals;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let counted = metrics.clone();
         std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || run_commit_thread(&committer, &inbox, flush, &to_cleanup))?;
+            .spawn(move || run_commit_thread(&committer, &inbox, flush, &to_cleanup, &counted))?;
         let cleaner = spool.clone();
         std::thread::Builder::new()
             .name("spool-cleanup".into())
@@ -100,6 +104,7 @@ impl Queue {
         Ok(Queue {
             spool,
             health: Arc::new(health::Health::new(scheduler.clone())),
+            metrics,
             scheduler,
             commits,
             fresh: Mutex::new(Fresh::default()),
@@ -207,6 +212,24 @@ impl Queue {
         Some(taken)
     }
 
+    /// Messages and the oldest one's age (seconds) in each state a message waits
+    /// in, read from the envelopes.
+    pub fn census(&self) -> Vec<(&'static str, usize, Option<u64>)> {
+        let now = scheduler::now_millis() / 1000;
+        [QueueState::Active, QueueState::Deferred, QueueState::Hold]
+            .into_iter()
+            .map(|state| {
+                let ids = self.spool.ids(state).unwrap_or_default();
+                let oldest = ids
+                    .iter()
+                    .filter_map(|id| self.spool.read_envelope(state, id).ok())
+                    .map(|e| now.saturating_sub(e.arrived))
+                    .max();
+                (state.folder(), ids.len(), oldest)
+            })
+            .collect()
+    }
+
     /// Bytes free on the spool's file system, looked up at most once a second
     /// (a statvfs per MAIL FROM would cost little; none at all costs less) and
     /// lowered by every message written since, so a burst cannot outrun it.
@@ -290,6 +313,7 @@ fn run_commit_thread(
     inbox: &mpsc::Receiver<Job>,
     flush: FlushMode,
     cleanup: &mpsc::Sender<(QueueState, String, bool)>,
+    metrics: &crate::metrics::Metrics,
 ) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
@@ -321,7 +345,10 @@ fn run_commit_thread(
         let results = if items.is_empty() {
             Vec::new()
         } else {
-            spool.commit_batch(&items, flush)
+            let started = std::time::Instant::now();
+            let results = spool.commit_batch(&items, flush);
+            metrics.committed(items.len(), started.elapsed());
+            results
         };
         let flushed_with_batch =
             flush == FlushMode::Syncfs && !results.is_empty() && results.iter().all(Result::is_ok);

@@ -550,6 +550,13 @@ impl Spool {
     }
 
     /// Bytes free for an unprivileged user on the spool's file system.
+    /// Writes and removes a small file at the spool's root: can it be written?
+    pub fn probe_write(&self) -> io::Result<()> {
+        let path = self.root.join(".healthz");
+        fs::write(&path, b"ok")?;
+        fs::remove_file(&path)
+    }
+
     pub fn free_space(&self) -> io::Result<u64> {
         let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
             .map_err(io::Error::other)?;

@@ -66,7 +66,8 @@ impl RulesHandle {
 
     /// Reloads when a file in the folder changes; logs the outcome. (SIGHUP
     /// reloads everything: [`crate::server::Reloader`].)
-    pub async fn watch(self: Arc<Self>) {
+    /// Reloads whenever a rule file changes; `counted` hears how each went.
+    pub async fn watch(self: Arc<Self>, counted: impl Fn(bool) + Send + 'static) {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
@@ -75,19 +76,25 @@ impl RulesHandle {
             }
             // Compiling thousands of rules takes a while: not on an async worker.
             let handle = self.clone();
-            let _ =
+            if let Ok(ok) =
                 tokio::task::spawn_blocking(move || handle.reload_and_log("rules folder changed"))
-                    .await;
+                    .await
+            {
+                counted(ok);
+            }
         }
     }
 
-    pub fn reload_and_log(&self, why: &str) {
+    /// True when the new rules are in force.
+    pub fn reload_and_log(&self, why: &str) -> bool {
         match self.reload() {
             Ok(count) => {
-                tracing::info!(rules = count, dir = %self.dir.display(), why, "rules reloaded")
+                tracing::info!(rules = count, dir = %self.dir.display(), why, "rules reloaded");
+                true
             }
             Err(e) => {
-                tracing::error!(error = %e, why, "rules not reloaded; the rules in force stay")
+                tracing::error!(error = %e, why, "rules not reloaded; the rules in force stay");
+                false
             }
         }
     }

@@ -90,29 +90,35 @@ impl ConnectionLimits {
     }
 
     /// A place for a new connection, or the reply that refuses it.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Reply> {
+    /// The error names the limit, for the metrics.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, (&'static str, Reply)> {
         let Ok(permit) = self.total.clone().try_acquire_owned() else {
-            return Err(Reply::new(
-                421,
-                "4.7.0",
-                "Error: too many connections; try again later",
+            return Err((
+                "max_connections",
+                Reply::new(421, "4.7.0", "Error: too many connections; try again later"),
             ));
         };
         let network = crate::policy::limits::network_of(ip);
         let mut per_network = self.per_network.lock().unwrap_or_else(|p| p.into_inner());
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if per_network.get(&network).copied().unwrap_or(0) >= self.max_per_network {
-            return Err(Reply::new(
-                421,
-                "4.7.0",
-                format!("Error: too many connections from {network}; try again later"),
+            return Err((
+                "network_share",
+                Reply::new(
+                    421,
+                    "4.7.0",
+                    format!("Error: too many connections from {network}; try again later"),
+                ),
             ));
         }
         if per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
-            return Err(Reply::new(
-                421,
-                "4.7.0",
-                format!("Error: too many connections from {ip}; try again later"),
+            return Err((
+                "max_connections_per_ip",
+                Reply::new(
+                    421,
+                    "4.7.0",
+                    format!("Error: too many connections from {ip}; try again later"),
+                ),
             ));
         }
         *per_network.entry(network.clone()).or_insert(0) += 1;
@@ -161,6 +167,8 @@ pub async fn accept_loop(
                 let implicit_tls = implicit_tls.then(|| shared.tls.get()).flatten();
                 tokio::spawn(async move {
                     let _slot = slot;
+                    let metrics = shared.pipeline.queue.as_ref().map(|q| q.metrics.clone());
+                    let _open = metrics.map(crate::metrics::OpenConnection::new);
                     let local = stream.local_addr().unwrap_or(peer);
                     let conn = match implicit_tls {
                         None => Connection::new(Box::new(stream), peer, local),
@@ -169,6 +177,9 @@ pub async fn accept_loop(
                             let timeout = shared.config.limits.command_timeout;
                             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => {
+                                    if let Some(queue) = &shared.pipeline.queue {
+                                        queue.metrics.tls_session();
+                                    }
                                     let mut conn = Connection::new(Box::new(tls), peer, local);
                                     conn.tls = true;
                                     conn
@@ -183,7 +194,10 @@ pub async fn accept_loop(
                     session::run(conn, shared).await;
                 });
             }
-            Err(reply) => {
+            Err((limit, reply)) => {
+                if let Some(queue) = &shared.pipeline.queue {
+                    queue.metrics.connection_refused(limit);
+                }
                 let pipeline = shared.pipeline.clone();
                 let kept = reply.clone();
                 tokio::spawn(async move { pipeline.refuse_connection(ip, kept).await });

@@ -65,6 +65,13 @@ struct Transaction {
     spf: Option<crate::sender_auth::SpfCheck>,
 }
 
+impl Shared {
+    /// The server's metrics (none in trials, which have no queue).
+    pub fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.pipeline.queue.as_ref().map(|q| q.metrics.as_ref())
+    }
+}
+
 struct Session {
     conn: Connection,
     shared: Arc<Shared>,

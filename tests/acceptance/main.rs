@@ -9,6 +9,7 @@ mod defences;
 mod delivery;
 mod faults;
 mod fixtures;
+mod metrics;
 mod mime;
 mod pipeline;
 mod protocol;

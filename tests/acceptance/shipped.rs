@@ -19,6 +19,8 @@ fn committed_files(repo: &Path) -> Option<Vec<String>> {
             "rules",
             "packaging/mailmoat.toml",
             "packaging/recipients.txt",
+            "packaging/prometheus-alerts.yml",
+            "packaging/grafana-dashboard.json",
         ])
         .output()
         .ok()?;
@@ -43,7 +45,8 @@ fn copies_match_what_is_shipped() {
     };
     assert!(files.len() >= 10, "{files:?}");
     let refresh = "refresh the copies with: git archive HEAD rules packaging/mailmoat.toml \
-                   packaging/recipients.txt | tar -x -C tests/fixtures/shipped";
+                   packaging/recipients.txt packaging/prometheus-alerts.yml \
+                   packaging/grafana-dashboard.json | tar -x -C tests/fixtures/shipped";
     for path in &files {
         let committed = Command::new("git")
             .arg("-C")

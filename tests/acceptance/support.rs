@@ -52,6 +52,8 @@ struct BackendState {
     rcpt_replies: HashMap<String, String>,
     /// Accounts for AUTH PLAIN; no AUTH offered without them.
     accounts: HashMap<String, String>,
+    /// The conversations going on, ended by `stop`.
+    sessions: Vec<tokio::task::AbortHandle>,
 }
 
 /// A backend SMTP server on a loopback port that records what it receives.
@@ -77,8 +79,10 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                shared.lock().unwrap().connections += 1;
-                tokio::spawn(serve_backend(stream, shared.clone(), end));
+                let session = tokio::spawn(serve_backend(stream, shared.clone(), end));
+                let mut state = shared.lock().unwrap();
+                state.connections += 1;
+                state.sessions.push(session.abort_handle());
             }
         });
         Backend {
@@ -135,8 +139,12 @@ impl Backend {
         }
     }
 
+    /// Stops listening and ends every conversation: the backend is gone.
     pub fn stop(&self) {
         self.task.abort();
+        for session in self.state.lock().unwrap().sessions.drain(..) {
+            session.abort();
+        }
     }
 }
 

@@ -109,10 +109,16 @@ impl Session {
             }
             Login::Refused => {
                 self.errors += 1;
+                if let Some(metrics) = self.shared.metrics() {
+                    metrics.auth_failed(false);
+                }
                 tracing::info!(client = %self.peer.ip, auth_user = %user, "login failed");
                 self.reply(535, "5.7.8", "Authentication credentials invalid");
             }
             Login::LockedOut => {
+                if let Some(metrics) = self.shared.metrics() {
+                    metrics.auth_failed(true);
+                }
                 tracing::warn!(client = %self.peer.ip, auth_user = %user, "login refused: too many failures");
                 self.reply(454, "4.7.0", "Too many failed logins; try again later");
             }

@@ -70,6 +70,7 @@ impl Session {
         }
         // Held until the message is queued or refused.
         let _memory = reader.take_reservation();
+        let end_of_data = std::time::Instant::now();
         self.conn.shrink();
         let sender = transaction.sender.to_string();
         let pipeline = self.pipeline();
@@ -142,6 +143,9 @@ impl Session {
             self.accepted += 1;
         } else {
             self.refused += 1;
+        }
+        if let Some(metrics) = self.shared.metrics() {
+            metrics.end_of_data(end_of_data.elapsed());
         }
         self.conn.reply(&reply);
         Flow::Continue

@@ -52,6 +52,9 @@ impl Session {
         let timeout = self.config().limits.command_timeout;
         match self.conn.start_tls(&acceptor, timeout).await {
             Ok(discarded) => {
+                if let Some(metrics) = self.shared.metrics() {
+                    metrics.tls_session();
+                }
                 if discarded > 0 {
                     tracing::warn!(client = %self.peer.ip, bytes = discarded, "plain text pipelined after STARTTLS thrown away");
                 }
