@@ -322,8 +322,13 @@ impl<'a> Walk<'a> {
             let whole_part = base.map(|base| {
                 Cut::Part(base + part.offset_header as usize..base + part.offset_end as usize)
             });
+            let declared = base.is_some_and(|base| {
+                declares_transfer_encoding(
+                    &self.raw[base + part.offset_header as usize..base + part.offset_body as usize],
+                )
+            });
             let cut = match (base, part.encoding) {
-                (Some(base), Encoding::None) if block.whole_lines => {
+                (Some(base), Encoding::None) if block.whole_lines && !declared => {
                     let start = base + part.offset_body as usize + block.range.start;
                     let mut end = base + part.offset_body as usize + block.range.end;
                     // The line end goes with the block, if it is the part's own.
@@ -344,6 +349,26 @@ impl<'a> Walk<'a> {
             );
         }
     }
+}
+
+/// Whether a part's header declares a transfer encoding that changes its bytes
+/// (quoted-printable, base64, anything but 7bit, 8bit, binary). mail-parser
+/// reads a body it cannot decode as it is; other readers decode it their way,
+/// so only a part that declares none has text that is its raw bytes.
+fn declares_transfer_encoding(header: &[u8]) -> bool {
+    String::from_utf8_lossy(header)
+        .replace("\r\n\t", " ")
+        .replace("\r\n ", " ")
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| {
+            name.trim()
+                .eq_ignore_ascii_case("content-transfer-encoding")
+        })
+        .any(|(_, value)| {
+            let value = value.trim().to_ascii_lowercase();
+            !matches!(value.as_str(), "" | "7bit" | "8bit" | "binary")
+        })
 }
 
 fn part_type(part: &mail_parser::MessagePart<'_>) -> String {

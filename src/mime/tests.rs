@@ -289,3 +289,43 @@ fn a_name_that_reads_as_a_program_is_not_repeated_in_the_note() {
         "{text}"
     );
 }
+
+/// Found by the `strip` fuzz target: a quoted-printable text part that
+/// mail-parser could not decode (so it read it raw) held a begin-base64 block.
+/// Cutting the block alone made the rest decodable, and the decoded text held a
+/// program. A block is cut on its own only where no transfer encoding is declared.
+#[test]
+fn a_block_in_text_that_declares_an_encoding_takes_its_whole_part() {
+    let found: &[u8] = include_bytes!("../../fuzz/regressions/strip-qp-text-with-a-block");
+    let normalized = crate::mime::normalize::normalize(found);
+    let message = normalized.as_deref().unwrap_or(found);
+    let content = Content::analyze(message, &Limits::default());
+    let removals: Vec<Removal> = content
+        .attachments
+        .iter()
+        .filter(|a| a.sniffed == Some("exe") || a.extensions().any(|e| e == "exe"))
+        .map(|a| Removal {
+            cut: a.cut.clone(),
+            name: a.names.first().cloned().unwrap_or_default(),
+            rule: "fuzz".into(),
+        })
+        .collect();
+    assert!(!removals.is_empty());
+    assert!(
+        removals
+            .iter()
+            .all(|r| !matches!(r.cut, crate::mime::Cut::Block(_))),
+        "{:?}",
+        removals.iter().map(|r| &r.cut).collect::<Vec<_>>()
+    );
+    let out = strip(message, &removals);
+    let again = Content::analyze(&out, &Limits::default());
+    assert!(
+        !again
+            .attachments
+            .iter()
+            .any(|a| a.sniffed == Some("exe") || a.extensions().any(|e| e == "exe")),
+        "{:?}",
+        again.attachments
+    );
+}
