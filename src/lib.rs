@@ -15,6 +15,7 @@ pub mod dns;
 pub mod file_error;
 pub mod local_time;
 pub mod logging;
+pub mod manual;
 pub mod memory;
 pub mod metrics;
 pub mod mime;

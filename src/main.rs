@@ -80,6 +80,13 @@ enum Command {
         #[command(subcommand)]
         action: GreylistAction,
     },
+    /// Writes the man pages (mailmoat.8, mailmoat.toml.5, mailmoat-rules.5) and
+    /// shell completions (bash, zsh, fish) into a folder; for packagers.
+    #[command(hide = true)]
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// DKIM signing keys.
     Dkim {
         #[command(subcommand)]
@@ -219,6 +226,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Dkim { action } = cli.command {
         return dkim(action);
     }
+    if let Command::Generate { out } = &cli.command {
+        return generate_docs(out);
+    }
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Check => {
@@ -306,7 +316,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(config),
-        Command::Dkim { .. } => unreachable!("handled before the configuration is read"),
+        Command::Dkim { .. } | Command::Generate { .. } => {
+            unreachable!("handled before the configuration is read")
+        }
         Command::Passwd { action } => passwd(&config, action),
         Command::Quarantine { action } => {
             let command = match action {
@@ -361,6 +373,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             answer(&config, Request::Queue(command))
         }
     }
+}
+
+/// The man pages and completions, written into `out` (made if missing).
+fn generate_docs(out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    let command = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone())
+        .section("8")
+        .render(&mut page)?;
+    write("mailmoat.8", &page)?;
+    write(
+        "mailmoat.toml.5",
+        mailmoat::manual::config_page().as_bytes(),
+    )?;
+    write(
+        "mailmoat-rules.5",
+        mailmoat::manual::rules_page().as_bytes(),
+    )?;
+    for (shell, name) in [
+        (clap_complete::Shell::Bash, "mailmoat.bash"),
+        (clap_complete::Shell::Zsh, "_mailmoat"),
+        (clap_complete::Shell::Fish, "mailmoat.fish"),
+    ] {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command.clone(), "mailmoat", &mut script);
+        write(name, &script)?;
+    }
+    println!("man pages and completions written to {}", out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn dkim(action: DkimAction) -> anyhow::Result<ExitCode> {

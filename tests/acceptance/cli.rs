@@ -599,3 +599,40 @@ fn check_names_the_line_of_an_empty_backend_address_in_the_shipped_configuration
         "{text}"
     );
 }
+
+#[test]
+fn generated_man_pages_render_without_warnings_and_completions_are_written() {
+    crate::support::ensure_package("command -v man", "man-db");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["generate", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for page in ["mailmoat.8", "mailmoat.toml.5", "mailmoat-rules.5"] {
+        let rendered = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(dir.path().join(page))
+            .env("MANWIDTH", "80")
+            .output()
+            .unwrap();
+        assert!(rendered.status.success(), "{page}: {rendered:?}");
+        let warnings = String::from_utf8_lossy(&rendered.stderr);
+        assert!(warnings.trim().is_empty(), "{page}: {warnings}");
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(text.contains("mailmoat"), "{page}: {text}");
+    }
+    let toml_page = std::fs::read_to_string(dir.path().join("mailmoat.toml.5")).unwrap();
+    assert!(
+        toml_page.contains(".SH [greylist]"),
+        "every section of the configuration"
+    );
+    for script in ["mailmoat.bash", "_mailmoat", "mailmoat.fish"] {
+        let text = std::fs::read_to_string(dir.path().join(script)).unwrap();
+        assert!(
+            text.contains("queue") && text.contains("greylist"),
+            "{script}"
+        );
+    }
+}
