@@ -24,7 +24,11 @@ for key in 'file = "/etc/mailmoat/recipients.txt"' 'path = "/var/lib/mailmoat/qu
            'path = "/var/lib/mailmoat/archive"'; do
     grep -qF "$key" "$stage/mailmoat.toml" || { echo "build-deb: $key not set" >&2; exit 1; }
 done
-gzip -9n -c CHANGELOG.md > "$stage/changelog.gz" 2>/dev/null || \
-    printf 'mailmoat (%s) unstable; urgency=medium\n\n  * Release.\n' "$(./target/release/mailmoat --version | cut -d' ' -f2)" | gzip -9n > "$stage/changelog.gz"
-cargo deb --no-build --locked "$@"
+version=$(./target/release/mailmoat --version | cut -d' ' -f2)
+maintainer=$(sed -n 's/^maintainer = "\(.*\)"$/\1/p' Cargo.toml)
+printf 'mailmoat (%s-1) unstable; urgency=medium\n\n  * Built from %s.\n\n -- %s  %s\n' \
+    "$version" "$(git rev-parse --short HEAD 2>/dev/null || echo source)" "$maintainer" \
+    "$(date -R -u -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")" | gzip -9n > "$stage/changelog.gz"
+# The release profile keeps line tables for backtraces; the package does not.
+cargo deb --no-build --locked --strip "$@"
 ls target/debian/*.deb

@@ -38,14 +38,14 @@ mailmoat --config /etc/mailmoat/mailmoat.toml check > /dev/null
 man -l /usr/share/man/man8/mailmoat.8.gz > /dev/null && echo "man page renders"
 
 step "serve as mailmoat, deliver one message"
-python3 -m aiosmtpd -n -l 127.0.0.1:2526 > /tmp/mailmoat-deb-backend.log 2>&1 &
+python3 -u -m aiosmtpd -n -l 127.0.0.1:2526 > /tmp/mailmoat-deb-backend.log 2>&1 &
 backend=$!
 setpriv --reuid=mailmoat --regid=mailmoat --init-groups \
     mailmoat --config /etc/mailmoat/mailmoat.toml serve > /tmp/mailmoat-deb-serve.log 2>&1 &
 serve=$!
 trap 'kill $serve $backend 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/2525) 2>/dev/null && break; sleep 0.1; done
-ps -o user=,comm= -p "$serve"
+echo "serving as $(stat -c %U /proc/$serve)"
 python3 - <<'PY'
 import smtplib
 with smtplib.SMTP("127.0.0.1", 2525) as s:
