@@ -4,7 +4,7 @@
 #
 #   bench/throughput.sh [--msgs N] [--reps N] [--no-postfix] [--csv FILE]
 #                       [--baseline BIN] [--settings "S BYTES,..."] [--throughput-only]
-#                       [--sender-auth] [--scanners]
+#                       [--sender-auth] [--scanners] [--metrics]
 #
 # --baseline BIN runs a second mailmoat binary (an older build) beside this one,
 # alternating with it at every setting, so a change is measured against what was
@@ -17,7 +17,9 @@
 # results cached), so what verification costs per message is the difference.
 # --scanners adds an instance ("scanners", 2575 -> 2576) that asks a clamd
 # (a one-line signature database: nothing to download) and an rspamd, both
-# started here on loopback ports, about every message.
+# started here on loopback ports, about every message. --metrics adds an
+# instance ("metrics", 2585 -> 2586) with [metrics] listen on 127.0.0.1:9187,
+# scraped every second during the runs.
 #
 # Builds the release binary, starts mailmoat with a benchmark configuration
 # (127.0.0.1:2535 -> smtp-sink on 127.0.0.1:2536, hosting example.com, spool flushed
@@ -34,7 +36,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 HARNESS="$REPO/bench/harness"
-MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0
+MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0; METRICS=0
 SETTINGS_ARG="1 5120,10 5120,50 5120,50 102400"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     --throughput-only) ONLY_THROUGHPUT=1; shift;;
     --sender-auth) SENDER_AUTH=1; shift;;
     --scanners) SCANNERS=1; shift;;
+    --metrics) METRICS=1; shift;;
     -h|--help) sed -n '2,26p' "$0"; exit 0;;
     *) echo "unknown argument: $1" >&2; exit 2;;
   esac
@@ -68,9 +71,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 BIN="$REPO/target/release/mailmoat"
 WORK="$(mktemp -d /tmp/mailmoat-bench.XXXXXX)"
 [ -n "$CSV" ] || CSV="$WORK/results.csv"
-MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; DNS_PID=""; SC_PID=""; CLAMD_PID=""; RSPAMD_PID=""
+MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; DNS_PID=""; SC_PID=""; CLAMD_PID=""; RSPAMD_PID=""; MT_PID=""; SCRAPER_PID=""
 cleanup() {
-  for pid in "$UT_PID" "$SA_PID" "$DNS_PID" "$SC_PID" "$CLAMD_PID" "$RSPAMD_PID"; do
+  for pid in "$UT_PID" "$SA_PID" "$DNS_PID" "$SC_PID" "$CLAMD_PID" "$RSPAMD_PID" "$MT_PID" "$SCRAPER_PID"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   done
   [ -n "$MM_PID" ] && kill "$MM_PID" 2>/dev/null && wait "$MM_PID" 2>/dev/null || true
@@ -149,6 +152,26 @@ EXTRA
   echo "$name did not start:" >&2; tail "$dir/mailmoat.log" >&2; exit 1
 }
 
+if [ "$METRICS" = 1 ]; then
+  mkdir -p "$WORK/metrics"
+  sed -e "s/127.0.0.1:2535/127.0.0.1:2585/" -e "s/127.0.0.1:2536/127.0.0.1:2586/" \
+    "$WORK/mailmoat.toml" > "$WORK/metrics/mailmoat.toml"
+  printf '[metrics]\nlisten = "127.0.0.1:9187"\n' >> "$WORK/metrics/mailmoat.toml"
+  cp "$WORK/recipients.txt" "$WORK/metrics/"
+  "$BIN" --config "$WORK/metrics/mailmoat.toml" serve >> "$WORK/metrics/mailmoat.log" 2>&1 &
+  MT_PID=$!
+  for _ in $(seq 1 100); do ss -Hltn "sport = :2585" | grep -q . && break; sleep 0.05; done
+  python3 -c '
+import time, urllib.request
+while True:
+    try:
+        urllib.request.urlopen("http://127.0.0.1:9187/metrics", timeout=2).read()
+    except OSError:
+        pass
+    time.sleep(1)' &
+  SCRAPER_PID=$!
+fi
+
 IFS=',' read -r -a SETTINGS <<< "$SETTINGS_ARG"
 run_one() { # system target sink-port pid-args... sessions size
   local system="$1" target="$2" sink="$3" s="$4" l="$5"; shift 5
@@ -224,6 +247,9 @@ for rep in $(seq 1 "$REPS"); do
     fi
     if [ "$SCANNERS" = 1 ]; then
       run_one scanners 127.0.0.1:2575 2576 "$s" "$l" --server-pid "$SC_PID"
+    fi
+    if [ "$METRICS" = 1 ]; then
+      run_one metrics 127.0.0.1:2585 2586 "$s" "$l" --server-pid "$MT_PID"
     fi
     if [ "$POSTFIX" = 1 ]; then
       sleep 3  # Postfix drops its cached client connections after 2 s idle

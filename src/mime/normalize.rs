@@ -135,7 +135,13 @@ impl Writer {
             Body::Message(inner) => {
                 let mut body = Vec::new();
                 used.extend(self.entity(inner, &mut body, true));
-                if keep {
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    // A forward that holds nothing (its encoding decoded to
+                    // nothing, say) is one readers disagree on: an empty text.
+                    let mut structure = self.structure(entity, None);
+                    structure.media = Media::text_plain();
+                    (Some(structure), Vec::new())
+                } else if keep {
                     (None, body)
                 } else {
                     let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
@@ -399,6 +405,7 @@ mod found_by_fuzzing {
         b"\r:\n\t\nContent-Type:multipart;boundary=B\n\n--B\n--B",
         b"Content-Disposition: ;filename=?\nContent-Type:multipart;boundary=\"B\";name=\n\n--B",
         b":Content-Type:m;name=.exe\n",
+        include_bytes!("../../fuzz/regressions/normalize-forward-decoding-to-nothing"),
     ];
 
     #[test]
