@@ -307,6 +307,14 @@ mod tests {
     use crate::queue::spool::new_id;
 
     #[test]
+    fn an_id_tells_when_its_message_arrived() {
+        let now = crate::queue::scheduler::now_millis() / 1000;
+        let arrived = crate::queue::spool::arrival_of(&new_id()).unwrap();
+        assert!(arrived.abs_diff(now) <= 1, "{arrived} vs {now}");
+        assert_eq!(crate::queue::spool::arrival_of("XYZ"), None);
+    }
+
+    #[test]
     fn shape_counts_waiting_recipients_by_domain_and_age() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();

@@ -132,6 +132,12 @@ pub fn new_id() -> String {
     format!("{micros:013X}{seq:04X}")
 }
 
+/// When a message arrived (seconds since the epoch), from its id.
+pub fn arrival_of(id: &str) -> Option<u64> {
+    let micros = u128::from_str_radix(id.get(..13)?, 16).ok()?;
+    Some((micros / 1_000_000) as u64)
+}
+
 /// Queue ids are hex; anything else (a path, say) is refused before touching files.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
