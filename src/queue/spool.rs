@@ -607,8 +607,20 @@ impl Spool {
             delivered_removed: self.replay_journal()?,
             ..Recovery::default()
         };
+        // A message is published message first, envelope last: an envelope still
+        // in incoming whose message file already moved was caught mid-publish,
+        // before its flush and its 250. Neither file was ever acknowledged.
+        let mut unpublished = std::collections::HashSet::new();
         for entry in fs::read_dir(self.folder(QueueState::Incoming))? {
-            fs::remove_file(entry?.path())?;
+            let path = entry?.path();
+            if let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".env"))
+            {
+                unpublished.insert(id.to_string());
+            }
+            fs::remove_file(&path)?;
             report.incoming_removed += 1;
         }
         for state in QueueState::QUEUED {
@@ -627,6 +639,11 @@ impl Spool {
                     continue;
                 };
                 if self.file(state, id, "env").exists() {
+                    continue;
+                }
+                if unpublished.contains(id) {
+                    fs::remove_file(&path)?;
+                    report.incoming_removed += 1;
                     continue;
                 }
                 // The envelope moves last, so a lone message file belongs where its

@@ -73,6 +73,36 @@ fn recovery_reunites_half_moved_messages_and_clears_incoming() {
     assert_eq!(spool.read_message(QueueState::Active, &id).unwrap(), b"abc");
 }
 
+/// Found by the kill -9 soak: a kill between the two renames of a publish left
+/// the message file in active and the envelope in incoming. That message was
+/// never acknowledged: it goes, and is not called corrupt.
+#[test]
+fn a_message_caught_mid_publish_is_removed_not_called_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let id = new_id();
+    let env = envelope(&id);
+    spool
+        .write_file(&spool.file(QueueState::Incoming, &id, "msg"), b"abc")
+        .unwrap();
+    spool
+        .write_file(
+            &spool.file(QueueState::Incoming, &id, "env"),
+            env.to_file_text().as_bytes(),
+        )
+        .unwrap();
+    fs::rename(
+        spool.file(QueueState::Incoming, &id, "msg"),
+        spool.file(QueueState::Active, &id, "msg"),
+    )
+    .unwrap();
+    let report = spool.recover().unwrap();
+    assert_eq!(report.corrupt, 0, "{report:?}");
+    assert_eq!(report.incoming_removed, 2, "{report:?}");
+    assert_eq!(spool.find(&id), None);
+    assert!(spool.ids(QueueState::Corrupt).unwrap().is_empty());
+}
+
 #[test]
 fn recovery_sets_aside_messages_caught_before_their_flush() {
     let dir = tempfile::tempdir().unwrap();
