@@ -34,6 +34,8 @@ pub enum MailHosts {
 
 pub struct Dns {
     resolver: TokioResolver,
+    /// Where lookups are counted, once the server has metrics.
+    metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 fn classify(e: &NetError) -> DnsError {
@@ -74,11 +76,27 @@ impl Dns {
             .build()
             .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))
             .context(crate::config::Setting::new(&["dns", "servers"]))?;
-        Ok(Dns { resolver })
+        Ok(Dns {
+            resolver,
+            metrics: std::sync::OnceLock::new(),
+        })
     }
 
     /// The resolver itself, for the sender authentication (same servers and
     /// timeouts).
+    /// Counts this resolver's lookups and failures from now on.
+    pub fn count_into(&self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// One lookup of `kind`; a failure is an error other than "no such name".
+    fn counted<T>(&self, kind: &str, result: Result<T, DnsError>) -> Result<T, DnsError> {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.dns_lookup(kind, matches!(result, Err(DnsError::Temporary(_))));
+        }
+        result
+    }
+
     pub fn resolver(&self) -> TokioResolver {
         self.resolver.clone()
     }
@@ -87,7 +105,15 @@ impl Dns {
     /// when it has no MX but has addresses (RFC 5321 5.1).
     pub async fn mail_hosts(&self, domain: &str) -> Result<MailHosts, DnsError> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
-        match self.resolver.mx_lookup(fqdn.as_str()).await {
+        let looked_up = self.resolver.mx_lookup(fqdn.as_str()).await;
+        if let Some(metrics) = self.metrics.get() {
+            let failed = looked_up
+                .as_ref()
+                .err()
+                .is_some_and(|e| !e.is_nx_domain() && !e.is_no_records_found());
+            metrics.dns_lookup("mx", failed);
+        }
+        match looked_up {
             Ok(lookup) => {
                 let mut mx: Vec<(u16, String)> = lookup
                     .answers()
@@ -123,11 +149,13 @@ impl Dns {
     /// A and AAAA addresses of a host.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let fqdn = format!("{}.", host.trim_end_matches('.'));
-        let lookup = self
-            .resolver
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map_err(|e| classify(&e))?;
+        let lookup = self.counted(
+            "address",
+            self.resolver
+                .lookup_ip(fqdn.as_str())
+                .await
+                .map_err(|e| classify(&e)),
+        )?;
         let addresses: Vec<IpAddr> = lookup.iter().collect();
         if addresses.is_empty() {
             return Err(DnsError::NotFound);
@@ -138,11 +166,13 @@ impl Dns {
     /// The A records of a name (blocklist answers are 127.0.0.x).
     pub async fn ipv4(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
-        let lookup = self
-            .resolver
-            .ipv4_lookup(fqdn.as_str())
-            .await
-            .map_err(|e| classify(&e))?;
+        let lookup = self.counted(
+            "a",
+            self.resolver
+                .ipv4_lookup(fqdn.as_str())
+                .await
+                .map_err(|e| classify(&e)),
+        )?;
         Ok(lookup
             .answers()
             .iter()
@@ -156,7 +186,15 @@ impl Dns {
     /// The client's name: its PTR, confirmed by an address lookup of that name
     /// (otherwise anyone could claim any name in their reverse zone).
     pub async fn confirmed_name(&self, ip: IpAddr) -> Option<String> {
-        let lookup = self.resolver.reverse_lookup(ip).await.ok()?;
+        let lookup = self
+            .counted(
+                "ptr",
+                self.resolver
+                    .reverse_lookup(ip)
+                    .await
+                    .map_err(|e| classify(&e)),
+            )
+            .ok()?;
         for record in lookup.answers() {
             if let RData::PTR(ptr) = &record.data {
                 let name = ptr.0.to_string().trim_end_matches('.').to_lowercase();

@@ -44,6 +44,8 @@ pub struct Metrics {
     archive_bytes: Counter,
     reports_sent: Counter,
     rule_reloads: Family<Labels, Counter>,
+    dns_lookups: Family<Labels, Counter>,
+    dns_failures: Family<Labels, Counter>,
     eod_latency: Histogram,
     batch_size: Histogram,
     flush_seconds: Histogram,
@@ -177,6 +179,18 @@ impl Metrics {
             "Rule reloads, by result (ok, failed)",
             rule_reloads.clone(),
         );
+        let dns_lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            "dns_lookups",
+            "DNS lookups of the checks and delivery, by kind (mx, address, a, ptr)",
+            dns_lookups.clone(),
+        );
+        let dns_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "dns_failures",
+            "DNS lookups without an answer (timeouts, SERVFAIL; not: no such name), by kind",
+            dns_failures.clone(),
+        );
         let seconds = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let eod_latency = seconds();
         registry.register(
@@ -240,6 +254,8 @@ impl Metrics {
             archive_bytes,
             reports_sent,
             rule_reloads,
+            dns_lookups,
+            dns_failures,
             eod_latency,
             batch_size,
             flush_seconds,
@@ -370,6 +386,13 @@ impl Metrics {
         self.rule_reloads
             .get_or_create(&label("result", if ok { "ok" } else { "failed" }))
             .inc();
+    }
+
+    pub fn dns_lookup(&self, kind: &str, failed: bool) {
+        self.dns_lookups.get_or_create(&label("kind", kind)).inc();
+        if failed {
+            self.dns_failures.get_or_create(&label("kind", kind)).inc();
+        }
     }
 
     pub fn end_of_data(&self, took: Duration) {

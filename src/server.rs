@@ -240,6 +240,7 @@ impl Server {
             tokio::spawn(loaded.pipeline.greylist.clone().purge_loop()),
         ];
         let dns = loaded.dns;
+        dns.count_into(queue.metrics.clone());
         let delivery = Arc::new(Delivery::new(
             config.clone(),
             queue.clone(),

@@ -229,3 +229,41 @@ action = "reject"
     std::fs::remove_dir(proxy.queue_dir().join(".healthz")).unwrap();
     assert_eq!(get(metrics, "/healthz").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_lookups_and_failures_are_counted_by_kind() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    dns.mx("good.test", 10, "mx.good.test");
+    dns.servfail("broken.test");
+    let metrics = unused_addr().await;
+    let text = base_config(
+        backend.addr,
+        "trusted_networks = [\"127.0.0.9/32\"]",
+        &format!("[metrics]\nlisten = \"{metrics}\"\n"),
+    )
+    .replace(
+        "servers = [\"127.0.0.1:9\"]",
+        &format!("servers = [\"{}\"]", dns.addr),
+    )
+    .replace(
+        "sender_domain_exists = false",
+        "sender_domain_exists = true",
+    );
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    client.expect("MAIL FROM:<a@good.test>", "250").await;
+    client.expect("RSET", "250").await;
+    client.expect("MAIL FROM:<a@broken.test>", "450").await;
+    let text = scrape(metrics).await;
+    assert_eq!(
+        value(&text, "mailmoat_dns_lookups_total{kind=\"mx\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "mailmoat_dns_failures_total{kind=\"mx\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
