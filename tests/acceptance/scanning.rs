@@ -615,3 +615,44 @@ action = "quarantine"
         "{archived}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scanner_that_never_answers_holds_the_session_only_for_its_timeout() {
+    // Takes connections and reads, and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = Proxy::start(
+        backend.addr,
+        RELAY,
+        &format!(
+            "[antivirus]\nclamd = \"{silent}\"\ntimeout = \"1s\"\n\n\
+             [spam]\nrspamd = \"http://{silent}\"\ntimeout = \"1s\"\non_error = \"tempfail\"\n"
+        ),
+    )
+    .await;
+    let started = Instant::now();
+    let reply = send_from(
+        &proxy,
+        "127.0.0.1",
+        "sender@remote.test",
+        "alice@example.test",
+        &sample_message("slow"),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(
+        reply,
+        "451 4.3.0 Message could not be scanned; try again later"
+    );
+    // Both asked at once: one timeout, not two.
+    assert!(took < Duration::from_millis(1900), "{took:?}");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    held.abort();
+}
