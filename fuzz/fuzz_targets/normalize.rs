@@ -38,6 +38,16 @@ fuzz_target!(
         return;
     };
     let reading = read(&out);
+    // A rewrite past the depth limit is refused by the pipeline (554 5.6.0),
+    // never delivered; every other ambiguity left is a failure.
+    if !reading.ambiguities.is_empty()
+        && reading
+            .ambiguities
+            .iter()
+            .all(|a| a.problem.starts_with("nested deeper than"))
+    {
+        return;
+    }
     assert!(
         reading.ambiguities.is_empty(),
         "the output is ambiguous: {:?}\n{}",

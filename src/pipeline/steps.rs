@@ -305,7 +305,25 @@ impl Pipeline {
                 Err(kept(j.id, "mime.ambiguous", Outcome::Quarantined, reason))
             }
             Ambiguous::Normalize => {
-                j.normalized = Some(crate::mime::normalize::rewrite(&reading, j.message));
+                let rewritten = crate::mime::normalize::rewrite(&reading, j.message);
+                let again = crate::mime::structure::read(&rewritten);
+                if let Some(left) = again.ambiguities.first() {
+                    // Found by fuzzing: a chain of forwards whose rewrite passes the
+                    // depth limit. What cannot be given one reading is not delivered.
+                    return Err(Decision::refuse(
+                        "mime.ambiguous",
+                        Reply::new(
+                            554,
+                            "5.6.0",
+                            format!(
+                                "Message refused: its MIME structure cannot be rewritten to one reading ({})",
+                                printable(&left.to_string())
+                            ),
+                        ),
+                        format!("{reason}; the rewrite is still ambiguous: {left}"),
+                    ));
+                }
+                j.normalized = Some(rewritten);
                 j.content = None;
                 Ok(())
             }

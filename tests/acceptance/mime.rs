@@ -867,3 +867,44 @@ async fn a_rule_can_judge_unscannable_attachments_itself() {
         .await;
     assert_eq!(reply.codes(), "250 2.0.0");
 }
+
+/// Found by fuzzing: forwards that are each only a forward are each wrapped in a
+/// multipart by the rewrite (mail-parser panics on them otherwise), which
+/// doubles the depth; past the limit the rewrite is ambiguous again. Such mail
+/// is refused, not delivered half-read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_that_cannot_be_rewritten_to_one_reading_is_refused() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = Proxy::start_with_rules_and(
+        backend.addr,
+        "trusted_networks = [\"127.0.0.9/32\"]",
+        STRIP,
+        "[mime]\nambiguous = \"normalize\"\n",
+    )
+    .await;
+    let mut message = String::from("From: a@remote.test\r\nSubject: deep\r\nMIME-Version: 1.0\r\n");
+    for _ in 0..17 {
+        message.push_str("Content-Type: message/rfc822\r\n\r\n");
+    }
+    message.push_str("Subject: inner\r\n\r\nhello\r\n");
+    let mut client = proxy.client().await;
+    let reply = client
+        .send_mail("s@remote.test", &["alice@example.test"], message.as_bytes())
+        .await;
+    assert_eq!(reply.codes(), "554 5.6.0", "{reply:?}");
+    assert!(
+        reply.text.contains("cannot be rewritten to one reading"),
+        "{reply:?}"
+    );
+    // A shorter chain is rewritten and delivered.
+    let mut short = String::from("From: a@remote.test\r\nSubject: short\r\nMIME-Version: 1.0\r\n");
+    for _ in 0..3 {
+        short.push_str("Content-Type: message/rfc822\r\n\r\n");
+    }
+    short.push_str("Subject: inner\r\n\r\nhello\r\n");
+    let reply = client
+        .send_mail("s@remote.test", &["alice@example.test"], short.as_bytes())
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0", "{reply:?}");
+    assert_eq!(backend.wait_for(1).await.len(), 1);
+}
