@@ -11,6 +11,11 @@
 //! forwarded messages. A message with none is read the same by every reader; one
 //! with any is refused, quarantined or rewritten ([`super::normalize`]) so that
 //! there is only one way to read it.
+//!
+//! One file on purpose: it is one recursive reading (header fields, parameters,
+//! boundaries, bodies), where every ambiguity is flagged at the point the choice
+//! arises; the normalizer and the fuzzers depend on all of it agreeing with
+//! itself. Its tests live in `structure/tests.rs`.
 
 use std::borrow::Cow;
 use std::fmt;

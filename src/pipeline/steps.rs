@@ -177,6 +177,9 @@ impl Pipeline {
     /// Greylisting of the recipient being judged; postmaster is always let
     /// through, and so is a release request.
     fn greylist(&self, j: &Judging<'_>) -> Result<(), Decision> {
+        if !self.config.greylist.enabled {
+            return Ok(());
+        }
         let Some(Recipient::Deliver(destination)) = &j.accepted else {
             return Ok(());
         };

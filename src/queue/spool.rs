@@ -5,6 +5,11 @@
 //! rename, as in Postfix, so a crash at any point leaves each message either wholly
 //! in one state or recoverable by [`Spool::recover`]. A message exists in a state
 //! when its envelope file is in that state's folder: the envelope moves last.
+//!
+//! One file on purpose: the write order (message, envelope, flush, rename), the
+//! delivered journal and the recovery that relies on both are one protocol; read
+//! apart, each piece looks safe while the whole is not. Its tests live in
+//! `spool/tests.rs`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

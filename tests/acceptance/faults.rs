@@ -19,6 +19,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The base configuration with more keys in its `[limits]` table.
+fn with_limits(text: String, keys: &str) -> String {
+    assert!(text.contains("[limits]\n"));
+    text.replacen("[limits]\n", &format!("[limits]\n{keys}"), 1)
+}
+
 /// One large message, sent whole; the reply's codes.
 async fn send_large(addr: std::net::SocketAddr, n: usize, size: usize) -> String {
     let mut client = Client::connect(addr).await;
@@ -44,22 +50,15 @@ async fn memory_stays_within_data_memory_under_a_flood_of_large_messages() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
     let port = unused_addr().await.port();
-    let text = base_config(
-        backend.addr,
-        UNTRUSTED,
-        &format!("[limits]\ndata_memory = \"{budget_mib}MB\"\nmessage_size_limit = 12000000\n"),
+    let text = with_limits(
+        base_config(backend.addr, UNTRUSTED, "")
+            .replace("command_timeout = \"10s\"", "command_timeout = \"30s\"")
+            .replace("data_timeout = \"10s\"", "data_timeout = \"30s\""),
+        &format!("data_memory = \"{budget_mib}MB\"\nmessage_size_limit = 12000000\n"),
     )
     .replace(
         "listen = [\"127.0.0.1:0\"]",
         &format!("listen = [\"127.0.0.1:{port}\"]"),
-    )
-    .replace(
-        "[limits]\ncommand_timeout = \"10s\"\ndata_timeout = \"10s\"\n",
-        "",
-    );
-    let text = text.replace(
-        "[limits]\ndata_memory",
-        "[limits]\ncommand_timeout = \"30s\"\ndata_timeout = \"30s\"\ndata_memory",
     );
     let config = dir.path().join("mailmoat.toml");
     std::fs::write(&config, text).unwrap();
@@ -75,6 +74,7 @@ async fn memory_stays_within_data_memory_under_a_flood_of_large_messages() {
         tokio::spawn(async move {
             loop {
                 peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                // How often memory is sampled, not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -125,20 +125,15 @@ async fn memory_stays_within_data_memory_under_a_flood_of_large_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_messages_waiting_for_delivery_leave_data_memory_to_new_mail() {
     let mute = Mute::start().await;
-    let text = base_config(mute.addr, UNTRUSTED, "[limits]\ndata_memory = \"4MB\"\n")
-        .replace(
-            "[limits]\ncommand_timeout = \"10s\"\ndata_timeout = \"10s\"\n",
-            "",
-        )
-        .replace(
-            "[limits]\ndata_memory",
-            "[limits]\ncommand_timeout = \"10s\"\ndata_timeout = \"10s\"\ndata_memory",
-        )
-        .replace(
-            "command_timeout = \"5s\"",
-            "command_timeout = \"60s\"\ngreeting_timeout = \"60s\"",
-        )
-        .replace("delivery_workers = 4", "delivery_workers = 1");
+    let text = with_limits(
+        base_config(mute.addr, UNTRUSTED, ""),
+        "data_memory = \"4MB\"\n",
+    )
+    .replace(
+        "command_timeout = \"5s\"",
+        "command_timeout = \"60s\"\ngreeting_timeout = \"60s\"",
+    )
+    .replace("delivery_workers = 4", "delivery_workers = 1");
     let proxy = Proxy::start_with_text(&text).await;
     // Eight clients at once: they need eight steps of the budget while the
     // queue keeps what they sent before.

@@ -2,35 +2,15 @@
 //! archive keeps of it are read from one decision, so they say the same thing —
 //! above all for the temporary refusals (451, 450) that a client retries.
 
-use mailmoat::archive::admin::QuarantineCommand;
-use mailmoat::control::Request;
-
 use crate::support::*;
 
 /// 127.0.0.1 is untrusted here.
 const UNTRUSTED: &str = "trusted_networks = [\"127.0.0.9/32\"]";
 
-/// The archive's list of items from `sender`, through the running server.
-async fn archived_from(proxy: &Proxy, sender: &str) -> String {
-    let reply = mailmoat::control::send(
-        &proxy.queue_dir().join("control.sock"),
-        &Request::Quarantine(QuarantineCommand::List {
-            since: None,
-            rule: None,
-            sender: Some(sender.into()),
-            recipient: None,
-        }),
-    )
-    .await
-    .unwrap();
-    assert!(reply.ok, "{}", reply.text);
-    reply.text
-}
-
 /// The log line of the refusal of `sender`, and the archive's line about it.
 async fn logged_and_archived(proxy: &Proxy, sender: &str) -> (serde_json::Value, String) {
     let line = wait_for_logged(sender, |v| v["sender"] == sender && v["result"] != "queued").await;
-    let archived = archived_from(proxy, sender).await;
+    let archived = archive_list(proxy, Some(sender)).await;
     (line, archived)
 }
 

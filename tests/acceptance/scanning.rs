@@ -354,18 +354,7 @@ action = "quarantine"
 
     proxy.wait_idle().await;
     assert_eq!(backend.messages().len(), 1, "only the clean message");
-    let archived = mailmoat::control::send(
-        &proxy.queue_dir().join("control.sock"),
-        &Request::Quarantine(mailmoat::archive::admin::QuarantineCommand::List {
-            since: None,
-            rule: None,
-            sender: Some(sender.into()),
-            recipient: None,
-        }),
-    )
-    .await
-    .unwrap()
-    .text;
+    let archived = archive_list(&proxy, Some(sender)).await;
     let lines: Vec<&str> = archived.lines().collect();
     assert_eq!(
         lines
@@ -492,7 +481,7 @@ impl Rspamd {
                 return rspamd;
             }
             assert!(Instant::now() < deadline, "rspamd did not start");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            poll_pause().await;
         }
     }
 
@@ -590,18 +579,7 @@ action = "quarantine"
 
     proxy.wait_idle().await;
     assert_eq!(backend.messages().len(), 2);
-    let archived = mailmoat::control::send(
-        &proxy.queue_dir().join("control.sock"),
-        &Request::Quarantine(mailmoat::archive::admin::QuarantineCommand::List {
-            since: None,
-            rule: None,
-            sender: Some(sender.into()),
-            recipient: None,
-        }),
-    )
-    .await
-    .unwrap()
-    .text;
+    let archived = archive_list(&proxy, Some(sender)).await;
     assert!(
         archived
             .lines()

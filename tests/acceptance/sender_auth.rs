@@ -611,20 +611,7 @@ async fn dmarc_enforcement_refuses_quarantines_and_trusts_only_named_arc_sealers
         2,
         "only p=none and the trusted list"
     );
-    let archived = mailmoat::control::send(
-        &proxy.queue_dir().join("control.sock"),
-        &mailmoat::control::Request::Quarantine(
-            mailmoat::archive::admin::QuarantineCommand::List {
-                since: None,
-                rule: None,
-                sender: None,
-                recipient: None,
-            },
-        ),
-    )
-    .await
-    .unwrap()
-    .text;
+    let archived = archive_list(&proxy, None).await;
     let by_dmarc: Vec<&str> = archived.lines().filter(|l| l.contains("dmarc")).collect();
     assert_eq!(by_dmarc.len(), 6, "{archived}");
     assert_eq!(

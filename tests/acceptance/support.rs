@@ -958,3 +958,23 @@ pub fn ensure_package(check: &str, package: &str) {
         "{package} is needed (apt-get install {package}); .ci/run installs it"
     );
 }
+
+/// The archive's list (`quarantine list`) of a running proxy, of one sender's
+/// items or of all.
+pub async fn archive_list(proxy: &Proxy, sender: Option<&str>) -> String {
+    let reply = mailmoat::control::send(
+        &proxy.queue_dir().join("control.sock"),
+        &mailmoat::control::Request::Quarantine(
+            mailmoat::archive::admin::QuarantineCommand::List {
+                since: None,
+                rule: None,
+                sender: sender.map(str::to_string),
+                recipient: None,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(reply.ok, "{}", reply.text);
+    reply.text
+}
