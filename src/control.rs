@@ -140,14 +140,7 @@ impl Context {
                 AdminReply { ok: true, text }
             }
             Request::Greylist(command) => {
-                let greylist = self.greylist.clone();
-                let enabled = self.config.greylist.enabled;
-                tokio::task::spawn_blocking(move || greylist_command(&greylist, enabled, command))
-                    .await
-                    .unwrap_or_else(|e| AdminReply {
-                        ok: false,
-                        text: e.to_string(),
-                    })
+                greylist_command(&self.greylist, self.config.greylist.enabled, command).await
             }
         }
     }
@@ -178,7 +171,7 @@ pub fn age(secs: u64) -> String {
 
 /// A greylist command, on the running server's greylist or, when none runs, on
 /// the store's.
-pub fn greylist_command(
+pub async fn greylist_command(
     greylist: &crate::policy::greylist::Greylist,
     enabled: bool,
     command: GreylistCommand,
@@ -187,7 +180,7 @@ pub fn greylist_command(
     let ok = |text: String| AdminReply { ok: true, text };
     match command {
         GreylistCommand::List => {
-            let (triplets, networks) = greylist.list();
+            let (triplets, networks) = greylist.list().await;
             let mut out = String::new();
             if !enabled {
                 out.push_str("greylisting is off ([greylist] enabled = false)\n");
@@ -217,7 +210,7 @@ pub fn greylist_command(
             ));
             ok(out)
         }
-        GreylistCommand::Allow(network) => match greylist.allow(&network) {
+        GreylistCommand::Allow(network) => match greylist.allow(&network).await {
             Ok(key) => ok(format!("{key} is let through from now on")),
             Err(why) => AdminReply {
                 ok: false,
@@ -225,6 +218,7 @@ pub fn greylist_command(
             },
         },
         GreylistCommand::Purge => {
+            // Triplets in Redis expire by themselves; this purges the embedded store.
             let removed = greylist.purge(crate::policy::greylist::now());
             ok(format!("{removed} stale triplet(s) removed"))
         }

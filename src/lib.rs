@@ -27,6 +27,7 @@ pub mod rules;
 pub mod scanners;
 pub mod sender_auth;
 pub mod server;
+pub mod shared_state;
 pub mod smtp;
 pub mod smtp_client;
 pub mod store;

@@ -580,13 +580,14 @@ fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminRep
             }
             Request::Greylist(command) => {
                 let store = mailmoat::store::Store::open(&config.store.path)?;
+                let shared = mailmoat::shared_state::SharedState::open(&config.shared)?;
                 let greylist =
-                    mailmoat::policy::greylist::Greylist::open(&config.greylist, &store)?;
-                Ok(mailmoat::control::greylist_command(
+                    mailmoat::policy::greylist::Greylist::open(&config.greylist, &store, shared)?;
+                Ok(runtime.block_on(mailmoat::control::greylist_command(
                     &greylist,
                     config.greylist.enabled,
                     command,
-                ))
+                )))
             }
         };
     }

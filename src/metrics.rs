@@ -34,6 +34,9 @@ pub struct Metrics {
     queue_oldest: Family<Labels, Gauge>,
     deliveries: Family<Labels, Counter>,
     backend_up: Gauge,
+    shared_state_up: Gauge,
+    shared_state_calls: Counter,
+    shared_state_fallbacks: Counter,
     connections_open: Gauge,
     connections_accepted: Counter,
     connections_refused: Family<Labels, Counter>,
@@ -113,6 +116,24 @@ impl Metrics {
             "backend_up",
             "1 while the backend answers (last delivery or probe), else 0",
             backend_up.clone(),
+        );
+        let shared_state_up = Gauge::default();
+        registry.register(
+            "shared_state_up",
+            "With [shared] redis: 1 while Redis answers, 0 while this instance counts on its own",
+            shared_state_up.clone(),
+        );
+        let shared_state_calls = Counter::default();
+        registry.register(
+            "shared_state_calls",
+            "Round trips to Redis for shared state",
+            shared_state_calls.clone(),
+        );
+        let shared_state_fallbacks = Counter::default();
+        registry.register(
+            "shared_state_fallbacks",
+            "Calls for shared state answered from this instance's own state because Redis did not answer",
+            shared_state_fallbacks.clone(),
         );
         let build_info = Family::<Labels, Gauge>::default();
         registry.register("build_info", "The running version", build_info.clone());
@@ -244,6 +265,9 @@ impl Metrics {
             queue_oldest,
             deliveries,
             backend_up,
+            shared_state_up,
+            shared_state_calls,
+            shared_state_fallbacks,
             connections_open,
             connections_accepted,
             connections_refused,
@@ -344,6 +368,18 @@ impl Metrics {
 
     pub fn backend(&self, up: bool) {
         self.backend_up.set(i64::from(up));
+    }
+
+    pub fn shared_state_up(&self, up: bool) {
+        self.shared_state_up.set(i64::from(up));
+    }
+
+    pub fn shared_state_call(&self) {
+        self.shared_state_calls.inc();
+    }
+
+    pub fn shared_state_fallback(&self) {
+        self.shared_state_fallbacks.inc();
     }
 
     pub fn connection_opened(&self) {

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Setting};
 use crate::memory::MemoryBudget;
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
@@ -31,6 +31,8 @@ pub struct Loaded {
     pub pipeline: Pipeline,
     pub rules: crate::rules::RulesHandle,
     pub dns: Arc<crate::dns::Dns>,
+    /// Where the state that judges clients is shared with other instances.
+    pub shared: Arc<crate::shared_state::SharedState>,
 }
 
 impl Loaded {
@@ -47,9 +49,15 @@ impl Loaded {
             &config.backend.address,
             &config.server.hostname,
         )?;
-        let auth = crate::policy::auth::Authenticator::new(&config.auth, &backend)?;
+        // `check` (no store) must not count anything: its state is its own.
+        let shared = match store {
+            Some(_) => crate::shared_state::SharedState::open(&config.shared)
+                .context(Setting::new(&["shared", "redis"]))?,
+            None => crate::shared_state::SharedState::local(),
+        };
+        let auth = crate::policy::auth::Authenticator::new(&config.auth, &backend, shared.clone())?;
         let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
-        let pipeline = Pipeline::build(config.clone(), dns.clone(), store)?;
+        let pipeline = Pipeline::build(config.clone(), dns.clone(), store, shared.clone())?;
         // A rule's error names its own file and line.
         let rules = crate::rules::RulesHandle::load(&config.rules.path)
             .map_err(|e| anyhow::anyhow!("rules not loaded: {e}"))?;
@@ -59,6 +67,7 @@ impl Loaded {
             pipeline,
             rules,
             dns,
+            shared,
         })
     }
 }
@@ -241,6 +250,8 @@ impl Server {
         ];
         let dns = loaded.dns;
         dns.count_into(queue.metrics.clone());
+        loaded.shared.count_into(queue.metrics.clone());
+        loaded.shared.start().await;
         let delivery = Arc::new(Delivery::new(
             config.clone(),
             queue.clone(),

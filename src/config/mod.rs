@@ -10,6 +10,7 @@ mod mime;
 mod scanning;
 mod sender_auth;
 mod server;
+mod shared;
 mod types;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use mime::*;
 pub use scanning::*;
 pub use sender_auth::*;
 pub use server::*;
+pub use shared::*;
 pub use types::*;
 
 use crate::file_error::{FileError, Spans};
@@ -53,6 +55,8 @@ pub struct Config {
     pub greylist: GreylistConfig,
     pub antivirus: AntivirusConfig,
     pub spam: SpamConfig,
+    /// State shared by several instances (Redis).
+    pub shared: SharedConfig,
     /// Keys that sign the mail of trusted and logged-in clients, by From domain.
     pub dkim_sign: Vec<SigningKey>,
     /// The file it was read from (for reloading it).
@@ -281,6 +285,22 @@ impl Config {
                      4.5.3.1.4 allows command lines of 512 octets); the default is 1000",
                     self.limits.line_length_limit
                 ),
+            ));
+        }
+        if let Some(problem) = self.shared.redis.as_ref().and_then(|url| url.problem()) {
+            return Err(invalid(&[&["shared", "redis"]], problem));
+        }
+        if self.shared.timeout.is_zero() {
+            return Err(invalid(
+                &[&["shared", "timeout"]],
+                "shared.timeout = 0: give the longest a Redis call may take, such as \"200ms\"",
+            ));
+        }
+        if self.server.proxy_protocol && self.server.proxy_networks.is_empty() {
+            return Err(invalid(
+                &[&["server", "proxy_protocol"], &["server", "proxy_networks"]],
+                "server.proxy_protocol = true needs server.proxy_networks: the load balancers' \
+                 addresses, such as [\"10.0.0.0/8\"]",
             ));
         }
         if self.queue.min_backoff > self.queue.max_backoff {

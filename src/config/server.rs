@@ -28,6 +28,14 @@ pub struct ServerConfig {
     /// On shutdown, how long sessions in progress get to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Behind a load balancer (HAProxy `send-proxy` or `send-proxy-v2`): a
+    /// connection from `proxy_networks` must begin with a PROXY protocol header
+    /// (v1 or v2), and the client it names is the client for every check,
+    /// limit, log line, Received header and archive record. Others connect as
+    /// themselves and may not send one.
+    pub proxy_protocol: bool,
+    /// The load balancers' addresses.
+    pub proxy_networks: Vec<Network>,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +48,8 @@ impl Default for ServerConfig {
             max_connections: 2000,
             max_connections_per_ip: 50,
             shutdown_grace: Duration::from_secs(30),
+            proxy_protocol: false,
+            proxy_networks: Vec::new(),
         }
     }
 }

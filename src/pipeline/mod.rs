@@ -367,6 +367,7 @@ impl Pipeline {
         config: Arc<Config>,
         dns: Arc<crate::dns::Dns>,
         store: Option<&crate::store::Store>,
+        shared: Arc<crate::shared_state::SharedState>,
     ) -> anyhow::Result<Pipeline> {
         // A trial keeps nothing: its greylist is a store of its own, thrown away.
         let temporary;
@@ -378,7 +379,8 @@ impl Pipeline {
             }
         };
         let callout_cache = store.tree("recipient-callouts")?;
-        let greylist = crate::policy::greylist::Greylist::open(&config.greylist, store)?;
+        let greylist =
+            crate::policy::greylist::Greylist::open(&config.greylist, store, shared.clone())?;
         let backend = crate::smtp_client::Target::from_backend(
             &config.backend,
             &config.backend.address,
@@ -387,11 +389,12 @@ impl Pipeline {
         Ok(Pipeline {
             sender_auth: SenderAuth::new(&config, &dns)?,
             checks: Arc::new(Checks::new(&config, dns)?),
-            mailbomb: Arc::new(MailBomb::new(&config.mailbomb)),
+            mailbomb: Arc::new(MailBomb::new(&config.mailbomb, shared.clone())),
             recipients: Arc::new(RecipientValidator::new(
                 config.clone(),
                 backend,
                 Some(callout_cache),
+                shared,
             )?),
             greylist: Arc::new(greylist),
             scanners: crate::scanners::Scanners::new(&config).map(Arc::new),

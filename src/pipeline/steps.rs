@@ -16,7 +16,7 @@ impl Pipeline {
     pub(super) async fn step(&self, step: Step, j: &mut Judging<'_>) -> Result<Next, Decision> {
         let ip = j.peer.ip;
         match step {
-            Step::ConnectionRate => self.mailbomb.connect(ip)?,
+            Step::ConnectionRate => self.mailbomb.connect(ip).await?,
             Step::ClientDeny => self.checks.client_deny(ip)?,
             Step::ClientNameDeny => self.checks.client_name_deny(ip, j.peer.name.as_deref())?,
             Step::Dnsbl => {
@@ -67,7 +67,7 @@ impl Pipeline {
             Step::SpoolSpace => self.spool_space()?,
             Step::SenderDeny => self.checks.sender_deny(j.sender_domain)?,
             Step::SenderDomain => self.checks.sender_domain(j.sender_domain).await?,
-            Step::MessageRate => self.mailbomb.message(ip, j.sender)?,
+            Step::MessageRate => self.mailbomb.message(ip, j.sender).await?,
             Step::Spf => {
                 if let Some(auth) = &self.sender_auth {
                     j.spf = auth
@@ -98,10 +98,19 @@ impl Pipeline {
             Step::RecipientRate => {
                 if let Some(Recipient::Deliver(destination)) = &j.accepted {
                     self.mailbomb
-                        .recipient(ip, &destination.mailbox().to_string())?;
+                        .recipient(ip, &destination.mailbox().to_string())
+                        .await?;
                 }
             }
-            Step::Greylist => self.greylist(j)?,
+            Step::Greylist => {
+                if let Some((recipient, spf_domain)) = self.greylisted_recipient(j) {
+                    let now = crate::policy::greylist::now();
+                    let spf_domain = spf_domain.as_deref();
+                    self.greylist
+                        .check(ip, j.sender, &recipient, spf_domain, now)
+                        .await?;
+                }
+            }
             Step::Scan => {
                 if let Some(scanners) = &self.scanners {
                     let found = scanners
@@ -122,7 +131,7 @@ impl Pipeline {
                     verdict.header_edits.extend(edits);
                 }
             }
-            Step::BodyFlood => self.mailbomb.body(j.message)?,
+            Step::BodyFlood => self.mailbomb.body(j.message).await?,
             Step::MimeStructure => self.mime_structure(j)?,
             Step::Rules => self.rules(j)?,
             Step::Unscannable => self.unscannable(j)?,
@@ -174,31 +183,26 @@ impl Pipeline {
         }
     }
 
-    /// Greylisting of the recipient being judged; postmaster is always let
-    /// through, and so is a release request.
-    fn greylist(&self, j: &Judging<'_>) -> Result<(), Decision> {
+    /// The recipient being judged and the SPF-authorised sender domain, when
+    /// greylisting applies to it: postmaster is always let through, and so is a
+    /// release request.
+    fn greylisted_recipient(&self, j: &Judging<'_>) -> Option<(String, Option<String>)> {
         if !self.config.greylist.enabled {
-            return Ok(());
+            return None;
         }
         let Some(Recipient::Deliver(destination)) = &j.accepted else {
-            return Ok(());
+            return None;
         };
         let mailbox = destination.mailbox();
         if mailbox.local_unquoted.eq_ignore_ascii_case("postmaster") {
-            return Ok(());
+            return None;
         }
         let spf_domain = j
             .spf
             .as_deref()
             .filter(|spf| spf.result == crate::sender_auth::AuthResult::Pass)
-            .map(|spf| spf.domain());
-        self.greylist.check(
-            j.peer.ip,
-            j.sender,
-            &mailbox.to_string(),
-            spf_domain,
-            crate::policy::greylist::now(),
-        )
+            .map(|spf| spf.domain().to_string());
+        Some((mailbox.to_string(), spf_domain))
     }
 
     /// `RCPT TO:<release+ID.SIG@hostname>`: a reviewer releasing an archived item

@@ -44,7 +44,7 @@ impl Pipeline {
     /// The judging parts of a server with this configuration; nothing is kept.
     pub fn for_trial(config: Arc<Config>) -> anyhow::Result<Pipeline> {
         let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
-        Pipeline::build(config, dns, None)
+        Pipeline::build(config, dns, None, crate::shared_state::SharedState::local())
     }
 
     /// The same, with these sender authentication results instead of DNS
@@ -55,7 +55,8 @@ impl Pipeline {
     ) -> anyhow::Result<Pipeline> {
         let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
         let sender_auth = crate::sender_auth::SenderAuth::assuming(&config, &dns, auth)?;
-        let mut pipeline = Pipeline::build(config, dns, None)?;
+        let mut pipeline =
+            Pipeline::build(config, dns, None, crate::shared_state::SharedState::local())?;
         pipeline.sender_auth = Some(sender_auth);
         Ok(pipeline)
     }

@@ -8,7 +8,7 @@ use crate::config::Setting;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use argon2::Argon2;
@@ -16,6 +16,7 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
 use crate::config::{AuthConfig, AuthSource};
+use crate::shared_state::SharedState;
 use crate::smtp_client::{Client, Target};
 
 /// The outcome of one login attempt.
@@ -38,7 +39,10 @@ struct Failures {
 }
 
 /// Counts failures; bounded, so a flood of addresses cannot exhaust memory.
+/// The local count, used when state is not shared or Redis does not answer.
 struct Limiter {
+    /// `ip` or `user`: part of the shared keys.
+    kind: &'static str,
     entries: Mutex<HashMap<String, Failures>>,
     max: u32,
 }
@@ -161,6 +165,7 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// Checks logins.
 pub struct Authenticator {
     config: AuthConfig,
+    shared: Arc<SharedState>,
     users: Option<UsersFile>,
     backend: Option<Target>,
     by_ip: Limiter,
@@ -169,7 +174,11 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// None when AUTH is off.
-    pub fn new(config: &AuthConfig, backend: &Target) -> anyhow::Result<Option<Authenticator>> {
+    pub fn new(
+        config: &AuthConfig,
+        backend: &Target,
+        shared: Arc<SharedState>,
+    ) -> anyhow::Result<Option<Authenticator>> {
         let (users, backend) = match config.source {
             AuthSource::Off => return Ok(None),
             AuthSource::Users => {
@@ -191,13 +200,16 @@ impl Authenticator {
         };
         Ok(Some(Authenticator {
             config: config.clone(),
+            shared,
             users,
             backend,
             by_ip: Limiter {
+                kind: "ip",
                 entries: Mutex::new(HashMap::new()),
                 max: config.max_failures_per_ip,
             },
             by_user: Limiter {
+                kind: "user",
                 entries: Mutex::new(HashMap::new()),
                 max: config.max_failures_per_user,
             },
@@ -217,24 +229,60 @@ impl Authenticator {
     pub async fn login(&self, ip: IpAddr, user: &str, password: &str) -> Login {
         let ip_key = ip.to_string();
         let user_key = user.to_lowercase();
-        if self.by_ip.locked(&ip_key) || self.by_user.locked(&user_key) {
+        if self.locked(&ip_key, &user_key).await {
             return Login::LockedOut;
         }
         let result = self.check(user, password).await;
         match &result {
             Login::Accepted(_) => {
-                self.by_ip.clear(&ip_key);
+                let (failures, lock) = self.shared_keys(&self.by_ip, &ip_key);
+                if self.shared.remove(&[failures, lock]).await.is_none() {
+                    self.by_ip.clear(&ip_key);
+                }
             }
             Login::Refused => {
                 tokio::time::sleep(self.config.failure_delay).await;
-                self.by_ip
-                    .fail(&ip_key, self.config.failure_window, self.config.lockout);
-                self.by_user
-                    .fail(&user_key, self.config.failure_window, self.config.lockout);
+                self.failed(&ip_key, &user_key).await;
             }
             _ => {}
         }
         result
+    }
+
+    /// The shared keys of one limiter's entry: its failures and its lock.
+    fn shared_keys(&self, limiter: &Limiter, key: &str) -> (String, String) {
+        let name = format!("{}:{key}", limiter.kind);
+        (
+            self.shared.key("auth-failures", &name),
+            self.shared.key("auth-lock", &name),
+        )
+    }
+
+    /// Whether the address or the name is locked out, on any instance.
+    async fn locked(&self, ip_key: &str, user_key: &str) -> bool {
+        let locks = [
+            self.shared_keys(&self.by_ip, ip_key).1,
+            self.shared_keys(&self.by_user, user_key).1,
+        ];
+        match self.shared.any_set(&locks).await {
+            Some(locked) => locked,
+            None => self.by_ip.locked(ip_key) || self.by_user.locked(user_key),
+        }
+    }
+
+    /// Counts a failure of the address and of the name, on every instance.
+    async fn failed(&self, ip_key: &str, user_key: &str) {
+        let (ip_failures, ip_lock) = self.shared_keys(&self.by_ip, ip_key);
+        let (user_failures, user_lock) = self.shared_keys(&self.by_user, user_key);
+        let keys = [
+            (ip_failures, ip_lock, self.by_ip.max),
+            (user_failures, user_lock, self.by_user.max),
+        ];
+        let (window, lockout) = (self.config.failure_window, self.config.lockout);
+        if self.shared.fail(&keys, window, lockout).await.is_none() {
+            self.by_ip.fail(ip_key, window, lockout);
+            self.by_user.fail(user_key, window, lockout);
+        }
     }
 
     async fn check(&self, user: &str, password: &str) -> Login {
@@ -337,6 +385,7 @@ mod tests {
     #[test]
     fn limiter_locks_after_the_maximum_and_forgets_after_the_window() {
         let limiter = Limiter {
+            kind: "ip",
             entries: Mutex::new(HashMap::new()),
             max: 3,
         };

@@ -1,14 +1,17 @@
 //! Mail-bomb limits: how much one client network, one sender, one recipient and
-//! one message body may send in a window. Built in, no external service; memory
-//! is bounded however many addresses a flood comes from.
+//! one message body may send in a window. Counted in Redis when state is shared
+//! (`[shared] redis`), so that a limit holds across instances; else, and while
+//! Redis does not answer, in this instance's memory, bounded however many
+//! addresses a flood comes from.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::MailBombConfig;
 use crate::reply::Reply;
+use crate::shared_state::SharedState;
 use crate::verdict::Decision;
 
 /// One count over a fixed window.
@@ -98,6 +101,7 @@ pub fn network_of(ip: IpAddr) -> String {
 
 pub struct MailBomb {
     pub exempt_trusted: bool,
+    shared: Arc<SharedState>,
     connections: Counter,
     messages: Counter,
     recipients: Counter,
@@ -111,11 +115,12 @@ fn slow_down(check: &str, text: String, reason: String) -> Decision {
 }
 
 impl MailBomb {
-    pub fn new(config: &MailBombConfig) -> MailBomb {
+    pub fn new(config: &MailBombConfig, shared: Arc<SharedState>) -> MailBomb {
         let hour = Duration::from_secs(3600);
         let n = config.max_tracked.max(1);
         MailBomb {
             exempt_trusted: config.exempt_trusted,
+            shared,
             connections: Counter::new(
                 "mailbomb.connections",
                 config.connections_per_minute,
@@ -145,58 +150,92 @@ impl MailBomb {
         }
     }
 
-    fn check(counter: &Counter, key: &str, text: impl FnOnce() -> String) -> Result<(), Decision> {
-        if counter.take(key) {
-            Ok(())
-        } else {
-            Err(slow_down(
-                counter.name,
-                text(),
-                format!(
-                    "{key}: more than {} in {}",
-                    counter.max,
-                    humantime::format_duration(counter.window)
-                ),
-            ))
+    /// Counts one against each `(counter, key)` in turn; the first over its
+    /// limit refuses (and the ones after it are not counted). One round trip
+    /// when state is shared.
+    async fn take(
+        &self,
+        counts: &[(&Counter, &str, &(dyn Fn() -> String + Sync))],
+    ) -> Result<(), Decision> {
+        let counts: Vec<_> = counts.iter().filter(|(c, _, _)| c.max > 0).collect();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<(String, u32, Duration)> = counts
+            .iter()
+            .map(|(c, key, _)| {
+                (
+                    self.shared.key("rate", &format!("{}:{key}", c.name)),
+                    c.max,
+                    c.window,
+                )
+            })
+            .collect();
+        let refused = match self.shared.count(&keys).await {
+            Some(refused) => refused,
+            None => counts.iter().position(|(c, key, _)| !c.take(key)),
+        };
+        match refused {
+            None => Ok(()),
+            Some(i) => {
+                let (counter, key, text) = counts[i];
+                Err(slow_down(
+                    counter.name,
+                    text(),
+                    format!(
+                        "{key}: more than {} in {}",
+                        counter.max,
+                        humantime::format_duration(counter.window)
+                    ),
+                ))
+            }
         }
     }
 
     /// A new connection from this client.
-    pub fn connect(&self, ip: IpAddr) -> Result<(), Decision> {
+    pub async fn connect(&self, ip: IpAddr) -> Result<(), Decision> {
         let network = network_of(ip);
-        Self::check(&self.connections, &network, || {
+        self.take(&[(&self.connections, &network, &|| {
             "Too many connections from your network; try again later".into()
-        })
+        })])
+        .await
     }
 
     /// A new message (at MAIL FROM) from this client and sender.
-    pub fn message(&self, ip: IpAddr, sender: &str) -> Result<(), Decision> {
+    pub async fn message(&self, ip: IpAddr, sender: &str) -> Result<(), Decision> {
         let network = network_of(ip);
-        Self::check(&self.messages, &network, || {
-            "Too many messages from your network; try again later".into()
-        })?;
+        let too_many = || "Too many messages from your network; try again later".to_string();
         if sender.is_empty() {
-            return Ok(());
+            return self.take(&[(&self.messages, &network, &too_many)]).await;
         }
-        Self::check(&self.senders, &sender.to_lowercase(), || {
-            format!("<{sender}>: Too many messages from this sender; try again later")
-        })
+        let sender_key = sender.to_lowercase();
+        self.take(&[
+            (&self.messages, &network, &too_many),
+            (&self.senders, &sender_key, &|| {
+                format!("<{sender}>: Too many messages from this sender; try again later")
+            }),
+        ])
+        .await
     }
 
     /// One more recipient from this client, to this mailbox.
-    pub fn recipient(&self, ip: IpAddr, recipient: &str) -> Result<(), Decision> {
+    pub async fn recipient(&self, ip: IpAddr, recipient: &str) -> Result<(), Decision> {
         let network = network_of(ip);
-        Self::check(&self.recipients, &network, || {
-            "Too many recipients from your network; try again later".into()
-        })?;
-        Self::check(&self.mailbox, &recipient.to_lowercase(), || {
-            format!("<{recipient}>: Too much mail for this recipient; try again later")
-        })
+        let mailbox = recipient.to_lowercase();
+        self.take(&[
+            (&self.recipients, &network, &|| {
+                "Too many recipients from your network; try again later".into()
+            }),
+            (&self.mailbox, &mailbox, &|| {
+                format!("<{recipient}>: Too much mail for this recipient; try again later")
+            }),
+        ])
+        .await
     }
 
     /// A message body (the message after its headers): the same one too often is a
     /// flood, whoever sends it.
-    pub fn body(&self, message: &[u8]) -> Result<(), Decision> {
+    pub async fn body(&self, message: &[u8]) -> Result<(), Decision> {
         if self.bodies.max == 0 {
             return Ok(());
         }
@@ -206,9 +245,10 @@ impl MailBomb {
             crc32fast::hash(&message[start..]),
             message.len() - start
         );
-        Self::check(&self.bodies, &hash, || {
+        self.take(&[(&self.bodies, &hash, &|| {
             "Too many copies of this message; try again later".into()
-        })
+        })])
+        .await
     }
 
     /// Keys tracked in all, for tests of the memory bound.
@@ -240,51 +280,59 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_limit_cuts_off_at_its_count_per_key() {
+    #[tokio::test]
+    async fn a_limit_cuts_off_at_its_count_per_key() {
         let config = MailBombConfig {
             messages_per_recipient: 3,
             ..MailBombConfig::default()
         };
-        let limits = MailBomb::new(&config);
+        let limits = MailBomb::new(&config, SharedState::local());
         let ip = "192.0.2.1".parse().unwrap();
         for _ in 0..3 {
-            assert!(limits.recipient(ip, "Victim@example.test").is_ok());
+            assert!(limits.recipient(ip, "Victim@example.test").await.is_ok());
         }
-        let refused = limits.recipient(ip, "victim@example.test").unwrap_err();
+        let refused = limits
+            .recipient(ip, "victim@example.test")
+            .await
+            .unwrap_err();
         assert_eq!(
             (refused.reply.code, refused.reply.status.as_str()),
             (451, "4.7.1")
         );
         assert_eq!(refused.by.to_string(), "mailbomb.mailbox");
-        assert!(limits.recipient(ip, "other@example.test").is_ok());
+        assert!(limits.recipient(ip, "other@example.test").await.is_ok());
     }
 
-    #[test]
-    fn memory_stays_bounded_under_a_flood_of_addresses() {
+    #[tokio::test]
+    async fn memory_stays_bounded_under_a_flood_of_addresses() {
         let config = MailBombConfig {
             connections_per_minute: 5,
             max_tracked: 1000,
             ..MailBombConfig::default()
         };
-        let limits = MailBomb::new(&config);
+        let limits = MailBomb::new(&config, SharedState::local());
         for i in 0..50_000u32 {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8));
-            let _ = limits.connect(IpAddr::V4(ip));
+            let _ = limits.connect(IpAddr::V4(ip)).await;
         }
         assert!(limits.tracked() <= 1000, "{}", limits.tracked());
     }
 
-    #[test]
-    fn identical_bodies_are_counted_whatever_the_headers() {
+    #[tokio::test]
+    async fn identical_bodies_are_counted_whatever_the_headers() {
         let config = MailBombConfig {
             identical_bodies: 2,
             ..MailBombConfig::default()
         };
-        let limits = MailBomb::new(&config);
-        assert!(limits.body(b"To: a\r\n\r\nbuy now\r\n").is_ok());
-        assert!(limits.body(b"To: b\r\nX: y\r\n\r\nbuy now\r\n").is_ok());
-        assert!(limits.body(b"To: c\r\n\r\nbuy now\r\n").is_err());
-        assert!(limits.body(b"To: c\r\n\r\nhello\r\n").is_ok());
+        let limits = MailBomb::new(&config, SharedState::local());
+        assert!(limits.body(b"To: a\r\n\r\nbuy now\r\n").await.is_ok());
+        assert!(
+            limits
+                .body(b"To: b\r\nX: y\r\n\r\nbuy now\r\n")
+                .await
+                .is_ok()
+        );
+        assert!(limits.body(b"To: c\r\n\r\nbuy now\r\n").await.is_err());
+        assert!(limits.body(b"To: c\r\n\r\nhello\r\n").await.is_ok());
     }
 }

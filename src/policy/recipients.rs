@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::Mailbox;
 use crate::config::{CalloutUnreachable, Config};
 use crate::reply::Reply;
+use crate::shared_state::SharedState;
 use crate::smtp_client::{Client, Target};
 use crate::verdict::Decision;
 
@@ -140,6 +141,8 @@ pub struct RecipientValidator {
     sources: HashMap<String, Source>,
     backend: Target,
     cache: Option<sled::Tree>,
+    /// Answers shared with other instances, asked before `cache`.
+    shared: Arc<SharedState>,
 }
 
 impl RecipientValidator {
@@ -148,6 +151,7 @@ impl RecipientValidator {
         config: Arc<Config>,
         backend: Target,
         cache: Option<sled::Tree>,
+        shared: Arc<SharedState>,
     ) -> anyhow::Result<Self> {
         let mut sources = HashMap::new();
         for (domain, how) in &config.recipients.domains {
@@ -167,6 +171,7 @@ impl RecipientValidator {
             sources,
             backend,
             cache,
+            shared,
         })
     }
 
@@ -222,7 +227,7 @@ impl RecipientValidator {
     pub async fn verify(&self, mailbox: &Mailbox) -> Verified {
         let key = mailbox.lookup_key();
         let now = unix_now();
-        if let Some(answer) = self.cached(&key).filter(|a| a.expires > now) {
+        if let Some(answer) = self.cached(&key).await.filter(|a| a.expires > now) {
             tracing::debug!(recipient = %mailbox, exists = answer.exists, "callout cache hit");
             return if answer.exists {
                 Verified::Exists
@@ -244,14 +249,23 @@ impl RecipientValidator {
                 _ => String::new(),
             },
         };
-        if let (Some(cache), Ok(bytes)) = (&self.cache, serde_json::to_vec(&answer)) {
-            let _ = cache.insert(key.as_bytes(), bytes);
+        if let Ok(bytes) = serde_json::to_vec(&answer) {
+            let shared_key = self.shared.key("callout", &key);
+            let kept = self.shared.put(&shared_key, &bytes, Some(ttl)).await;
+            if let (None, Some(cache)) = (kept, &self.cache) {
+                let _ = cache.insert(key.as_bytes(), bytes);
+            }
         }
         verified
     }
 
-    fn cached(&self, key: &str) -> Option<CachedAnswer> {
-        let bytes = self.cache.as_ref()?.get(key.as_bytes()).ok()??;
+    /// An earlier answer: from Redis when state is shared and it answers, else
+    /// from this instance's store.
+    async fn cached(&self, key: &str) -> Option<CachedAnswer> {
+        let bytes = match self.shared.get(&[self.shared.key("callout", key)]).await {
+            Some(mut found) => found.pop().flatten()?,
+            None => self.cache.as_ref()?.get(key.as_bytes()).ok()??.to_vec(),
+        };
         serde_json::from_slice(&bytes).ok()
     }
 
