@@ -202,6 +202,9 @@ enum QueueAction {
     Release { id: String },
     /// Try all deferred mail now.
     Flush,
+    /// Take over the mail of another instance's spool folder (a host that will
+    /// not come back): delivered from here, removed there.
+    Import { folder: std::path::PathBuf },
     /// Wait until nothing is being delivered or due now (after a flush, say);
     /// exits 1 if that takes longer than the timeout.
     Wait {
@@ -362,6 +365,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 QueueAction::Release { id } => AdminCommand::Release(id),
                 QueueAction::Flush => AdminCommand::Flush,
                 QueueAction::Shape => AdminCommand::Shape,
+                QueueAction::Import { folder } => AdminCommand::Import(
+                    std::path::absolute(&folder)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", folder.display()))?
+                        .display()
+                        .to_string(),
+                ),
                 QueueAction::Wait { timeout } => AdminCommand::Wait(
                     humantime::parse_duration(&timeout)
                         .map_err(|e| {

@@ -29,6 +29,8 @@ pub enum AdminCommand {
     /// The age distribution of waiting mail by recipient domain (Postfix's
     /// qshape).
     Shape,
+    /// Take over the mail of another instance's spool folder (an absolute path).
+    Import(String),
 }
 
 /// The answer to a command: text for the administrator, and whether it worked.
@@ -100,8 +102,108 @@ pub fn execute(spool: &Spool, scheduler: Option<&Scheduler>, command: &AdminComm
             Ok(done(format!("{id}: released")))
         }),
         AdminCommand::Flush => flush(spool, scheduler),
+        AdminCommand::Import(folder) => import(spool, scheduler, std::path::Path::new(folder)),
     };
     result.unwrap_or_else(|e| failed(format!("error: {e}")))
+}
+
+/// Takes over another instance's spool (a host that will not come back, its
+/// folder copied here): puts it in order as that instance would have at its
+/// start — its delivered journal replayed, so nothing delivered goes out again,
+/// unacknowledged leftovers removed — then commits each message into this
+/// spool (held mail stays held, the rest is due now) and only then removes it
+/// there. A crash in between delivers a message twice, never loses one.
+fn import(
+    spool: &Spool,
+    scheduler: Option<&Scheduler>,
+    folder: &std::path::Path,
+) -> io::Result<AdminReply> {
+    let other = Spool::existing(folder)?;
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        a.canonicalize()
+            .ok()
+            .is_some_and(|a| b.canonicalize().ok() == Some(a))
+    };
+    if same(other.root(), spool.root()) {
+        return Ok(failed(format!(
+            "{} is this instance's own queue",
+            folder.display()
+        )));
+    }
+    let Some(_lock) = other.try_lock()? else {
+        return Ok(failed(format!(
+            "{} is in use by a running mailmoat: stop it, or let it deliver its own mail",
+            folder.display()
+        )));
+    };
+    let recovery = other.recover()?;
+    let mut moved = std::collections::HashMap::<QueueState, usize>::new();
+    let mut damaged = 0;
+    for state in QueueState::QUEUED {
+        for id in other.ids(state)? {
+            let envelope = other.read_envelope(state, &id);
+            let message = envelope
+                .as_ref()
+                .map_err(|e| io::Error::new(e.kind(), e.to_string()))
+                .and_then(|envelope| other.read_message_checked(state, envelope));
+            let (mut envelope, message) = match (envelope, message) {
+                (Ok(envelope), Ok(message)) => (envelope, message),
+                _ => {
+                    other.set_aside(state, &id)?;
+                    damaged += 1;
+                    continue;
+                }
+            };
+            let into = match state {
+                QueueState::Hold => QueueState::Hold,
+                _ => QueueState::Active,
+            };
+            if spool.find(&envelope.id).is_some() {
+                envelope.id = super::spool::new_id();
+            }
+            envelope.next_attempt = 0;
+            spool
+                .commit_batch(
+                    &[(&envelope, &message, into)],
+                    super::spool::FlushMode::Fsync,
+                )
+                .pop()
+                .unwrap_or(Ok(()))?;
+            other.remove(state, &id)?;
+            if into == QueueState::Active
+                && let Some(s) = scheduler
+            {
+                s.schedule(&envelope.id, QueueState::Active, now_millis());
+            }
+            tracing::info!(queue_id = %envelope.id, from = %folder.display(), was = %id, state = %into, "imported from another spool");
+            *moved.entry(into).or_default() += 1;
+        }
+    }
+    let total: usize = moved.values().sum();
+    let mut text = format!(
+        "{total} message(s) imported from {} ({} to deliver now, {} on hold)",
+        folder.display(),
+        moved.get(&QueueState::Active).copied().unwrap_or(0),
+        moved.get(&QueueState::Hold).copied().unwrap_or(0),
+    );
+    if recovery.delivered_removed > 0 {
+        let _ = write!(
+            text,
+            "; {} already delivered there, not imported",
+            recovery.delivered_removed
+        );
+    }
+    let corrupt = other.ids(QueueState::Corrupt)?.len() + damaged;
+    if corrupt > 0 {
+        let _ = write!(
+            text,
+            "; {corrupt} damaged message(s) left in {}/corrupt",
+            folder.display()
+        );
+    } else {
+        let _ = write!(text, "; {} holds no more mail", folder.display());
+    }
+    Ok(done(text))
 }
 
 fn busy(id: &str) -> AdminReply {

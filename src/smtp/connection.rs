@@ -119,6 +119,11 @@ impl Connection {
         )
     }
 
+    /// Input received and not yet read.
+    pub fn pending(&self) -> &[u8] {
+        &self.input[self.start..]
+    }
+
     /// Whether a whole command line is already buffered.
     pub fn has_complete_line(&self) -> bool {
         memchr::memchr(b'\n', &self.input[self.start..]).is_some()

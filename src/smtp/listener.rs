@@ -2,7 +2,7 @@
 //! session task for each connection.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::connection::Connection;
+use super::proxy_protocol::{self, Header};
 use super::session::{self, Shared};
 use crate::reply::Reply;
 
@@ -160,49 +161,89 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ip = crate::policy::relay::canonical(peer.ip());
-        match limits.admit(ip) {
-            Ok(slot) => {
-                let shared = shared.clone();
-                let implicit_tls = implicit_tls.then(|| shared.tls.get()).flatten();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let metrics = shared.pipeline.queue.as_ref().map(|q| q.metrics.clone());
-                    let _open = metrics.map(crate::metrics::OpenConnection::new);
-                    let local = stream.local_addr().unwrap_or(peer);
-                    let conn = match implicit_tls {
-                        None => Connection::new(Box::new(stream), peer, local),
-                        // Implicit TLS (RFC 8314): the handshake comes before the banner.
-                        Some(acceptor) => {
-                            let timeout = shared.config.limits.command_timeout;
-                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => {
-                                    if let Some(queue) = &shared.pipeline.queue {
-                                        queue.metrics.tls_session();
-                                    }
-                                    let mut conn = Connection::new(Box::new(tls), peer, local);
-                                    conn.tls = true;
-                                    conn
+        let balancer = crate::policy::relay::canonical(peer.ip());
+        let server = &shared.config.server;
+        if server.proxy_protocol && server.proxy_networks.iter().any(|n| n.contains(&balancer)) {
+            // The client is whoever the balancer's header names: read it first.
+            let (shared, limits) = (shared.clone(), limits.clone());
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let timeout = shared
+                    .config
+                    .limits
+                    .command_timeout
+                    .min(Duration::from_secs(30));
+                match proxy_protocol::read(&mut stream, timeout).await {
+                    Ok(Header::Proxied { client, local }) => {
+                        start(stream, client, local, implicit_tls, &shared, &limits);
+                    }
+                    Ok(Header::Local) => {}
+                    Err(why) => {
+                        tracing::warn!(balancer = %balancer, error = %why, "connection refused: a load balancer in server.proxy_networks must send a PROXY header");
+                        if let Some(queue) = &shared.pipeline.queue {
+                            queue.metrics.connection_refused("proxy_header");
+                        }
+                    }
+                }
+            });
+        } else {
+            let local = stream.local_addr().unwrap_or(peer);
+            start(stream, peer, local, implicit_tls, &shared, &limits);
+        }
+    }
+}
+
+/// Admits a client's connection (`client`, which connected to `local`) and
+/// starts its session, or refuses it.
+fn start(
+    stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    implicit_tls: bool,
+    shared: &Arc<Shared>,
+    limits: &Arc<ConnectionLimits>,
+) {
+    let ip = crate::policy::relay::canonical(client.ip());
+    match limits.admit(ip) {
+        Ok(slot) => {
+            let shared = shared.clone();
+            let implicit_tls = implicit_tls.then(|| shared.tls.get()).flatten();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let metrics = shared.pipeline.queue.as_ref().map(|q| q.metrics.clone());
+                let _open = metrics.map(crate::metrics::OpenConnection::new);
+                let conn = match implicit_tls {
+                    None => Connection::new(Box::new(stream), client, local),
+                    // Implicit TLS (RFC 8314): the handshake comes before the banner.
+                    Some(acceptor) => {
+                        let timeout = shared.config.limits.command_timeout;
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                if let Some(queue) = &shared.pipeline.queue {
+                                    queue.metrics.tls_session();
                                 }
-                                _ => {
-                                    tracing::info!(client = %ip, "TLS handshake failed");
-                                    return;
-                                }
+                                let mut conn = Connection::new(Box::new(tls), client, local);
+                                conn.tls = true;
+                                conn
+                            }
+                            _ => {
+                                tracing::info!(client = %ip, "TLS handshake failed");
+                                return;
                             }
                         }
-                    };
-                    session::run(conn, shared).await;
-                });
+                    }
+                };
+                session::run(conn, shared).await;
+            });
+        }
+        Err((limit, reply)) => {
+            if let Some(queue) = &shared.pipeline.queue {
+                queue.metrics.connection_refused(limit);
             }
-            Err((limit, reply)) => {
-                if let Some(queue) = &shared.pipeline.queue {
-                    queue.metrics.connection_refused(limit);
-                }
-                let pipeline = shared.pipeline.clone();
-                let kept = reply.clone();
-                tokio::spawn(async move { pipeline.refuse_connection(ip, kept).await });
-                tokio::spawn(refuse(stream, reply, shared.config.server.hostname.clone()));
-            }
+            let pipeline = shared.pipeline.clone();
+            let kept = reply.clone();
+            tokio::spawn(async move { pipeline.refuse_connection(ip, kept).await });
+            tokio::spawn(refuse(stream, reply, shared.config.server.hostname.clone()));
         }
     }
 }

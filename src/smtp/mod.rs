@@ -5,5 +5,6 @@ pub mod command;
 pub mod connection;
 pub mod data;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod session;
 pub mod tls;

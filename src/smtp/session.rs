@@ -229,6 +229,14 @@ impl Session {
         self.conn.reply(&reply);
     }
 
+    /// Whether the client began with a PROXY header (`line`, its first, and
+    /// what came with it).
+    fn sent_proxy_header(&self, line: &[u8]) -> bool {
+        let mut first = line.to_vec();
+        first.extend(self.conn.pending().iter().take(12));
+        super::proxy_protocol::looks_like_header(&first)
+    }
+
     /// The dialogue; returns how it ended, for the log.
     async fn serve(&mut self) -> &'static str {
         let config = self.shared.config.clone();
@@ -265,6 +273,7 @@ impl Session {
             )],
         ));
         let mut shutdown = self.shared.shutdown.clone();
+        let mut first_line = true;
         loop {
             let phase = *shutdown.borrow();
             if phase == Phase::Closing
@@ -291,6 +300,23 @@ impl Session {
                     continue;
                 }
             };
+            if let Ok(Line::Complete(line)) = &read
+                && std::mem::take(&mut first_line)
+                && config.server.proxy_protocol
+                && self.sent_proxy_header(line)
+            {
+                let decision = Decision::refuse(
+                    "proxy_protocol",
+                    Reply::new(
+                        554,
+                        "5.7.0",
+                        "Error: a PROXY header is accepted only from server.proxy_networks",
+                    ),
+                    "PROXY header from a client not in server.proxy_networks",
+                );
+                self.refuse(Stage::Connect, decision, &[]).await;
+                return "PROXY header refused";
+            }
             let flow = match read {
                 Ok(Line::Complete(line)) => match command::parse(&line) {
                     Ok(command) => self.handle(command).await,

@@ -1,0 +1,195 @@
+//! Real outside parts the tests start themselves on loopback ports: Debian's
+//! `redis-server` (no persistence) and `haproxy` (TCP mode, PROXY v2 to each
+//! backend). Each stops when dropped.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use crate::support::*;
+
+/// A redis-server of the test's own.
+pub struct RedisServer {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        ensure_package("command -v redis-server", "redis-server");
+        let mut redis = RedisServer {
+            addr: unused_addr().await,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        redis.start_again().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Starts it (again, empty) on its port and waits until it answers.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.addr.port().to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let addr = self.addr;
+        eventually_async("redis-server answers PING", || async move {
+            redis_command(addr, &["PING"]).await.as_deref() == Some("+PONG")
+        })
+        .await;
+    }
+
+    /// Kills it (SIGKILL: an outage, not a shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// One command's reply line (`+PONG`, `:3`, `$1`…), or None when it does
+    /// not answer.
+    pub async fn command(&self, args: &[&str]) -> Option<String> {
+        redis_command(self.addr, args).await
+    }
+
+    /// A string value (None: no such key).
+    pub async fn get(&self, key: &str) -> Option<String> {
+        redis_value(self.addr, &["GET", key]).await
+    }
+
+    /// Keys matching a pattern.
+    pub async fn keys(&self, pattern: &str) -> usize {
+        let reply = self
+            .command(&["KEYS", pattern])
+            .await
+            .expect("redis answers");
+        reply.trim_start_matches('*').parse().unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend(format!("${}\r\n{arg}\r\n", arg.len()).bytes());
+    }
+    out
+}
+
+/// The first line of Redis's reply to one command (RESP, by hand: the tests
+/// must not read Redis through the code under test).
+async fn redis_command(addr: SocketAddr, args: &[&str]) -> Option<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(&encode(args)).await.ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.ok()?;
+    (!line.is_empty()).then(|| line.trim_end().to_string())
+}
+
+async fn redis_value(addr: SocketAddr, args: &[&str]) -> Option<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(&encode(args)).await.ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.ok()?;
+    if line.starts_with("$-1") {
+        return None;
+    }
+    let mut value = String::new();
+    reader.read_line(&mut value).await.ok()?;
+    Some(value.trim_end().to_string())
+}
+
+/// Waits until an async check holds or fails the test.
+pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        poll_pause().await;
+    }
+}
+
+/// haproxy in TCP mode, round robin over `backends`, each sent a PROXY v2
+/// header and health-checked (with a PROXY header of its own), so that a dead
+/// instance gets no new connections.
+pub struct HaProxy {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    pub async fn start(backends: &[SocketAddr]) -> HaProxy {
+        ensure_package("command -v haproxy", "haproxy");
+        let addr = unused_addr().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = format!(
+            "global\n  maxconn 2000\n\
+             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  \
+             retries 3\n  option redispatch\n\
+             frontend smtp\n  bind {addr}\n  default_backend mm\n\
+             backend mm\n  balance roundrobin\n"
+        );
+        for (i, backend) in backends.iter().enumerate() {
+            config.push_str(&format!(
+                "  server mm{i} {backend} send-proxy-v2 check check-send-proxy inter 300ms fall 1 rise 1\n"
+            ));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        eventually_async("haproxy listens", || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        HaProxy {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
