@@ -4,7 +4,9 @@ ratio to every other system (Postfix, a baseline build): the median of the ratio
 of runs made back to back (run i of mailmoat with run i of the other at the same
 setting), so a slow spell of the shared machine counts against both alike.
 
-usage: report.py results.csv
+usage: report.py results.csv [--compare A/B ...]
+
+--compare A/B also prints the ratio of system A to system B (same pairing).
 """
 import csv
 import statistics
@@ -12,6 +14,7 @@ import sys
 from collections import defaultdict
 
 rows = list(csv.DictReader(open(sys.argv[1])))
+compare = [sys.argv[i + 1].split("/") for i, arg in enumerate(sys.argv) if arg == "--compare"]
 groups = defaultdict(list)
 for r in rows:
     groups[(r["label"], int(r["sessions"]), int(r["size"]))].append(r)
@@ -54,3 +57,10 @@ for s, l in settings:
     print("| " + " | ".join(cells) + " |")
 print(f"\n{len(rows)} runs; medians (ratio: median of back-to-back pairs, range in brackets);")
 print("every run checked for loss and duplicates by the harness.")
+for a, b in compare:
+    for s, l in settings:
+        pairs = list(zip(groups.get((a, s, l), []), groups.get((b, s, l), [])))
+        ratios = [float(x["e2e_rate"]) / float(y["e2e_rate"]) for x, y in pairs if float(y["e2e_rate"])]
+        if ratios:
+            print(f"{a} / {b} at c={s} {l // 1024} KB: {statistics.median(ratios):.3f}x "
+                  f"({min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} pairs)")

@@ -4,7 +4,7 @@
 #
 #   bench/throughput.sh [--msgs N] [--reps N] [--no-postfix] [--csv FILE]
 #                       [--baseline BIN] [--settings "S BYTES,..."] [--throughput-only]
-#                       [--sender-auth] [--scanners] [--metrics]
+#                       [--sender-auth] [--scanners] [--metrics] [--instances]
 #
 # --baseline BIN runs a second mailmoat binary (an older build) beside this one,
 # alternating with it at every setting, so a change is measured against what was
@@ -19,7 +19,13 @@
 # (a one-line signature database: nothing to download) and an rspamd, both
 # started here on loopback ports, about every message. --metrics adds an
 # instance ("metrics", 2585 -> 2586) with [metrics] listen on 127.0.0.1:9187,
-# scraped every second during the runs.
+# scraped every second during the runs. --instances starts a redis-server
+# (127.0.0.1:6391) and an haproxy, and adds three systems, all with every
+# mail-bomb limit on (set far above the load, so every message is counted):
+# "local" (counters in memory, 2595 -> 2596), "redis" (the same counted in
+# Redis, 2605 -> 2606; its Redis round trips per message are printed) and "pair"
+# (two such instances behind haproxy with PROXY v2 on 2615 -> 2617/2618 -> 2616;
+# its CPU is both instances' and haproxy's).
 #
 # Builds the release binary, starts mailmoat with a benchmark configuration
 # (127.0.0.1:2535 -> smtp-sink on 127.0.0.1:2536, hosting example.com, spool flushed
@@ -36,7 +42,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 HARNESS="$REPO/bench/harness"
-MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0; METRICS=0
+MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0; METRICS=0; INSTANCES=0
 SETTINGS_ARG="1 5120,10 5120,50 5120,50 102400"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,7 +56,8 @@ while [ $# -gt 0 ]; do
     --sender-auth) SENDER_AUTH=1; shift;;
     --scanners) SCANNERS=1; shift;;
     --metrics) METRICS=1; shift;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0;;
+    --instances) INSTANCES=1; shift;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0;;
     *) echo "unknown argument: $1" >&2; exit 2;;
   esac
 done
@@ -61,6 +68,8 @@ command -v ss >/dev/null || need_apt+=(iproute2)
 [ "$SENDER_AUTH" = 0 ] || command -v dnsmasq >/dev/null || need_apt+=(dnsmasq-base)
 [ "$SCANNERS" = 0 ] || command -v clamd >/dev/null || need_apt+=(clamav-daemon)
 [ "$SCANNERS" = 0 ] || command -v rspamd >/dev/null || need_apt+=(rspamd)
+[ "$INSTANCES" = 0 ] || command -v redis-server >/dev/null || need_apt+=(redis-server)
+[ "$INSTANCES" = 0 ] || command -v haproxy >/dev/null || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_apt[@]}" >/dev/null
@@ -71,9 +80,10 @@ ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 BIN="$REPO/target/release/mailmoat"
 WORK="$(mktemp -d /tmp/mailmoat-bench.XXXXXX)"
 [ -n "$CSV" ] || CSV="$WORK/results.csv"
-MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; DNS_PID=""; SC_PID=""; CLAMD_PID=""; RSPAMD_PID=""; MT_PID=""; SCRAPER_PID=""
+MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; DNS_PID=""; SC_PID=""; CLAMD_PID=""; RSPAMD_PID=""; MT_PID=""; SCRAPER_PID=""; REDIS_PID=""; LOCAL_PID=""; SHARED_PID=""; PAIR_PID=""
 cleanup() {
-  for pid in "$UT_PID" "$SA_PID" "$DNS_PID" "$SC_PID" "$CLAMD_PID" "$RSPAMD_PID" "$MT_PID" "$SCRAPER_PID"; do
+  [ -n "$PAIR_PID" ] && pkill -P "$PAIR_PID" 2>/dev/null || true
+  for pid in "$UT_PID" "$SA_PID" "$DNS_PID" "$SC_PID" "$CLAMD_PID" "$RSPAMD_PID" "$MT_PID" "$SCRAPER_PID" "$LOCAL_PID" "$SHARED_PID" "$PAIR_PID" "$REDIS_PID"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   done
   [ -n "$MM_PID" ] && kill "$MM_PID" 2>/dev/null && wait "$MM_PID" 2>/dev/null || true
@@ -172,6 +182,75 @@ while True:
   SCRAPER_PID=$!
 fi
 
+if [ "$INSTANCES" = 1 ]; then
+  redis-server --port 6391 --bind 127.0.0.1 --save '' --appendonly no > "$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  HIGH=1000000000
+  LIMITS="[mailbomb]
+exempt_trusted = false
+connections_per_minute = $HIGH
+messages_per_hour = $HIGH
+recipients_per_hour = $HIGH
+messages_per_sender_per_hour = $HIGH
+messages_per_recipient = $HIGH
+identical_bodies = $HIGH"
+  SHARED='[shared]
+redis = "redis://127.0.0.1:6391"'
+  # An instance in folder NAME listening on PORT, delivering to SINK, with EXTRA.
+  instance_config() { # name port sink extra
+    mkdir -p "$WORK/$1"
+    sed -e "s/127.0.0.1:2535/127.0.0.1:$2/" -e "s/127.0.0.1:2536/127.0.0.1:$3/" \
+      "$WORK/mailmoat.toml" > "$WORK/$1/mailmoat.toml"
+    printf '%s\n' "$4" >> "$WORK/$1/mailmoat.toml"
+    cp "$WORK/recipients.txt" "$WORK/$1/"
+  }
+  wait_port() { for _ in $(seq 1 100); do ss -Hltn "sport = :$1" | grep -q . && return; sleep 0.05; done; echo "nothing on $1" >&2; exit 1; }
+  instance_config local 2595 2596 "$LIMITS"
+  "$BIN" --config "$WORK/local/mailmoat.toml" serve >> "$WORK/local/mailmoat.log" 2>&1 &
+  LOCAL_PID=$!
+  instance_config redis 2605 2606 "$LIMITS
+$SHARED
+[metrics]
+listen = \"127.0.0.1:9188\""
+  "$BIN" --config "$WORK/redis/mailmoat.toml" serve >> "$WORK/redis/mailmoat.log" 2>&1 &
+  SHARED_PID=$!
+  PROXIED="$LIMITS
+$SHARED"
+  instance_config pair-a 2617 2616 "$PROXIED"
+  instance_config pair-b 2618 2616 "$PROXIED"
+  sed -i 's/^\[server\]$/[server]\nproxy_protocol = true\nproxy_networks = ["127.0.0.1\/32"]/' \
+    "$WORK/pair-a/mailmoat.toml" "$WORK/pair-b/mailmoat.toml"
+  cat > "$WORK/haproxy.cfg" <<HAP
+global
+  maxconn 1500
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend smtp
+  bind 127.0.0.1:2615
+  default_backend mm
+backend mm
+  balance roundrobin
+  server a 127.0.0.1:2617 send-proxy-v2
+  server b 127.0.0.1:2618 send-proxy-v2
+HAP
+  # One parent for the pair and its balancer: the harness samples its descendants.
+  bash -c "'$BIN' --config '$WORK/pair-a/mailmoat.toml' serve >> '$WORK/pair-a/mailmoat.log' 2>&1 &
+           '$BIN' --config '$WORK/pair-b/mailmoat.toml' serve >> '$WORK/pair-b/mailmoat.log' 2>&1 &
+           haproxy -db -f '$WORK/haproxy.cfg' >> '$WORK/haproxy.log' 2>&1 &
+           wait" &
+  PAIR_PID=$!
+  for port in 2595 2605 2617 2618 2615; do wait_port "$port"; done
+  shared_calls() {
+    python3 -c '
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9188/metrics", timeout=5).read().decode()
+print(next(l.split()[1] for l in text.splitlines() if l.startswith("mailmoat_shared_state_calls_total")))'
+  }
+fi
+
 IFS=',' read -r -a SETTINGS <<< "$SETTINGS_ARG"
 run_one() { # system target sink-port pid-args... sessions size
   local system="$1" target="$2" sink="$3" s="$4" l="$5"; shift 5
@@ -251,6 +330,14 @@ for rep in $(seq 1 "$REPS"); do
     if [ "$METRICS" = 1 ]; then
       run_one metrics 127.0.0.1:2585 2586 "$s" "$l" --server-pid "$MT_PID"
     fi
+    if [ "$INSTANCES" = 1 ]; then
+      run_one local 127.0.0.1:2595 2596 "$s" "$l" --server-pid "$LOCAL_PID"
+      before=$(shared_calls)
+      run_one redis 127.0.0.1:2605 2606 "$s" "$l" --server-pid "$SHARED_PID"
+      after=$(shared_calls)
+      python3 -c "print('redis c=$s ${l}B: %.2f Redis round trips per message' % (($after - $before) / $MSGS))"
+      run_one pair 127.0.0.1:2615 2616 "$s" "$l" --server-pid "$PAIR_PID"
+    fi
     if [ "$POSTFIX" = 1 ]; then
       sleep 3  # Postfix drops its cached client connections after 2 s idle
       run_one postfix 127.0.0.1:2525 2526 "$s" "$l" --server-pidfile /var/spool/postfix-bench/pid/master.pid
@@ -258,8 +345,10 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
+COMPARE=()
+[ "$INSTANCES" = 1 ] && COMPARE=(--compare redis/local --compare pair/redis)
 if [ "$ONLY_THROUGHPUT" = 1 ]; then
-  python3 "$REPO/bench/report.py" "$CSV"
+  python3 "$REPO/bench/report.py" "$CSV" "${COMPARE[@]}"
   echo "machine: $(nproc) cores, $(uname -r); $(date -u +%F)"
   exit 0
 fi
@@ -280,7 +369,7 @@ start_mailmoat
 python3 "$REPO/bench/idle_connections.py" 127.0.0.1:2535 --connections 1000 --pid "$MM_PID" > "$WORK/idle.txt"
 kill "$SINK"; wait "$SINK" 2>/dev/null || true
 
-python3 "$REPO/bench/report.py" "$CSV"
+python3 "$REPO/bench/report.py" "$CSV" "${COMPARE[@]}"
 echo
 cat "$WORK/latency.txt" "$WORK/idle.txt"
 echo "after all runs: mailmoat resident ${AFTER_KB} KiB; ${LEFT} message(s) left in the queue; spool ${SPOOL_KB} KiB on disk (spare files included); store ${STORE_KB} KiB"

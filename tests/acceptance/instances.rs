@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::cli::{Daemon, mailmoat};
+use crate::metrics::{scrape, value};
 use crate::parts::{HaProxy, RedisServer};
 use crate::support::*;
 
@@ -350,8 +351,12 @@ async fn with_redis_down_mail_keeps_flowing_on_local_counters_and_sharing_resume
     let mut redis = RedisServer::start().await;
     let url = redis.url();
     let backend = Backend::start(DataEnd::Strict).await;
-    let limits = "[mailbomb]\nmessages_per_hour = 100000\nmessages_per_sender_per_hour = 100000\n";
-    let text = instance_config(backend.addr, "mx-a.example.test", Some(&redis), limits)
+    let metrics = unused_addr().await;
+    let limits = format!(
+        "[mailbomb]\nmessages_per_hour = 100000\nmessages_per_sender_per_hour = 100000\n\n\
+         [metrics]\nlisten = \"{metrics}\"\n"
+    );
+    let text = instance_config(backend.addr, "mx-a.example.test", Some(&redis), &limits)
         .replace("proxy_protocol = true", "proxy_protocol = false");
     let proxy = Arc::new(Proxy::start_with_text(&text).await);
 
@@ -396,6 +401,16 @@ async fn with_redis_down_mail_keeps_flowing_on_local_counters_and_sharing_resume
                 .is_some_and(|m| m.starts_with("shared state unreachable"))
     })
     .await;
+    let during = scrape(metrics).await;
+    assert_eq!(
+        value(&during, "mailmoat_shared_state_up"),
+        Some(0.0),
+        "{during}"
+    );
+    assert!(
+        value(&during, "mailmoat_shared_state_fallbacks_total") > Some(0.0),
+        "{during}"
+    );
     eventually("two thirds of the load sent", || {
         sent.load(std::sync::atomic::Ordering::Relaxed) >= 160
     })
@@ -409,6 +424,12 @@ async fn with_redis_down_mail_keeps_flowing_on_local_counters_and_sharing_resume
                 .is_some_and(|m| m.starts_with("shared state reachable again"))
     })
     .await;
+    let after = scrape(metrics).await;
+    assert_eq!(
+        value(&after, "mailmoat_shared_state_up"),
+        Some(1.0),
+        "{after}"
+    );
     for sender in senders {
         sender.await.unwrap();
     }

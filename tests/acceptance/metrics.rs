@@ -23,13 +23,13 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of one series (`name{labels}` exactly as exposed), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
+pub fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn scrape(addr: SocketAddr) -> String {
+pub async fn scrape(addr: SocketAddr) -> String {
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     body
