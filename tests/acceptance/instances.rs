@@ -608,29 +608,57 @@ async fn a_killed_instance_delivers_what_it_acknowledged_and_a_moved_spool_is_de
     let senders: Vec<_> = (0..4)
         .map(|tag| tokio::spawn(send_until(balancer.addr, tag, stop.clone(), acked.clone())))
         .collect();
-    eventually("load under way", || acked.lock().unwrap().len() >= 100).await;
+    let acked_count = || acked.lock().unwrap().len();
+    eventually("load under way", || acked_count() >= 50).await;
+    // The backend goes away, so acknowledged mail waits in both spools ...
+    backend.stop();
+    let at_stop = acked_count();
+    eventually("mail queued while the backend is away", || {
+        acked_count() >= at_stop + 100
+    })
+    .await;
+    // ... and one instance is killed with mail in its spool.
     daemon_a.kill9();
-    let at_kill = acked.lock().unwrap().len();
+    let queued_in_a: usize = ["active", "deferred"]
+        .iter()
+        .map(|state| {
+            list_files(&dir_a.path().join("queue").join(state))
+                .iter()
+                .filter(|f| f.ends_with(".env"))
+                .count()
+        })
+        .sum();
+    assert!(
+        queued_in_a > 0,
+        "the killed instance held acknowledged mail"
+    );
+    let at_kill = acked_count();
     // HAProxy sends new connections to the other instance.
     eventually("mail flowing through the other instance", || {
-        acked.lock().unwrap().len() >= at_kill + 100
+        acked_count() >= at_kill + 100
     })
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for sender in senders {
         sender.await.unwrap();
     }
+    let returned = Backend::start_on(backend.addr, DataEnd::Strict).await;
     let daemon_a = Daemon::start(&config_a, listen_a).await;
     for config in [&config_a, &config_b] {
+        let flushed = mailmoat(config, &["queue", "flush"]);
+        assert!(flushed.status.success(), "{flushed:?}");
         let waited = mailmoat(config, &["queue", "wait", "--timeout", "60s"]);
         assert!(waited.status.success(), "{waited:?}");
     }
     let acked = acked.lock().unwrap().clone();
-    let delivered = subjects(&backend);
+    let delivered: BTreeSet<String> = subjects(&backend)
+        .union(&subjects(&returned))
+        .cloned()
+        .collect();
     let lost: Vec<&String> = acked.iter().filter(|s| !delivered.contains(*s)).collect();
     assert!(
         lost.is_empty(),
-        "{} acknowledged, lost: {lost:?}",
+        "{} acknowledged ({queued_in_a} in the killed instance's spool), lost: {lost:?}",
         acked.len()
     );
     drop(daemon_a);
@@ -677,7 +705,7 @@ async fn a_killed_instance_delivers_what_it_acknowledged_and_a_moved_spool_is_de
     assert!(said.contains("5 message(s) imported"), "{said}");
     let waited = mailmoat(&config_b, &["queue", "wait", "--timeout", "60s"]);
     assert!(waited.status.success(), "{waited:?}");
-    let delivered = subjects(&backend);
+    let delivered = subjects(&returned);
     for subject in &stranded {
         assert!(delivered.contains(subject), "{subject} not delivered");
     }
@@ -687,4 +715,51 @@ async fn a_killed_instance_delivers_what_it_acknowledged_and_a_moved_spool_is_de
             "{state} not emptied"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_accepts_and_never_answers_holds_no_session() {
+    capture_logs();
+    // Connections are taken and kept, and nothing is ever said on them.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = silent.accept().await {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(
+        backend.addr,
+        UNTRUSTED,
+        &format!(
+            "[shared]\nredis = \"redis://{addr}\"\ntimeout = \"300ms\"\nretry_interval = \"1h\"\n\n\
+             [mailbomb]\nmessages_per_hour = 2\n\n[greylist]\nenabled = false\n"
+        ),
+    );
+    let proxy = Proxy::start_with_text(&text).await;
+    wait_for_logged("the silent Redis", |v| {
+        v["redis"] == format!("redis://{addr}")
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("shared state unreachable"))
+    })
+    .await;
+    // The limit is counted on this instance meanwhile: 2, then 451.
+    let mut codes = Vec::new();
+    for i in 0..3 {
+        let mut client = proxy.client().await;
+        let reply = try_mail(
+            &mut client,
+            "silent@remote.test",
+            "alice@example.test",
+            format!("Subject: silent {i}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+        codes.push(reply.codes());
+    }
+    assert_eq!(codes, ["250 2.0.0", "250 2.0.0", "451 4.7.1"]);
+    assert!(!held.lock().unwrap().is_empty(), "Redis was tried");
 }
