@@ -197,6 +197,39 @@ async fn a_greylisted_triplet_passes_on_the_other_instance_after_the_delay() {
     b.wait_idle().await;
     a.wait_idle().await;
     assert_eq!(backend.messages().len(), 1);
+    // Either instance lists the one shared greylist, and an allowed network
+    // is let through by both.
+    for proxy in [&a, &b] {
+        let listed = greylist_command(proxy, mailmoat::control::GreylistCommand::List).await;
+        assert!(
+            listed.contains("127.0.0.0/24|grey@remote.test|bob@example.test")
+                && listed.contains("passed"),
+            "{listed}"
+        );
+    }
+    let allowed = greylist_command(
+        &a,
+        mailmoat::control::GreylistCommand::Allow("127.0.0.44".into()),
+    )
+    .await;
+    assert!(allowed.contains("127.0.0.0/24 is let through"), "{allowed}");
+    let (mut fresh, _) = through(balancer.addr, "127.0.0.44").await;
+    fresh.expect("MAIL FROM:<new@remote.test>", "250").await;
+    fresh.expect("RCPT TO:<carol@example.test>", "250").await;
+    let (mut fresh, _) = through(balancer.addr, "127.0.0.44").await;
+    fresh.expect("MAIL FROM:<newer@remote.test>", "250").await;
+    fresh.expect("RCPT TO:<carol@example.test>", "250").await;
+}
+
+async fn greylist_command(proxy: &Proxy, command: mailmoat::control::GreylistCommand) -> String {
+    let reply = mailmoat::control::send(
+        &proxy.queue_dir().join("control.sock"),
+        &mailmoat::control::Request::Greylist(command),
+    )
+    .await
+    .unwrap();
+    assert!(reply.ok, "{}", reply.text);
+    reply.text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
