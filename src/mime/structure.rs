@@ -1111,6 +1111,12 @@ impl Tokens<'_, '_> {
             self.problems
                 .push("a parameter value with spaces that is not quoted");
         }
+        // Some readers take it as an escape (and `\;` as part of the value,
+        // swallowing the next parameter), others as a character.
+        if value.contains(&b'\\') {
+            self.problems
+                .push("a backslash in a parameter value that is not quoted");
+        }
         (value, false)
     }
 }

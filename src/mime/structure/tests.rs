@@ -129,6 +129,12 @@ fn conflicting_parameters() {
         "Content-Type: application/octet-stream; name=\"a.txt\"\r\nContent-Disposition: attachment; filename=\"a.exe\"\r\n\r\nx\r\n",
         "the name 'a.txt' and the filename 'a.exe' differ",
     );
+    // A backslash outside quotes: an escape to some readers, so `\;` joins
+    // the boundary to the value before it.
+    assert_flags(
+        "Content-Type: multipart/mixed; x=a\\; boundary=\"b1\"\r\n\r\n--b1\r\n\r\nx\r\n--b1--\r\n",
+        "a backslash in a parameter value that is not quoted",
+    );
     // Both forms saying the same thing, as some programs send them.
     assert_clean(
         "Content-Disposition: attachment; filename=\"a.pdf\"; filename*=UTF-8''a.pdf\r\n\r\nx\r\n",
