@@ -481,6 +481,17 @@ impl Config {
     /// Things that work but that an administrator should know about.
     pub fn warnings(&self) -> Warnings {
         let mut warnings = Vec::new();
+        if self.server.proxy_protocol {
+            for network in &self.server.proxy_networks {
+                if network.0.prefix_len() == 0 {
+                    warnings.push(format!(
+                        "server.proxy_networks holds {}: any client may send a PROXY header \
+                         and pass for any address; list only the load balancers",
+                        network.0
+                    ));
+                }
+            }
+        }
         if self.server.max_connections_per_ip >= self.server.max_connections {
             warnings.push(format!(
                 "server.max_connections_per_ip ({}) is not below server.max_connections ({}): \
@@ -569,6 +580,26 @@ mod tests {
         assert!(!config.to_toml().contains("s3cr3t"));
         assert!(!format!("{config:?}").contains("s3cr3t"));
         assert!(config.to_toml().contains("release_key = \"(hidden)\""));
+    }
+
+    #[test]
+    fn the_proxy_protocol_needs_its_balancers_and_warns_of_everyone() {
+        let err = parse("[server]\nproxy_protocol = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs server.proxy_networks"), "{err}");
+        let config =
+            parse("[server]\nproxy_protocol = true\nproxy_networks = [\"0.0.0.0/0\"]\n").unwrap();
+        let warnings = config.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("any client may send a PROXY header")),
+            "{warnings:?}"
+        );
+        let config =
+            parse("[server]\nproxy_protocol = true\nproxy_networks = [\"10.0.0.0/8\"]\n").unwrap();
+        assert!(!config.warnings().iter().any(|w| w.contains("PROXY")));
     }
 
     #[test]
