@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # fuzz/run.sh — runs every fuzz target (or the ones named) for a while each, on
-# stable Rust (cargo fuzz with --sanitizer none), seeded from fuzz/seeds/.
+# stable Rust (cargo fuzz with --sanitizer none), seeded from fuzz/seeds/. Built
+# with -O and the profile in Cargo.toml: mailmoat with debug assertions and
+# overflow checks, mail-parser without its debug_assert!s, as it is shipped.
 #
 #   bash fuzz/run.sh [--seconds N] [TARGET ...]
 #
@@ -35,7 +37,7 @@ for target in "${TARGETS[@]}"; do
   cp -n "$(seeds_of "$target")"/* "$corpus"/ 2>/dev/null || true
   log="corpus/$target.log"
   echo "== $target: ${SECONDS_EACH}s"
-  cargo fuzz run --sanitizer none "$target" "$corpus" -- \
+  cargo fuzz run -O --sanitizer none "$target" "$corpus" -- \
     -max_total_time="$SECONDS_EACH" -max_len=65536 -timeout=10 -print_final_stats=1 \
     > "$log" 2>&1 || { echo "$target FAILED:"; tail -40 "$log"; exit 1; }
   grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE)' "$log" | tail -1

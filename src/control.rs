@@ -44,6 +44,7 @@ pub struct Context {
     pub config: Arc<crate::config::Config>,
     pub reloader: Arc<crate::server::Reloader>,
     pub greylist: Arc<crate::policy::greylist::Greylist>,
+    pub shared: Arc<crate::shared_state::SharedState>,
     pub started: std::time::Instant,
 }
 
@@ -129,6 +130,9 @@ impl Context {
                     census_line(&census),
                     self.rules.current().rules().len(),
                 );
+                if let Some(shared) = self.shared.describe() {
+                    text.push_str(&format!("shared state: {shared}\n"));
+                }
                 let top = metrics.top_refusals(5);
                 if top.is_empty() {
                     text.push_str("refusals in the last hour: none");

@@ -287,6 +287,7 @@ impl Server {
             config: config.clone(),
             reloader,
             greylist: loaded.pipeline.greylist.clone(),
+            shared: loaded.shared.clone(),
             started: std::time::Instant::now(),
         });
         let control = match crate::control::serve(&control_path, context).await {

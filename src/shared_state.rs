@@ -111,6 +111,20 @@ impl SharedState {
         self.redis.is_some()
     }
 
+    /// Where shared state is and whether it answers, for `mailmoat status`;
+    /// None when state is not shared.
+    pub fn describe(&self) -> Option<String> {
+        let redis = self.redis.as_ref()?;
+        Some(if redis.reachable.load(Ordering::Relaxed) {
+            format!("Redis {}", redis.shown)
+        } else {
+            format!(
+                "Redis {} NOT answering (counting on this instance alone)",
+                redis.shown
+            )
+        })
+    }
+
     /// Reports reachability, round trips and local fallbacks into `metrics`.
     pub fn count_into(&self, metrics: Arc<Metrics>) {
         if let Some(redis) = &self.redis {

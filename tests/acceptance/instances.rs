@@ -434,6 +434,19 @@ async fn with_redis_down_mail_keeps_flowing_on_local_counters_and_sharing_resume
                 .is_some_and(|m| m.starts_with("shared state unreachable"))
     })
     .await;
+    let status = mailmoat::control::send(
+        &proxy.queue_dir().join("control.sock"),
+        &mailmoat::control::Request::Status,
+    )
+    .await
+    .unwrap();
+    assert!(
+        status
+            .text
+            .contains(&format!("shared state: Redis {url} NOT answering")),
+        "{}",
+        status.text
+    );
     let during = scrape(metrics).await;
     assert_eq!(
         value(&during, "mailmoat_shared_state_up"),
