@@ -91,7 +91,7 @@ impl Writer {
         // A part whose own headers every reader takes alike keeps them byte for
         // byte; only what it holds is written again.
         let keep = !entity.header_ambiguous;
-        let (structure, body) = match &entity.body {
+        let (mut structure, mut body) = match &entity.body {
             // No part at all: nothing any reader could find in it, and a
             // multipart with no part is one readers disagree on. An empty text.
             Body::Multipart(parts) if parts.is_empty() => {
@@ -135,13 +135,7 @@ impl Writer {
             Body::Message(inner) => {
                 let mut body = Vec::new();
                 used.extend(self.entity(inner, &mut body, true));
-                if body.iter().all(u8::is_ascii_whitespace) {
-                    // A forward that holds nothing (its encoding decoded to
-                    // nothing, say) is one readers disagree on: an empty text.
-                    let mut structure = self.structure(entity, None);
-                    structure.media = Media::text_plain();
-                    (Some(structure), Vec::new())
-                } else if keep {
+                if keep {
                     (None, body)
                 } else {
                     let encoding = if body.is_ascii() { "7bit" } else { "8bit" };
@@ -175,6 +169,15 @@ impl Writer {
                 }
             }
         };
+        // A forward that holds nothing (its encoding decoded to nothing, its
+        // message was nothing but an empty line …), however it was read, is
+        // one readers disagree on: an empty text.
+        let media = structure.as_ref().map_or(&entity.media, |s| &s.media);
+        if media.is_message() && body.iter().all(u8::is_ascii_whitespace) {
+            let mut empty = self.structure(entity, None);
+            empty.media = Media::text_plain();
+            (structure, body) = (Some(empty), Vec::new());
+        }
         match structure {
             None => {
                 for field in &entity.fields {
@@ -211,8 +214,18 @@ impl Writer {
         inner: &Entity<'_>,
         out: &mut Vec<u8>,
     ) -> Vec<String> {
-        let mut part = b"Content-Type: message/rfc822\r\n\r\n".to_vec();
-        let mut used = self.entity(inner, &mut part, true);
+        let mut forwarded = Vec::new();
+        let mut used = self.entity(inner, &mut forwarded, true);
+        // A forward of nothing is an empty text, as in `entity`.
+        let part = if forwarded.iter().all(u8::is_ascii_whitespace) {
+            b"Content-Type: text/plain\r\n\r\n".to_vec()
+        } else {
+            [
+                b"Content-Type: message/rfc822\r\n\r\n".as_slice(),
+                &forwarded,
+            ]
+            .concat()
+        };
         let boundary = self.fresh_boundary(std::slice::from_ref(&part), &used);
         for field in entity.fields.iter().filter(|f| !f.is_structural()) {
             write_field(&field.raw, out);
@@ -409,6 +422,9 @@ mod found_by_fuzzing {
         // `name=x\\; boundary="b1"`: mail-parser took `\\;` for an escape and
         // never saw the boundary.
         include_bytes!("../../fuzz/regressions/normalize-backslash-in-a-token"),
+        // A message/rfc822 part read as one opaque leaf of nothing but an
+        // empty line was written again as an empty forward.
+        include_bytes!("../../fuzz/regressions/normalize-empty-forward-read-as-a-leaf"),
     ];
 
     fn leaves(entity: &crate::mime::structure::Entity<'_>) -> usize {
