@@ -40,8 +40,33 @@ fn instance_config(
     )
 }
 
-async fn instance(backend: &Backend, name: &str, redis: &RedisServer, extra: &str) -> Proxy {
-    Proxy::start_with_text(&instance_config(backend.addr, name, Some(redis), extra)).await
+/// Two instances, mx-a and mx-b, sharing one Redis behind HAProxy and
+/// delivering to one backend.
+struct Pair {
+    redis: RedisServer,
+    backend: Backend,
+    a: Proxy,
+    b: Proxy,
+    balancer: HaProxy,
+}
+
+impl Pair {
+    /// `configure` makes each instance's configuration text what the test needs.
+    async fn start(configure: impl Fn(String) -> String) -> Pair {
+        let redis = RedisServer::start().await;
+        let backend = Backend::start(DataEnd::Strict).await;
+        let text = |name| configure(instance_config(backend.addr, name, Some(&redis), ""));
+        let a = Proxy::start_with_text(&text("mx-a.example.test")).await;
+        let b = Proxy::start_with_text(&text("mx-b.example.test")).await;
+        let balancer = HaProxy::start(&[a.addr, b.addr]).await;
+        Pair {
+            redis,
+            backend,
+            a,
+            b,
+            balancer,
+        }
+    }
 }
 
 /// Connects through the balancer from `from`; returns the client after EHLO
@@ -72,12 +97,13 @@ async fn try_mail(client: &mut Client, from: &str, to: &str, message: &[u8]) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_limit_holds_once_across_two_instances_behind_haproxy() {
-    let redis = RedisServer::start().await;
-    let backend = Backend::start(DataEnd::Strict).await;
-    let limit = "[mailbomb]\nmessages_per_hour = 5\n";
-    let a = instance(&backend, "mx-a.example.test", &redis, limit).await;
-    let b = instance(&backend, "mx-b.example.test", &redis, limit).await;
-    let balancer = HaProxy::start(&[a.addr, b.addr]).await;
+    let Pair {
+        redis,
+        backend,
+        a,
+        b,
+        balancer,
+    } = Pair::start(|text| text + "[mailbomb]\nmessages_per_hour = 5\n").await;
 
     let mut outcomes: HashMap<String, Vec<String>> = HashMap::new();
     for i in 0..12 {
@@ -122,8 +148,6 @@ async fn a_message_limit_holds_once_across_two_instances_behind_haproxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auth_lockout_on_one_instance_holds_on_the_other() {
-    let redis = RedisServer::start().await;
-    let backend = Backend::start(DataEnd::Strict).await;
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users.txt");
     let hash = mailmoat::policy::auth::hash_password("right-password").unwrap();
@@ -133,9 +157,14 @@ async fn an_auth_lockout_on_one_instance_holds_on_the_other() {
          max_failures_per_user = 3\nlockout = \"1h\"\nplaintext_networks = [\"127.0.0.0/8\"]\n",
         users.display()
     );
-    let a = instance(&backend, "mx-a.example.test", &redis, &auth).await;
-    let b = instance(&backend, "mx-b.example.test", &redis, &auth).await;
-    let balancer = HaProxy::start(&[a.addr, b.addr]).await;
+    // Every part must outlive the test: `_name`, not `..`, keeps it.
+    let Pair {
+        redis,
+        balancer,
+        backend: _backend,
+        a: _a,
+        b: _b,
+    } = Pair::start(|text| text + &auth).await;
 
     let plain = |password: &str| format!("AUTH PLAIN {}", b64(&format!("\0dave\0{password}")));
     let mut guessed_on = BTreeSet::new();
@@ -158,12 +187,13 @@ async fn an_auth_lockout_on_one_instance_holds_on_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_greylisted_triplet_passes_on_the_other_instance_after_the_delay() {
-    let redis = RedisServer::start().await;
-    let backend = Backend::start(DataEnd::Strict).await;
-    let greylist = "[greylist]\nenabled = true\ndelay = \"1s\"\n";
-    let a = instance(&backend, "mx-a.example.test", &redis, greylist).await;
-    let b = instance(&backend, "mx-b.example.test", &redis, greylist).await;
-    let balancer = HaProxy::start(&[a.addr, b.addr]).await;
+    let Pair {
+        backend,
+        a,
+        b,
+        balancer,
+        redis: _redis,
+    } = Pair::start(|text| text + "[greylist]\nenabled = true\ndelay = \"1s\"\n").await;
 
     let (mut first, first_on) = through(balancer.addr, "127.0.0.8").await;
     first.expect("MAIL FROM:<grey@remote.test>", "250").await;
@@ -235,18 +265,17 @@ async fn greylist_command(proxy: &Proxy, command: mailmoat::control::GreylistCom
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_behind_haproxy_is_the_client_in_every_record_and_check() {
     capture_logs();
-    let redis = RedisServer::start().await;
-    let backend = Backend::start(DataEnd::Strict).await;
     let dir = tempfile::tempdir().unwrap();
     let deny = dir.path().join("deny.txt");
     std::fs::write(&deny, "127.0.0.9\n").unwrap();
-    let text = instance_config(backend.addr, "mx-a.example.test", Some(&redis), "").replace(
-        "[checks]\n",
-        &format!("[checks]\nclient_deny_file = \"{}\"\n", deny.display()),
-    );
-    let a = Proxy::start_with_text(&text).await;
-    let b = Proxy::start_with_text(&text.replace("mx-a.", "mx-b.")).await;
-    let balancer = HaProxy::start(&[a.addr, b.addr]).await;
+    let deny_list = format!("[checks]\nclient_deny_file = \"{}\"\n", deny.display());
+    let Pair {
+        backend,
+        a,
+        b,
+        balancer,
+        redis: _redis,
+    } = Pair::start(|text| text.replace("[checks]\n", &deny_list)).await;
 
     // Accepted: the Received header at the backend names 127.0.0.5.
     let (mut client, _) = through(balancer.addr, "127.0.0.5").await;
@@ -487,15 +516,7 @@ async fn with_redis_down_mail_keeps_flowing_on_local_counters_and_sharing_resume
     let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), 240);
     proxy.wait_idle().await;
-    let delivered: BTreeSet<String> = backend
-        .messages()
-        .iter()
-        .filter_map(|m| {
-            let text = String::from_utf8_lossy(&m.data).to_string();
-            text.lines()
-                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
-        })
-        .collect();
+    let delivered = subjects(&backend);
     let lost: Vec<&String> = acked.iter().filter(|s| !delivered.contains(*s)).collect();
     assert!(lost.is_empty(), "lost: {lost:?}");
     let said = |start: &str| {
