@@ -534,6 +534,10 @@ impl Config {
                 }
             }
         }
+        // A password in the Redis address prints hidden too.
+        if self.shared.redis != other.shared.redis && !changed.iter().any(|c| c == "shared.redis") {
+            changed.push("shared.redis".into());
+        }
         // Secrets print alike whatever their value: compared here.
         for ((name, old), (_, new)) in self.secrets().into_iter().zip(other.secrets()) {
             if old != new {
@@ -580,6 +584,14 @@ mod tests {
         assert!(!config.to_toml().contains("s3cr3t"));
         assert!(!format!("{config:?}").contains("s3cr3t"));
         assert!(config.to_toml().contains("release_key = \"(hidden)\""));
+    }
+
+    #[test]
+    fn a_changed_redis_password_is_a_changed_setting() {
+        let old = parse("[shared]\nredis = \"redis://:one@10.0.0.5\"\n").unwrap();
+        let new = parse("[shared]\nredis = \"redis://:two@10.0.0.5\"\n").unwrap();
+        assert_eq!(old.changed_settings(&new), ["shared.redis"]);
+        assert!(old.changed_settings(&old.clone()).is_empty());
     }
 
     #[test]
