@@ -39,20 +39,25 @@ pub fn decode(text: &str) -> String {
 /// One encoded word at the start of `text`: its text and how many bytes it took.
 fn word(text: &str) -> Option<(String, usize)> {
     let inner = text.strip_prefix("=?")?;
-    let (charset, inner) = inner.split_once('?')?;
+    let (written_charset, inner) = inner.split_once('?')?;
     let (encoding, inner) = inner.split_once('?')?;
     let end = inner.find("?=")?;
     let data = &inner[..end];
     if data.contains(' ') {
         return None;
     }
-    let charset = charset.split('*').next().unwrap_or("").to_ascii_lowercase();
+    // `UTF-8*en`: RFC 2231's language after the charset.
+    let charset = written_charset
+        .split('*')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let bytes = match encoding {
         "B" | "b" => lenient::base64(data.as_bytes()),
         "Q" | "q" => lenient::quoted_printable(data.replace('_', " ").as_bytes()),
         _ => return None,
     };
-    let used = 2 + charset.len() + 1 + encoding.len() + 1 + end + 2;
+    let used = 2 + written_charset.len() + 1 + encoding.len() + 1 + end + 2;
     Some((decode_charset(&charset, &bytes), used))
 }
 
@@ -67,5 +72,18 @@ mod tests {
         assert_eq!(decode("=?UTF-8?Q?a?= =?UTF-8?Q?b?=.txt"), "ab.txt");
         assert_eq!(decode("plain.txt"), "plain.txt");
         assert_eq!(decode("=?broken"), "=?broken");
+    }
+
+    /// Found by fuzzing: the language was counted out of the word's length,
+    /// so what followed was read from the wrong place (and a multi-byte
+    /// character there ended the session's thread).
+    #[test]
+    fn a_language_after_the_charset_is_part_of_the_word() {
+        assert_eq!(decode("=?UTF-8*en?Q?report?=.exe"), "report.exe");
+        assert_eq!(
+            decode("=?UTF-8*en-GB?B?aW52b2ljZQ==?=é.pdf"),
+            "invoiceé.pdf"
+        );
+        assert_eq!(decode("=?x*\u{e9}\u{e9}\u{e9}?B?QQ==?=\u{e9}"), "A\u{e9}");
     }
 }
