@@ -31,12 +31,13 @@ enum Job {
     },
     /// A message delivered and journalled: the journal to flush, then its files
     /// to remove.
-    Delivered {
-        state: QueueState,
-        id: String,
-        done: oneshot::Sender<io::Result<()>>,
-    },
+    Delivered { state: QueueState, id: String },
 }
+
+/// How long a delivered message's removal may wait for a batch of new mail
+/// whose flush also makes the journal stable, before the journal is flushed on
+/// its own: one flush for many deliveries instead of one each.
+const JOURNAL_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Newly committed messages kept in memory for their first delivery attempt, so
 /// the common case — accepted, then delivered at once — never reads the spool back.
@@ -70,6 +71,8 @@ pub struct Queue {
     memory: Option<Arc<MemoryBudget>>,
     /// The last look at the spool's free space.
     free_space: Mutex<Option<(std::time::Instant, u64)>>,
+    /// Delivered messages whose files are not removed yet.
+    removals_pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Queue {
@@ -88,6 +91,8 @@ impl Queue {
             .name("spool-commit".into())
             .spawn(move || run_commit_thread(&committer, &inbox, flush, &to_cleanup, &counted))?;
         let cleaner = spool.clone();
+        let removals_pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let removed = removals_pending.clone();
         std::thread::Builder::new()
             .name("spool-cleanup".into())
             .spawn(move || {
@@ -95,6 +100,7 @@ impl Queue {
                     if let Err(e) = cleaner.remove(state, &id) {
                         tracing::warn!(queue_id = %id, error = %e, "cannot remove a delivered message");
                     }
+                    removed.fetch_sub(1, std::sync::atomic::Ordering::Release);
                     if journalled && let Err(e) = cleaner.journalled_removed() {
                         tracing::warn!(error = %e, "cannot empty the journal of delivered messages");
                     }
@@ -110,6 +116,7 @@ impl Queue {
             fresh: Mutex::new(Fresh::default()),
             memory: None,
             free_space: Mutex::new(None),
+            removals_pending,
         })
     }
 
@@ -252,7 +259,12 @@ impl Queue {
     pub async fn wait_idle(&self, timeout: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.scheduler.is_idle() {
+            // Idle includes the files of delivered mail being gone, so that
+            // `queue list` afterwards shows only what still waits.
+            let removing = self
+                .removals_pending
+                .load(std::sync::atomic::Ordering::Acquire);
+            if self.scheduler.is_idle() && removing == 0 {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -268,21 +280,23 @@ impl Queue {
     pub async fn delivered(&self, state: QueueState, id: &str) -> io::Result<()> {
         // Written at once (a small append, like a log line): from here on a
         // process that dies does not deliver it again; the flush that keeps it
-        // through a power loss comes with the next batch.
+        // through a power loss comes with the next batch (or within
+        // JOURNAL_DELAY), and only then are its files removed. Nothing waits
+        // for that: the delivery is done.
         self.spool.journal_delivered(&[(state, id.to_string())])?;
-        let (done, result) = oneshot::channel();
         let job = Job::Delivered {
             state,
             id: id.to_string(),
-            done,
         };
+        self.removals_pending
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if self.commits.send(job).is_err() {
+            self.removals_pending
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             // Shut down: remove it now, as before the journal.
             return self.spool.remove(state, id);
         }
-        result
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("the queue is shut down")))
+        Ok(())
     }
 
     /// Recovers the spool after a restart and schedules everything in it.
@@ -316,16 +330,33 @@ fn run_commit_thread(
     cleanup: &mpsc::Sender<(QueueState, String, bool)>,
     metrics: &crate::metrics::Metrics,
 ) {
-    while let Ok(first) = inbox.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+    // Delivered messages whose journal entry is not flushed yet, and since when.
+    let mut unflushed: Vec<(QueueState, String)> = Vec::new();
+    let mut waiting_since = std::time::Instant::now();
+    loop {
+        let first = if unflushed.is_empty() {
+            match inbox.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        } else {
+            match inbox.recv_timeout(JOURNAL_DELAY.saturating_sub(waiting_since.elapsed())) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    release(spool.sync_journal(), &mut unflushed, cleanup);
+                    return;
+                }
+            }
+        };
+        let mut batch: Vec<Job> = first.into_iter().collect();
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
             match inbox.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
         let mut commits = Vec::new();
-        let mut delivered = Vec::new();
         for job in batch {
             match job {
                 Job::Commit {
@@ -334,15 +365,18 @@ fn run_commit_thread(
                     state,
                     done,
                 } => commits.push((envelope, message, state, done)),
-                Job::Delivered { state, id, done } => delivered.push((state, id, done)),
+                Job::Delivered { state, id } => {
+                    if unflushed.is_empty() {
+                        waiting_since = std::time::Instant::now();
+                    }
+                    unflushed.push((state, id));
+                }
             }
         }
         let items: Vec<(&Envelope, &[u8], QueueState)> = commits
             .iter()
             .map(|(envelope, message, state, _)| (envelope, message.as_slice(), *state))
             .collect();
-        // The batch's flush (syncfs) makes the journal stable too; with fsync,
-        // or when there is nothing else to flush, it is flushed on its own.
         let results = if items.is_empty() {
             Vec::new()
         } else {
@@ -351,23 +385,39 @@ fn run_commit_thread(
             metrics.committed(items.len(), started.elapsed());
             results
         };
-        let flushed_with_batch =
-            flush == FlushMode::Syncfs && !results.is_empty() && results.iter().all(Result::is_ok);
-        let journalled = if !delivered.is_empty() && !flushed_with_batch {
-            spool.sync_journal()
-        } else {
-            Ok(())
-        };
-        for ((_, _, _, done), result) in commits.into_iter().zip(results) {
-            let _ = done.send(result);
-        }
-        for (state, id, done) in delivered {
-            let recorded = journalled.is_ok();
-            let _ = cleanup.send((state, id, recorded));
-            let _ = done.send(match &journalled {
+        for ((_, _, _, done), result) in commits.into_iter().zip(&results) {
+            let _ = done.send(match result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             });
         }
+        if unflushed.is_empty() {
+            continue;
+        }
+        // A batch flushed with syncfs made the journal stable too; else it is
+        // flushed on its own once its oldest entry has waited long enough.
+        let flushed_with_batch =
+            flush == FlushMode::Syncfs && !results.is_empty() && results.iter().all(Result::is_ok);
+        if flushed_with_batch {
+            release(Ok(()), &mut unflushed, cleanup);
+        } else if waiting_since.elapsed() >= JOURNAL_DELAY {
+            release(spool.sync_journal(), &mut unflushed, cleanup);
+        }
+    }
+}
+
+/// Hands delivered messages to the cleanup thread once their journal entries
+/// are stable (`journalled`), or, when the flush failed, to be removed all the
+/// same but not counted as journalled.
+fn release(
+    journalled: io::Result<()>,
+    unflushed: &mut Vec<(QueueState, String)>,
+    cleanup: &mpsc::Sender<(QueueState, String, bool)>,
+) {
+    if let Err(e) = &journalled {
+        tracing::warn!(error = %e, "journal of delivered messages not flushed; a crash now could deliver them again");
+    }
+    for (state, id) in unflushed.drain(..) {
+        let _ = cleanup.send((state, id, journalled.is_ok()));
     }
 }
