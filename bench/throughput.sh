@@ -220,9 +220,12 @@ $SHARED"
   instance_config pair-b 2618 2616 "$PROXIED"
   sed -i 's/^\[server\]$/[server]\nproxy_protocol = true\nproxy_networks = ["127.0.0.1\/32"]/' \
     "$WORK/pair-a/mailmoat.toml" "$WORK/pair-b/mailmoat.toml"
+  # haproxy needs two descriptors a connection: stay within this shell's limit.
+  HAPROXY_MAXCONN=$(( ($(ulimit -n) - 64) / 2 ))
+  [ "$HAPROXY_MAXCONN" -le 1500 ] || HAPROXY_MAXCONN=1500
   cat > "$WORK/haproxy.cfg" <<HAP
 global
-  maxconn 1500
+  maxconn $HAPROXY_MAXCONN
 defaults
   mode tcp
   timeout connect 5s

@@ -154,7 +154,8 @@ impl HaProxy {
         let addr = unused_addr().await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
-            "global\n  maxconn 2000\n\
+            // Few connections, so that haproxy starts within a 1024-file limit.
+            "global\n  maxconn 256\n\
              defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  \
              retries 3\n  option redispatch\n\
              frontend smtp\n  bind {addr}\n  default_backend mm\n\
@@ -167,18 +168,25 @@ impl HaProxy {
         }
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
-        let child = Command::new("haproxy")
+        let log = dir.path().join("haproxy.log");
+        let mut child = Command::new("haproxy")
             .arg("-db")
             .arg("-f")
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start haproxy");
-        eventually_async("haproxy listens", || async move {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
+        let deadline = std::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "haproxy did not start ({exited:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            poll_pause().await;
+        }
         HaProxy {
             addr,
             child,
