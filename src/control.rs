@@ -144,7 +144,19 @@ impl Context {
                 AdminReply { ok: true, text }
             }
             Request::Greylist(command) => {
-                greylist_command(&self.greylist, self.config.greylist.enabled, command).await
+                // Listing and purging walk the embedded store: not on an async
+                // worker. The shared list is read from that thread too.
+                let greylist = self.greylist.clone();
+                let enabled = self.config.greylist.enabled;
+                let runtime = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    runtime.block_on(greylist_command(&greylist, enabled, command))
+                })
+                .await
+                .unwrap_or_else(|e| AdminReply {
+                    ok: false,
+                    text: e.to_string(),
+                })
             }
         }
     }

@@ -169,11 +169,7 @@ impl SharedState {
     /// Whether any of these lock keys is set.
     pub async fn any_set(&self, keys: &[String]) -> Option<bool> {
         let redis = self.redis.as_ref()?;
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(keys);
-        let set: u64 = redis
-            .attempt(|mut c| async move { cmd.query_async(&mut c).await })
-            .await?;
+        let set: u64 = redis.query(redis::cmd("EXISTS").arg(keys)).await?;
         Some(set > 0)
     }
 
@@ -200,22 +196,14 @@ impl SharedState {
     /// Removes keys.
     pub async fn remove(&self, keys: &[String]) -> Option<()> {
         let redis = self.redis.as_ref()?;
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(keys);
-        let _: u64 = redis
-            .attempt(|mut c| async move { cmd.query_async(&mut c).await })
-            .await?;
+        let _: u64 = redis.query(redis::cmd("DEL").arg(keys)).await?;
         Some(())
     }
 
     /// The values of keys (absent: None), in one round trip.
     pub async fn get(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
         let redis = self.redis.as_ref()?;
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(keys);
-        redis
-            .attempt(|mut c| async move { cmd.query_async(&mut c).await })
-            .await
+        redis.query(redis::cmd("MGET").arg(keys)).await
     }
 
     /// Sets a key, kept for `ttl` (None: until removed).
@@ -226,10 +214,7 @@ impl SharedState {
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(millis(ttl));
         }
-        let _: () = redis
-            .attempt(|mut c| async move { cmd.query_async(&mut c).await })
-            .await?;
-        Some(())
+        redis.query::<()>(&cmd).await
     }
 
     /// Adds one to a counter kept for `ttl` after its last change; returns it.
@@ -256,15 +241,14 @@ impl SharedState {
         let mut found = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(1000);
-            let (next, keys): (u64, Vec<String>) = redis
-                .attempt(|mut c| async move { cmd.query_async(&mut c).await })
-                .await?;
+                .arg(1000)
+                .clone();
+            let (next, keys): (u64, Vec<String>) = redis.query(&scan).await?;
             if !keys.is_empty() {
                 let values = self.get(&keys).await?;
                 for (key, value) in keys.into_iter().zip(values) {
@@ -282,6 +266,13 @@ impl SharedState {
 }
 
 impl Redis {
+    /// One command, through [`Redis::attempt`].
+    async fn query<T: FromRedisValue>(self: &Arc<Self>, cmd: &redis::Cmd) -> Option<T> {
+        let cmd = cmd.clone();
+        self.attempt(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
     /// One round trip, within the timeout; None (and Redis marked unreachable)
     /// when it fails. While Redis is unreachable nothing is sent.
     async fn attempt<T, F, Fut>(self: &Arc<Self>, call: F) -> Option<T>

@@ -95,9 +95,7 @@ impl Writer {
             // No part at all: nothing any reader could find in it, and a
             // multipart with no part is one readers disagree on. An empty text.
             Body::Multipart(parts) if parts.is_empty() => {
-                let mut structure = self.structure(entity, None);
-                structure.media = Media::text_plain();
-                (Some(structure), Vec::new())
+                (Some(self.empty_text(entity)), Vec::new())
             }
             Body::Multipart(parts) => {
                 let mut children = Vec::new();
@@ -174,9 +172,7 @@ impl Writer {
         // one readers disagree on: an empty text.
         let media = structure.as_ref().map_or(&entity.media, |s| &s.media);
         if media.is_message() && body.iter().all(u8::is_ascii_whitespace) {
-            let mut empty = self.structure(entity, None);
-            empty.media = Media::text_plain();
-            (structure, body) = (Some(empty), Vec::new());
+            (structure, body) = (Some(self.empty_text(entity)), Vec::new());
         }
         match structure {
             None => {
@@ -245,6 +241,14 @@ impl Writer {
         out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
         used.push(boundary);
         used
+    }
+
+    /// The headers of an empty text in place of a part no reader could find
+    /// anything in (a multipart without parts, a forward of nothing).
+    fn empty_text(&self, entity: &Entity<'_>) -> Structure {
+        let mut structure = self.structure(entity, None);
+        structure.media = Media::text_plain();
+        structure
     }
 
     /// The canonical structural headers of a part: the media type as read (a

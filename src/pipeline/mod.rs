@@ -18,8 +18,6 @@ mod steps;
 pub mod trial;
 
 use std::future::Future;
-
-use futures_util::FutureExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +34,6 @@ use crate::policy::limits::MailBomb;
 use crate::policy::recipients::RecipientValidator;
 use crate::policy::relay::Destination;
 use crate::queue::Queue;
-use crate::reply::Reply;
 use crate::rules::{Matched, RuleSet, Verdict};
 use crate::sender_auth::{AuthFacts, Authentication, SenderAuth, SpfCheck};
 use crate::verdict::{Decision, Peer, Stage};
@@ -429,14 +426,7 @@ impl Pipeline {
             if step.spares().spares(judging.peer, &self.config) {
                 continue;
             }
-            // A bug in a check must not end the session without a reply (nor
-            // take the message with it): the client hears 451 and retries, the
-            // message is archived for review, the log says where.
-            let stepped = std::panic::AssertUnwindSafe(self.step(step, judging))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Err(internal_error(step, judging.stage, &panic)));
-            match stepped? {
+            match self.guarded_step(step, judging).await? {
                 Next::Continue => {}
                 Next::Accept => break,
             }
@@ -573,22 +563,6 @@ impl Pipeline {
     }
 }
 
-/// The refusal for a step that panicked: `451 4.3.0`, decided by check
-/// `internal`, with the step and the panic's message for the log.
-fn internal_error(step: Step, stage: Stage, panic: &Box<dyn std::any::Any + Send>) -> Decision {
-    let what = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("a panic");
-    tracing::error!(step = ?step, stage = stage.name(), panic = %what, "internal error in a check; the client is told to try again");
-    Decision::refuse(
-        "internal",
-        Reply::new(451, "4.3.0", "Error: internal error; try again later"),
-        format!("step {step:?} failed: {what}"),
-    )
-}
-
 /// Shadow rules change nothing but this log line.
 fn log_shadow(id: &str, matched: &[Matched]) {
     for m in matched.iter().filter(|m| m.shadow) {
@@ -633,28 +607,6 @@ impl Drop for ShadowLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_step_that_panics_becomes_a_451_naming_it() {
-        let step = async {
-            let text = String::from("a bug");
-            if !text.is_empty() {
-                panic!("{text} in a check");
-            }
-            Ok::<Next, Decision>(Next::Continue)
-        };
-        let caught = std::panic::AssertUnwindSafe(step).catch_unwind().await;
-        let decision = internal_error(Step::MimeStructure, Stage::Data, &caught.err().unwrap());
-        assert_eq!(
-            (decision.reply.code, decision.reply.status.as_str()),
-            (451, "4.3.0")
-        );
-        assert_eq!(decision.by.to_string(), "internal");
-        assert_eq!(
-            decision.reason,
-            "step MimeStructure failed: a bug in a check"
-        );
-    }
 
     fn peer(trusted: bool, login: bool, allowed: bool) -> Peer {
         Peer {

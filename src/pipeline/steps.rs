@@ -1,6 +1,8 @@
 //! What each step does: one arm per [`Step`], each calling the check that owns it
 //! in `policy/` or `rules/`.
 
+use futures_util::FutureExt;
+
 use super::{Judging, Next, Pipeline, Recipient, Step};
 use crate::address::Path;
 use crate::config::{Ambiguous, DnsblAt, Unscannable};
@@ -13,7 +15,23 @@ use crate::verdict::{DecidedBy, Outcome};
 use crate::verdict::{Decision, Stage};
 
 impl Pipeline {
-    pub(super) async fn step(&self, step: Step, j: &mut Judging<'_>) -> Result<Next, Decision> {
+    /// A step, with a bug in it (a panic) turned into a refusal: the session
+    /// must not end without a reply nor take the message with it. The client
+    /// hears 451 and retries, the message is archived for review, the log
+    /// says where.
+    pub(super) async fn guarded_step(
+        &self,
+        step: Step,
+        j: &mut Judging<'_>,
+    ) -> Result<Next, Decision> {
+        let stage = j.stage;
+        std::panic::AssertUnwindSafe(self.step(step, j))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(internal_error(step, stage, &panic)))
+    }
+
+    async fn step(&self, step: Step, j: &mut Judging<'_>) -> Result<Next, Decision> {
         let ip = j.peer.ip;
         match step {
             Step::ConnectionRate => self.mailbomb.connect(ip).await?,
@@ -436,4 +454,47 @@ fn log_scan(id: &str, found: &crate::scanners::ScanFacts) {
         spam_error = found.spam_error.as_deref().unwrap_or(""),
         "scanned"
     );
+}
+
+/// The refusal for a step that panicked: `451 4.3.0`, decided by check
+/// `internal`, with the step and the panic's message for the log.
+fn internal_error(step: Step, stage: Stage, panic: &Box<dyn std::any::Any + Send>) -> Decision {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    tracing::error!(step = ?step, stage = stage.name(), panic = %what, "internal error in a check; the client is told to try again");
+    Decision::refuse(
+        "internal",
+        Reply::new(451, "4.3.0", "Error: internal error; try again later"),
+        format!("step {step:?} failed: {what}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_step_that_panics_becomes_a_451_naming_it() {
+        let step = async {
+            let text = String::from("a bug");
+            if !text.is_empty() {
+                panic!("{text} in a check");
+            }
+            Ok::<Next, Decision>(Next::Continue)
+        };
+        let caught = std::panic::AssertUnwindSafe(step).catch_unwind().await;
+        let decision = internal_error(Step::MimeStructure, Stage::Data, &caught.err().unwrap());
+        assert_eq!(
+            (decision.reply.code, decision.reply.status.as_str()),
+            (451, "4.3.0")
+        );
+        assert_eq!(decision.by.to_string(), "internal");
+        assert_eq!(
+            decision.reason,
+            "step MimeStructure failed: a bug in a check"
+        );
+    }
 }

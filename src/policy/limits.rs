@@ -161,20 +161,23 @@ impl MailBomb {
         if counts.is_empty() {
             return Ok(());
         }
-        let keys: Vec<(String, u32, Duration)> = counts
-            .iter()
-            .map(|(c, key, _)| {
-                (
-                    self.shared.key("rate", &format!("{}:{key}", c.name)),
-                    c.max,
-                    c.window,
-                )
-            })
-            .collect();
-        let refused = match self.shared.count(&keys).await {
-            Some(refused) => refused,
-            None => counts.iter().position(|(c, key, _)| !c.take(key)),
+        // Shared keys are built only when there is somewhere to share them.
+        let shared = if self.shared.is_shared() {
+            let keys: Vec<(String, u32, Duration)> = counts
+                .iter()
+                .map(|(c, key, _)| {
+                    (
+                        self.shared.key("rate", &format!("{}:{key}", c.name)),
+                        c.max,
+                        c.window,
+                    )
+                })
+                .collect();
+            self.shared.count(&keys).await
+        } else {
+            None
         };
+        let refused = shared.unwrap_or_else(|| counts.iter().position(|(c, key, _)| !c.take(key)));
         match refused {
             None => Ok(()),
             Some(i) => {

@@ -9,10 +9,7 @@ const RELAY: &str = "trusted_networks = [\"127.0.0.2/31\"]\nnever_relay_networks
 
 /// The base test configuration with DNS from `dns`, and `replace` pairs applied.
 fn config(backend: std::net::SocketAddr, dns: &DnsServer, replace: &[(&str, &str)]) -> String {
-    let mut text = base_config(backend, RELAY, "").replace(
-        "servers = [\"127.0.0.1:9\"]",
-        &format!("servers = [\"{}\"]", dns.addr),
-    );
+    let mut text = dns.serving(&base_config(backend, RELAY, ""));
     for (from, to) in replace {
         assert!(text.contains(from), "{from} not in the base configuration");
         text = text.replace(from, to);

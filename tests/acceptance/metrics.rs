@@ -237,19 +237,16 @@ async fn dns_lookups_and_failures_are_counted_by_kind() {
     dns.mx("good.test", 10, "mx.good.test");
     dns.servfail("broken.test");
     let metrics = unused_addr().await;
-    let text = base_config(
-        backend.addr,
-        "trusted_networks = [\"127.0.0.9/32\"]",
-        &format!("[metrics]\nlisten = \"{metrics}\"\n"),
-    )
-    .replace(
-        "servers = [\"127.0.0.1:9\"]",
-        &format!("servers = [\"{}\"]", dns.addr),
-    )
-    .replace(
-        "sender_domain_exists = false",
-        "sender_domain_exists = true",
-    );
+    let text = dns
+        .serving(&base_config(
+            backend.addr,
+            "trusted_networks = [\"127.0.0.9/32\"]",
+            &format!("[metrics]\nlisten = \"{metrics}\"\n"),
+        ))
+        .replace(
+            "sender_domain_exists = false",
+            "sender_domain_exists = true",
+        );
     let proxy = Proxy::start_with_text(&text).await;
     let mut client = proxy.client().await;
     client.expect("MAIL FROM:<a@good.test>", "250").await;

@@ -553,13 +553,7 @@ fn every_generated_case_carries_a_program_its_readers_find() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normalized_ambiguous_mail_reaches_no_reader_with_its_program() {
     let backend = Backend::start(DataEnd::Strict).await;
-    let proxy = Proxy::start_with_rules_and(
-        backend.addr,
-        "trusted_networks = [\"127.0.0.9/32\"]",
-        STRIP,
-        "[mime]\nambiguous = \"normalize\"\n",
-    )
-    .await;
+    let proxy = stripping_proxy(&backend, "[mime]\nambiguous = \"normalize\"\n").await;
     let cases = cases();
     let mut client = proxy.client().await;
     for case in &cases {
@@ -593,13 +587,7 @@ async fn normalized_ambiguous_mail_reaches_no_reader_with_its_program() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_ambiguous_mail_is_refused_naming_the_problem() {
     let backend = Backend::start(DataEnd::Strict).await;
-    let proxy = Proxy::start_with_rules_and(
-        backend.addr,
-        "trusted_networks = [\"127.0.0.9/32\"]",
-        STRIP,
-        "",
-    )
-    .await;
+    let proxy = stripping_proxy(&backend, "").await;
     let mut client = proxy.client().await;
     let mut delivered = 0;
     for case in cases() {
@@ -635,6 +623,18 @@ async fn by_default_ambiguous_mail_is_refused_naming_the_problem() {
     );
 }
 
+/// A proxy that strips programs (the rule under test), for clients outside
+/// its trusted network, with `extra` configuration.
+async fn stripping_proxy(backend: &Backend, extra: &str) -> Proxy {
+    Proxy::start_with_rules_and(
+        backend.addr,
+        "trusted_networks = [\"127.0.0.9/32\"]",
+        STRIP,
+        extra,
+    )
+    .await
+}
+
 fn quarantine_list(proxy: &Proxy) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_mailmoat"))
         .arg("--config")
@@ -652,13 +652,7 @@ fn quarantine_list(proxy: &Proxy) -> (bool, String) {
 async fn ordinary_mail_arrives_byte_for_byte_in_every_mode() {
     for mode in ["reject", "normalize", "quarantine"] {
         let backend = Backend::start(DataEnd::Strict).await;
-        let proxy = Proxy::start_with_rules_and(
-            backend.addr,
-            "trusted_networks = [\"127.0.0.9/32\"]",
-            STRIP,
-            &format!("[mime]\nambiguous = \"{mode}\"\n"),
-        )
-        .await;
+        let proxy = stripping_proxy(&backend, &format!("[mime]\nambiguous = \"{mode}\"\n")).await;
         let controls = controls();
         let mut client = proxy.client().await;
         for (name, message) in &controls {
@@ -743,13 +737,7 @@ fn with_zip(zip: &[u8]) -> String {
 async fn unscannable_archives_are_stripped_by_default_and_logged() {
     capture_logs();
     let backend = Backend::start(DataEnd::Strict).await;
-    let proxy = Proxy::start_with_rules_and(
-        backend.addr,
-        "trusted_networks = [\"127.0.0.9/32\"]",
-        STRIP,
-        "[rules]\nzip_bytes = 100000\n",
-    )
-    .await;
+    let proxy = stripping_proxy(&backend, "[rules]\nzip_bytes = 100000\n").await;
     let archives = unscannable_archives();
     let mut client = proxy.client().await;
     for (n, (name, zip)) in archives.iter().enumerate() {
@@ -797,10 +785,8 @@ async fn unscannable_archives_are_stripped_by_default_and_logged() {
 async fn unscannable_archives_can_be_refused_or_quarantined() {
     for (action, expected) in [("reject", "554 5.7.1"), ("quarantine", "250 2.0.0")] {
         let backend = Backend::start(DataEnd::Strict).await;
-        let proxy = Proxy::start_with_rules_and(
-            backend.addr,
-            "trusted_networks = [\"127.0.0.9/32\"]",
-            STRIP,
+        let proxy = stripping_proxy(
+            &backend,
             &format!("[rules]\nzip_bytes = 100000\n[mime]\nunscannable = \"{action}\"\n"),
         )
         .await;
@@ -875,13 +861,7 @@ async fn a_rule_can_judge_unscannable_attachments_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_that_cannot_be_rewritten_to_one_reading_is_refused() {
     let backend = Backend::start(DataEnd::Strict).await;
-    let proxy = Proxy::start_with_rules_and(
-        backend.addr,
-        "trusted_networks = [\"127.0.0.9/32\"]",
-        STRIP,
-        "[mime]\nambiguous = \"normalize\"\n",
-    )
-    .await;
+    let proxy = stripping_proxy(&backend, "[mime]\nambiguous = \"normalize\"\n").await;
     let mut message = String::from("From: a@remote.test\r\nSubject: deep\r\nMIME-Version: 1.0\r\n");
     for _ in 0..17 {
         message.push_str("Content-Type: message/rfc822\r\n\r\n");

@@ -48,7 +48,7 @@ impl RedisServer {
         self.child = Some(child);
         let addr = self.addr;
         eventually_async("redis-server answers PING", || async move {
-            redis_command(addr, &["PING"]).await.as_deref() == Some("+PONG")
+            redis_reply(addr, &["PING"], 1).await == Some(vec!["+PONG".to_string()])
         })
         .await;
     }
@@ -64,12 +64,13 @@ impl RedisServer {
     /// One command's reply line (`+PONG`, `:3`, `$1`…), or None when it does
     /// not answer.
     pub async fn command(&self, args: &[&str]) -> Option<String> {
-        redis_command(self.addr, args).await
+        redis_reply(self.addr, args, 1).await?.pop()
     }
 
     /// A string value (None: no such key).
     pub async fn get(&self, key: &str) -> Option<String> {
-        redis_value(self.addr, &["GET", key]).await
+        let reply = redis_reply(self.addr, &["GET", key], 2).await?;
+        reply.get(1).cloned()
     }
 
     /// Keys matching a pattern.
@@ -96,31 +97,29 @@ fn encode(args: &[&str]) -> Vec<u8> {
     out
 }
 
-/// The first line of Redis's reply to one command (RESP, by hand: the tests
-/// must not read Redis through the code under test).
-async fn redis_command(addr: SocketAddr, args: &[&str]) -> Option<String> {
+/// The first `lines` lines of Redis's reply to one command (RESP, by hand:
+/// the tests must not read Redis through the code under test); None when it
+/// does not answer.
+async fn redis_reply(addr: SocketAddr, args: &[&str], lines: usize) -> Option<Vec<String>> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     stream.write_all(&encode(args)).await.ok()?;
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await.ok()?;
-    (!line.is_empty()).then(|| line.trim_end().to_string())
-}
-
-async fn redis_value(addr: SocketAddr, args: &[&str]) -> Option<String> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream.write_all(&encode(args)).await.ok()?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await.ok()?;
-    if line.starts_with("$-1") {
-        return None;
+    let mut reply = Vec::new();
+    while reply.len() < lines {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            break;
+        }
+        let line = line.trim_end().to_string();
+        // A missing value ($-1) has no second line.
+        let nil = line == "$-1";
+        reply.push(line);
+        if nil {
+            break;
+        }
     }
-    let mut value = String::new();
-    reader.read_line(&mut value).await.ok()?;
-    Some(value.trim_end().to_string())
+    (!reply.is_empty()).then_some(reply)
 }
 
 /// Waits until an async check holds or fails the test.

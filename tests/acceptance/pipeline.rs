@@ -53,11 +53,8 @@ async fn a_sender_domain_450_is_logged_and_archived_as_tempfailed_by_its_check()
     let backend = Backend::start(DataEnd::Strict).await;
     let dns = DnsServer::start().await;
     dns.servfail("dns-down.test");
-    let text = base_config(backend.addr, UNTRUSTED, "")
-        .replace(
-            "servers = [\"127.0.0.1:9\"]",
-            &format!("servers = [\"{}\"]", dns.addr),
-        )
+    let text = dns
+        .serving(&base_config(backend.addr, UNTRUSTED, ""))
         .replace(
             "sender_domain_exists = false",
             "sender_domain_exists = true",

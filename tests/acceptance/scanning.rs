@@ -46,20 +46,17 @@ async fn greylisting_defers_first_attempts_and_lets_retries_and_the_exempt_throu
     let dns = DnsServer::start().await;
     dns.txt("big.test", "v=spf1 ip4:127.0.0.0/8 -all");
     // Each loopback address its own network, so that clients can be told apart.
-    let text = base_config(
-        backend.addr,
-        RELAY,
-        "[greylist]\nenabled = true\ndelay = \"1s\"\nretry_window = \"1h\"\n\
+    let text = dns
+        .serving(&base_config(
+            backend.addr,
+            RELAY,
+            "[greylist]\nenabled = true\ndelay = \"1s\"\nretry_window = \"1h\"\n\
          auto_allow_after = 2\nipv4_prefix = 32\n",
-    )
-    .replace(
-        "servers = [\"127.0.0.1:9\"]",
-        &format!("servers = [\"{}\"]", dns.addr),
-    )
-    .replace(
-        "[sender_auth]\nspf = false\n",
-        "[sender_auth]\nspf = true\n",
-    );
+        ))
+        .replace(
+            "[sender_auth]\nspf = false\n",
+            "[sender_auth]\nspf = true\n",
+        );
     let proxy = Proxy::start_with_text(&text).await;
 
     // A first attempt, and a retry too early.

@@ -92,11 +92,8 @@ async fn start_with(
     rules: &str,
     extra: &str,
 ) -> Proxy {
-    let text = base_config(backend.addr, RELAY, extra)
-        .replace(
-            "servers = [\"127.0.0.1:9\"]",
-            &format!("servers = [\"{}\"]", dns.addr),
-        )
+    let text = dns
+        .serving(&base_config(backend.addr, RELAY, extra))
         .replace(
             "[sender_auth]\nspf = false\ndkim = false\ndmarc = false\narc = false\n",
             &format!("[sender_auth]\n{auth}\n"),

@@ -805,6 +805,14 @@ impl DnsServer {
             .push(rdata);
     }
 
+    /// A test configuration (from [`base_config`]) that resolves through this
+    /// server instead of the address nothing answers on.
+    pub fn serving(&self, config: &str) -> String {
+        let unanswered = "servers = [\"127.0.0.1:9\"]";
+        assert!(config.contains(unanswered), "not a base configuration");
+        config.replace(unanswered, &format!("servers = [\"{}\"]", self.addr))
+    }
+
     pub fn a(&self, name: &str, ip: &str) {
         self.add(
             name,
