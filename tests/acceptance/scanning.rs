@@ -50,7 +50,7 @@ async fn greylisting_defers_first_attempts_and_lets_retries_and_the_exempt_throu
         .serving(&base_config(
             backend.addr,
             RELAY,
-            "[greylist]\nenabled = true\ndelay = \"1s\"\nretry_window = \"1h\"\n\
+            "[greylist]\nenabled = true\ndelay = \"2s\"\nretry_window = \"1h\"\n\
          auto_allow_after = 2\nipv4_prefix = 32\n",
         ))
         .replace(
@@ -59,7 +59,9 @@ async fn greylisting_defers_first_attempts_and_lets_retries_and_the_exempt_throu
         );
     let proxy = Proxy::start_with_text(&text).await;
 
-    // A first attempt, and a retry too early.
+    // A first attempt, and a retry too early. Greylisting counts whole seconds:
+    // with a delay of 1 s, a retry a moment later that crosses into the next
+    // second would already pass, so the delay is 2 s.
     let first = Instant::now();
     let reply = rcpt_from(
         &proxy,
@@ -68,7 +70,7 @@ async fn greylisting_defers_first_attempts_and_lets_retries_and_the_exempt_throu
         "alice@example.test",
     )
     .await;
-    assert_eq!(reply, "451 4.7.1 Greylisted: please try again in 1 seconds");
+    assert_eq!(reply, "451 4.7.1 Greylisted: please try again in 2 seconds");
     let reply = rcpt_from(
         &proxy,
         "127.0.0.1",
@@ -78,7 +80,7 @@ async fn greylisting_defers_first_attempts_and_lets_retries_and_the_exempt_throu
     .await;
     assert!(reply.starts_with("451 4.7.1 Greylisted"), "{reply}");
     // The retry after the delay passes, and the message is delivered.
-    while first.elapsed() < Duration::from_millis(1100) {
+    while first.elapsed() < Duration::from_millis(2100) {
         poll_pause().await;
     }
     let reply = send_from(
@@ -96,7 +98,7 @@ async fn greylisting_defers_first_attempts_and_lets_retries_and_the_exempt_throu
     let second = Instant::now();
     let reply = rcpt_from(&proxy, "127.0.0.1", "news@remote.test", "bob@example.test").await;
     assert!(reply.starts_with("451 4.7.1"), "{reply}");
-    while second.elapsed() < Duration::from_millis(1100) {
+    while second.elapsed() < Duration::from_millis(2100) {
         poll_pause().await;
     }
     assert!(
