@@ -10,9 +10,11 @@
 pub mod address;
 pub mod archive;
 pub mod config;
+pub mod containers;
 pub mod control;
 pub mod dns;
 pub mod file_error;
+pub mod filetype;
 pub mod local_time;
 pub mod logging;
 pub mod manual;

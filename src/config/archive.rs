@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Secret;
+use super::{ByteSize, Secret};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,14 +52,22 @@ impl Default for ArchiveConfig {
 pub struct RulesConfig {
     /// The folder of rule files (`*.toml`, read in name order).
     pub path: PathBuf,
-    /// Nested zip archives opened when looking for attachments (1: only the
-    /// attached archive itself).
-    pub zip_depth: usize,
-    /// Bytes decompressed from one attached archive to open the archives inside
-    /// it; beyond that, only their names are seen.
-    pub zip_bytes: usize,
-    /// Entries of one archive looked at.
-    pub zip_entries: usize,
+    /// Containers opened one inside another when looking for attachments (1: only
+    /// the attached archive itself); deeper ones are unscannable.
+    pub container_depth: usize,
+    /// Bytes decompressed from the containers of one message in all; past that,
+    /// what is left is unscannable. Bounds the time and memory a bomb costs.
+    pub container_bytes: ByteSize,
+    /// Entries of one container looked at; past that, unscannable.
+    pub container_entries: usize,
+    /// The names these limits had when only zip archives were opened; still
+    /// read, with a warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zip_depth: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zip_bytes: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zip_entries: Option<usize>,
 }
 
 impl Default for RulesConfig {
@@ -67,21 +75,57 @@ impl Default for RulesConfig {
         let limits = crate::mime::Limits::default();
         RulesConfig {
             path: "rules".into(),
-            zip_depth: limits.zip_depth,
-            zip_bytes: limits.zip_bytes,
-            zip_entries: limits.zip_entries,
+            container_depth: limits.container_depth,
+            container_bytes: ByteSize(limits.container_bytes as u64),
+            container_entries: limits.container_entries,
+            zip_depth: None,
+            zip_bytes: None,
+            zip_entries: None,
         }
     }
 }
 
 impl RulesConfig {
+    /// The limits in force: an old `zip_` key counts unless its new name is set.
     pub fn limits(&self) -> crate::mime::Limits {
+        let defaults = crate::mime::Limits::default();
+        let pick = |new: usize, default: usize, old: Option<usize>| match old {
+            Some(old) if new == default => old,
+            _ => new,
+        };
         crate::mime::Limits {
-            zip_depth: self.zip_depth,
-            zip_bytes: self.zip_bytes,
-            zip_entries: self.zip_entries,
-            ..crate::mime::Limits::default()
+            container_depth: pick(
+                self.container_depth,
+                defaults.container_depth,
+                self.zip_depth,
+            ),
+            container_bytes: pick(
+                self.container_bytes.bytes() as usize,
+                defaults.container_bytes,
+                self.zip_bytes.map(|b| b.bytes() as usize),
+            ),
+            container_entries: pick(
+                self.container_entries,
+                defaults.container_entries,
+                self.zip_entries,
+            ),
+            ..defaults
         }
+    }
+
+    /// The old keys in use, each with its new name.
+    pub fn deprecated_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let mut keys = Vec::new();
+        if self.zip_depth.is_some() {
+            keys.push(("zip_depth", "container_depth"));
+        }
+        if self.zip_bytes.is_some() {
+            keys.push(("zip_bytes", "container_bytes"));
+        }
+        if self.zip_entries.is_some() {
+            keys.push(("zip_entries", "container_entries"));
+        }
+        keys
     }
 }
 

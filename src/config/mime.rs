@@ -18,9 +18,10 @@ pub enum Ambiguous {
     Normalize,
 }
 
-/// An attachment the engine could not fully look into: an encrypted archive, one
-/// nested deeper than `rules.zip_depth`, past `zip_bytes` or `zip_entries`, a
-/// damaged one.
+/// An attachment the engine could not fully look into: an encrypted container, a
+/// format or method it does not read (RAR's compression, UDF, NTFS …), one nested
+/// deeper than `rules.container_depth`, past `container_bytes` or
+/// `container_entries`, a damaged one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unscannable {
@@ -34,11 +35,23 @@ pub enum Unscannable {
     Deliver,
 }
 
+/// A `message/partial` fragment: the parts are put together by the recipient's
+/// program, after every check has seen only pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partial {
+    /// `554 5.6.0`; archived.
+    Reject,
+    /// Kept in the archive for review.
+    Quarantine,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MimeConfig {
     pub ambiguous: Ambiguous,
     pub unscannable: Unscannable,
+    pub partial: Partial,
 }
 
 impl Default for MimeConfig {
@@ -46,6 +59,7 @@ impl Default for MimeConfig {
         MimeConfig {
             ambiguous: Ambiguous::Reject,
             unscannable: Unscannable::Strip,
+            partial: Partial::Reject,
         }
     }
 }

@@ -505,6 +505,12 @@ impl Config {
                 "relay.hosted_domains is empty: no inbound mail will be accepted".to_string(),
             );
         }
+        for (old, new) in self.rules.deprecated_keys() {
+            warnings.push(format!(
+                "rules.{old} is now rules.{new} (it limits every container, not only zip \
+                 archives); the old name still works: rename it"
+            ));
+        }
         for domain in &self.relay.hosted_domains {
             if !self.recipients.domains.contains_key(&domain.0) {
                 warnings.push(format!(
@@ -612,6 +618,24 @@ mod tests {
         let config =
             parse("[server]\nproxy_protocol = true\nproxy_networks = [\"10.0.0.0/8\"]\n").unwrap();
         assert!(!config.warnings().iter().any(|w| w.contains("PROXY")));
+    }
+
+    #[test]
+    fn the_old_zip_limits_still_count_with_a_warning() {
+        let config = parse("[rules]\nzip_depth = 2\nzip_bytes = \"1MB\"\n").unwrap();
+        let limits = config.rules.limits();
+        assert_eq!((limits.container_depth, limits.container_bytes), (2, 1 << 20));
+        let warnings = config.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("rules.zip_depth is now rules.container_depth")),
+            "{warnings:?}"
+        );
+        let config = parse("[rules]\ncontainer_depth = 4\ncontainer_bytes = 1000\n").unwrap();
+        let limits = config.rules.limits();
+        assert_eq!((limits.container_depth, limits.container_bytes), (4, 1000));
+        assert!(!config.warnings().iter().any(|w| w.contains("zip_")));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use super::sniff::sniff;
+use crate::filetype::sniff;
 
 /// The value of each byte as a base64 character; 0xff for the rest, 0xfe for `=`.
 const SEXTETS: [u8; 256] = {
@@ -300,6 +300,21 @@ pub struct Embedded {
     pub sniffed: Option<&'static str>,
     /// Whether the block takes whole lines (then it can be cut out on its own).
     pub whole_lines: bool,
+    /// The encoded file itself, and how it is encoded.
+    pub content: Range<usize>,
+    pub uuencoded: bool,
+}
+
+impl Embedded {
+    /// The file, decoded from the text it was found in.
+    pub fn decode(&self, text: &[u8]) -> Vec<u8> {
+        let encoded = text.get(self.content.clone()).unwrap_or_default();
+        if self.uuencoded {
+            uudecode_body(encoded)
+        } else {
+            base64(encoded)
+        }
+    }
 }
 
 /// The least a base64 run must hold to be looked at: shorter runs are words.
@@ -343,6 +358,8 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
                 range: range.start..end,
                 sniffed: sniff(&decoded),
                 whole_lines: true,
+                content: range.start..end,
+                uuencoded: true,
             });
             i = j + 1;
             continue;
@@ -360,6 +377,8 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
                 range: range.start..end,
                 sniffed: sniff(&decoded),
                 whole_lines: true,
+                content: range.end..body_end,
+                uuencoded: false,
             });
             i = j + 1;
             continue;
@@ -394,9 +413,11 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
                 if let Some(kind) = kind {
                     found.push(Embedded {
                         name: "(base64 in the text)".into(),
-                        range: run,
+                        range: run.clone(),
                         sniffed: Some(kind),
                         whole_lines: true,
+                        content: run,
+                        uuencoded: false,
                     });
                 }
             }
@@ -416,9 +437,10 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
                 k += 1;
             }
             if k - start >= MIN_RUN
-                && let Some(kind) = (0..4).find_map(|skip| {
+                && let Some((skip, kind)) = (0..4).find_map(|skip| {
                     line.get(start + skip..k)
                         .and_then(|run| strict_sniff(&base64(run)))
+                        .map(|kind| (skip, kind))
                 })
             {
                 found.push(Embedded {
@@ -426,6 +448,8 @@ pub fn embedded(text: &[u8]) -> Vec<Embedded> {
                     range: range.clone(),
                     sniffed: Some(kind),
                     whole_lines: false,
+                    content: range.start + start + skip..range.start + k,
+                    uuencoded: false,
                 });
             }
         }

@@ -1,29 +1,38 @@
 //! What a message holds, as the content rules see it: decoded headers, subject, body
-//! text and every attachment — through every MIME level, inside forwarded messages,
-//! uuencoded in text and inside zip archives — and the byte-exact edits the actions
-//! make (strip attachments, add, set and remove headers).
+//! text and every attachment — through every MIME level, inside forwarded and
+//! attached messages, uuencoded in text and inside every container the engine
+//! opens ([`crate::containers`]) — and the byte-exact edits the actions make (strip
+//! attachments, add, set and remove headers).
+//!
+//! The parts are the ones [`structure`] reads — the one reading that the
+//! ambiguity check has made sure every mail program shares — so what is judged is
+//! what the recipient's program shows. Each leaf is judged by what its bytes are,
+//! whatever its name, declared type or disposition say: a program is a program, a
+//! container is opened, an attached message is read as a message.
 
 pub mod edit;
 pub mod lenient;
 pub mod normalize;
 pub mod rfc2047;
-pub mod sniff;
 pub mod structure;
-pub mod zip;
 
 use std::ops::Range;
 
-use mail_parser::{Encoding, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{HeaderValue, MessageParser};
+
+use crate::containers::{self, Budget};
+use crate::filetype::{self, FileType};
+use structure::{Body, Encoding, Entity};
 
 /// How deep and how much the analysis may go, against bombs.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Nested zip archives opened (1: only the attachment itself).
-    pub zip_depth: usize,
-    /// Entries listed per archive.
-    pub zip_entries: usize,
-    /// Bytes decompressed per archive in all, to open nested archives.
-    pub zip_bytes: usize,
+    /// Containers opened one inside another (1: only the attachment itself).
+    pub container_depth: usize,
+    /// Entries looked at per container.
+    pub container_entries: usize,
+    /// Bytes decompressed for one message in all.
+    pub container_bytes: usize,
     /// Body text kept for matching.
     pub body_text: usize,
 }
@@ -31,37 +40,70 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            zip_depth: 3,
-            zip_entries: 1000,
-            zip_bytes: 16 * 1024 * 1024,
+            container_depth: 6,
+            container_entries: 1000,
+            container_bytes: 32 * 1024 * 1024,
             body_text: 1024 * 1024,
         }
     }
 }
 
-/// One attachment (or an entry of an archive attached).
+/// One attachment (or an entry of a container attached).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
     /// File names given for it (Content-Disposition filename and Content-Type name,
-    /// decoded), with trailing dots and spaces removed. Usually one.
+    /// decoded; every name a container gives an entry), with path, trailing dots
+    /// and spaces removed. Usually one.
     pub names: Vec<String>,
     /// The declared MIME type, lower case (`application/octet-stream`).
     pub declared_type: String,
-    /// The type its first bytes show (`exe`, `zip`, `pdf` …), whatever it claims.
+    /// What its bytes show (`exe`, `zip`, `pdf` …), whatever it claims.
     pub sniffed: Option<&'static str>,
-    /// The archive it was found in (`docs.zip`, `outer.zip/inner.zip`), if any.
+    /// The container it was found in (`docs.zip`, `outer.zip/inner.7z`), if any.
     pub inside: Option<String>,
     /// What to cut to remove it.
     pub cut: Cut,
-    /// Why the engine could not look into it all (an encrypted or too deep
-    /// archive …); None when it could.
+    /// Why the engine could not look into it all (encrypted, a format or method
+    /// it does not read, damaged, past a limit); None when it could.
     pub unscannable: Option<String>,
+    /// It holds Office macros (a VBA project).
+    pub macros: bool,
+    /// A `message/external-body` part: content fetched from elsewhere.
+    pub external: bool,
 }
 
 impl Attachment {
-    /// Lower-case extensions of its names (`invoice.pdf.exe` → `exe`).
+    /// Lower-case extensions of its names (`invoice.pdf.exe` → `exe`), as every
+    /// reader would take them: a name cut at a NUL or an NTFS stream's colon
+    /// (`evil.exe:x`) runs as what comes before.
     pub fn extensions(&self) -> impl Iterator<Item = String> + '_ {
-        self.names.iter().filter_map(|name| extension(name))
+        self.names.iter().flat_map(|name| {
+            let mut found: Vec<String> = Vec::new();
+            for variant in [
+                name.as_str(),
+                name.split('\0').next().unwrap_or(name),
+                name.split(':').next().unwrap_or(name),
+            ] {
+                if let Some(ext) = extension(clean_name(variant).as_str())
+                    && !found.contains(&ext)
+                {
+                    found.push(ext);
+                }
+            }
+            found
+        })
+    }
+
+    /// Where it is: its name, inside the containers around it.
+    pub fn path(&self) -> String {
+        let name = self
+            .names
+            .first()
+            .map_or("unnamed attachment", String::as_str);
+        match &self.inside {
+            Some(inside) => format!("{inside}/{name}"),
+            None => name.to_string(),
+        }
     }
 }
 
@@ -101,48 +143,42 @@ pub struct Content {
     /// The decoded text of the text parts, up to [`Limits::body_text`].
     pub body_text: String,
     pub attachments: Vec<Attachment>,
+    /// Where readers would read something attached differently: a zip's two
+    /// readings, data after the end of a container, an attached message whose
+    /// structure is ambiguous.
+    pub ambiguities: Vec<String>,
 }
 
 impl Content {
     /// Analyses a raw message (CRLF line ends, as received).
     pub fn analyze(raw: &[u8], limits: &Limits) -> Content {
-        // mail-parser panics on some structures (0.11.9: "Invalid part ID"); a
-        // message it cannot read is not clean, it is unscannable — its body goes
-        // as [mime] unscannable says.
-        let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(raw));
-        let Ok(parsed) = parsed else {
-            let body = edit::header_end(raw)..raw.len();
-            return Content {
-                attachments: vec![Attachment {
-                    names: Vec::new(),
-                    declared_type: "message".into(),
-                    sniffed: None,
-                    inside: None,
-                    cut: Cut::WholeBody { body },
-                    unscannable: Some("the MIME structure could not be read".into()),
-                }],
-                ..Content::default()
-            };
-        };
+        Content::of(raw, &structure::read(raw), limits)
+    }
+
+    /// Analyses a message already read.
+    pub fn of(raw: &[u8], reading: &structure::Reading<'_>, limits: &Limits) -> Content {
         let mut content = Content::default();
-        let Some(message) = parsed else {
-            return content;
-        };
-        if let Some(root) = message.parts.first() {
-            for header in &root.headers {
+        // mail-parser panics on some inputs; the headers are then left out, and the
+        // body is still judged by the structure.
+        if let Ok(Some(message)) =
+            std::panic::catch_unwind(|| MessageParser::default().parse_headers(raw))
+        {
+            for header in message.headers() {
                 let value = header_text(raw, header);
                 content
                     .headers
                     .push((header.name.as_str().to_lowercase(), value));
             }
+            content.subject = message.subject().unwrap_or_default().to_string();
         }
-        content.subject = message.subject().unwrap_or_default().to_string();
         let mut walk = Walk {
             raw,
             limits,
             content: &mut content,
+            budget: Budget::new(limits.container_bytes),
+            inside: None,
         };
-        walk.message(&message, Some(0), None, true);
+        walk.entity(&reading.root, true, None, 0);
         content
     }
 
@@ -155,141 +191,251 @@ impl Content {
     }
 }
 
-struct Walk<'a> {
+struct Walk<'a, 'c> {
     raw: &'a [u8],
     limits: &'a Limits,
-    content: &'a mut Content,
+    content: &'c mut Content,
+    /// What may still be decompressed.
+    budget: Budget,
+    /// The container (or attached message) being walked, for names.
+    inside: Option<String>,
 }
 
-impl<'a> Walk<'a> {
-    /// Walks a (possibly nested) message. `base`: where its offsets point in the
-    /// original bytes (`Some(0)` at the top and in forwarded messages that are not
-    /// transfer-encoded); `None` when they point into a decoded copy, in which case
-    /// `enclosing` is the cut that removes the whole forwarded message instead.
-    fn message(
-        &mut self,
-        message: &Message<'_>,
-        base: Option<usize>,
-        enclosing: Option<&Cut>,
-        top: bool,
-    ) {
-        for (index, part) in message.parts.iter().enumerate() {
-            let own_cut = base.map(|base| {
-                if index == 0 && top && !matches!(part.body, PartType::Multipart(_)) {
-                    Cut::WholeBody {
-                        body: base + part.offset_body as usize..base + part.offset_end as usize,
-                    }
-                } else {
-                    Cut::Part(base + part.offset_header as usize..base + part.offset_end as usize)
+impl Walk<'_, '_> {
+    /// Where a slice is in the message, if it is a slice of it.
+    fn offset(&self, slice: &[u8]) -> Option<usize> {
+        let start = self.raw.as_ptr() as usize;
+        let at = slice.as_ptr() as usize;
+        (at >= start && at + slice.len() <= start + self.raw.len()).then(|| at - start)
+    }
+
+    /// Walks an entity. Its own cut, when its bytes are in the message; else the
+    /// `enclosing` one (a decoded forward, an attached message): removing any of
+    /// it removes all of that.
+    fn entity(&mut self, e: &Entity<'_>, top: bool, enclosing: Option<&Cut>, depth: usize) {
+        let own = self.offset(&e.raw).map(|start| {
+            let end = start + e.raw.len();
+            if top && !matches!(e.body, Body::Multipart(_)) {
+                Cut::WholeBody {
+                    body: start + e.body_offset..end,
                 }
-            });
-            let cut = own_cut.clone().or_else(|| enclosing.cloned());
-            match &part.body {
-                PartType::Multipart(_) => {}
-                PartType::Message(nested) => {
-                    // mail-parser parses a transfer-encoded forwarded message from a
-                    // decoded copy: its offsets do not point into these bytes.
-                    let nested_base = match (base, part.encoding) {
-                        (Some(_), Encoding::None) => Some(0),
-                        _ => None,
+            } else {
+                Cut::Part(start..end)
+            }
+        });
+        let Some(cut) = own.or_else(|| enclosing.cloned()) else {
+            return;
+        };
+        match &e.body {
+            Body::Multipart(parts) => {
+                for part in parts {
+                    self.entity(part, false, Some(&cut), depth);
+                }
+            }
+            Body::Message(inner) => {
+                let names = names_of(e);
+                if !names.is_empty() {
+                    self.push(names, part_type(e), None, &cut);
+                }
+                self.entity(inner, false, Some(&cut), depth);
+            }
+            Body::Leaf(bytes) => {
+                let decoded = e.encoding.decode(bytes);
+                let names = names_of(e);
+                let declared = part_type(e);
+                if declared == "message/external-body" {
+                    let index = self.push(names, declared, None, &cut);
+                    self.content.attachments[index].external = true;
+                    return;
+                }
+                if e.media.kind == "text" {
+                    let kind = filetype::identify(&decoded);
+                    let hidden = match kind {
+                        Some(FileType::Script | FileType::Message) => false,
+                        Some(_) => true,
+                        None => lenient::contains_program(&decoded),
                     };
-                    if let Some(name) = part.attachment_name() {
-                        self.add(vec![clean_name(name)], part_type(part), None, cut.clone());
-                    }
-                    self.message(nested, nested_base, cut.as_ref(), false);
-                }
-                PartType::Text(text) | PartType::Html(text) => {
-                    // Judged by what a forgiving reader decodes from the bytes, not
-                    // by the text mail-parser made of them in some charset.
-                    let decoded = self.decoded(part, base);
-                    let bytes = decoded.as_deref().unwrap_or(text.as_bytes());
-                    let names = names_of(part);
-                    let sniffed = sniff::sniff(bytes)
-                        .or_else(|| lenient::contains_program(bytes).then_some("exe"));
-                    let hidden = sniffed.is_some_and(|kind| kind != "script");
-                    if !names.is_empty() || is_attachment_disposition(part) || hidden {
-                        self.add(names, part_type(part), sniffed, cut.clone());
+                    if !names.is_empty() || is_attachment_disposition(e) || hidden {
+                        self.leaf(&decoded, names, declared, &cut, depth);
                     } else {
-                        self.body_text(text);
+                        let charset = e.media.param("charset").unwrap_or("us-ascii");
+                        self.body_text(&text_of(charset, &decoded));
                     }
-                    self.embedded(bytes, part, base, cut.as_ref());
-                }
-                PartType::Binary(bytes) | PartType::InlineBinary(bytes) => {
-                    let decoded = self.decoded(part, base);
-                    let names = names_of(part);
-                    // What some reader decodes: mail-parser's bytes, or a forgiving
-                    // decoder's where they differ.
-                    let bytes: &[u8] = match &decoded {
-                        Some(lenient) if sniff::sniff(bytes).is_none() => lenient,
-                        _ => bytes,
-                    };
-                    let sniffed = sniff::sniff(bytes)
-                        .or_else(|| lenient::contains_program(bytes).then_some("exe"));
-                    let is_zip = sniffed == Some("zip")
-                        || names.iter().any(|n| extension(n).as_deref() == Some("zip"));
-                    let label = names
-                        .first()
-                        .cloned()
-                        .unwrap_or_else(|| "attachment".into());
-                    let listing = is_zip.then(|| zip::entries(bytes, self.limits, &label));
-                    if let Some(cut) = &cut {
-                        self.content.attachments.push(Attachment {
-                            names,
-                            declared_type: part_type(part),
-                            sniffed,
-                            inside: None,
-                            cut: cut.clone(),
-                            unscannable: listing.as_ref().and_then(zip::Listing::unscannable),
-                        });
-                        for entry in listing.into_iter().flat_map(|l| l.entries) {
-                            self.content.attachments.push(Attachment {
-                                names: vec![clean_name(&entry.name)],
-                                declared_type: String::new(),
-                                sniffed: entry.sniffed,
-                                inside: Some(entry.archive),
-                                cut: cut.clone(),
-                                unscannable: None,
-                            });
-                        }
-                    }
+                    self.embedded(&decoded, e, bytes, &cut, depth);
+                } else {
+                    self.leaf(&decoded, names, declared, &cut, depth);
                 }
             }
         }
     }
 
-    /// The body of a part as a forgiving reader decodes it, when its bytes are in
-    /// the original message.
-    fn decoded(
-        &self,
-        part: &mail_parser::MessagePart<'_>,
-        base: Option<usize>,
-    ) -> Option<std::borrow::Cow<'a, [u8]>> {
-        let base = base?;
-        let raw: &'a [u8] = self.raw;
-        let body = raw.get(base + part.offset_body as usize..base + part.offset_end as usize)?;
-        Some(match part.encoding {
-            Encoding::Base64 => lenient::base64(body).into(),
-            Encoding::QuotedPrintable => lenient::quoted_printable(body).into(),
-            Encoding::None => body.into(),
-        })
-    }
-
-    fn add(
+    /// Adds an attachment; returns its index.
+    fn push(
         &mut self,
         names: Vec<String>,
         declared_type: String,
         sniffed: Option<&'static str>,
-        cut: Option<Cut>,
-    ) {
-        let Some(cut) = cut else { return };
+        cut: &Cut,
+    ) -> usize {
         self.content.attachments.push(Attachment {
             names,
             declared_type,
             sniffed,
-            inside: None,
-            cut,
+            inside: self.inside.clone(),
+            cut: cut.clone(),
             unscannable: None,
+            macros: false,
+            external: false,
         });
+        self.content.attachments.len() - 1
+    }
+
+    /// A file: judged by what its bytes are, and opened when it is a container
+    /// or a message.
+    fn leaf(
+        &mut self,
+        bytes: &[u8],
+        names: Vec<String>,
+        declared: String,
+        cut: &Cut,
+        depth: usize,
+    ) {
+        let index = self.push(names, declared, None, cut);
+        self.inspect(index, bytes, depth);
+    }
+
+    /// What an attachment's bytes are; what it holds, when it holds something.
+    fn inspect(&mut self, index: usize, bytes: &[u8], depth: usize) {
+        let kind = filetype::identify(bytes);
+        let sniffed = kind
+            .map(FileType::name)
+            .or_else(|| lenient::contains_program(bytes).then_some("exe"));
+        self.content.attachments[index].sniffed = sniffed;
+        let opened = kind.is_some_and(|k| k.is_readable_container() || k == FileType::Message);
+        if !opened
+            && !kind.is_some_and(FileType::is_program)
+            && let Some(archive) = filetype::hidden_archive(bytes)
+        {
+            let label = self.content.attachments[index].path();
+            let what = kind.map_or("file", FileType::name);
+            self.content.ambiguities.push(format!(
+                "{label}: a {what} with a {} archive inside, which extractors open",
+                archive.name()
+            ));
+        }
+        let Some(kind) = kind else { return };
+        let unreadable = if kind.is_unread_container() {
+            Some(format!(
+                "a {} file, which the engine does not read",
+                kind.name()
+            ))
+        } else if (kind.is_readable_container() || kind == FileType::Message)
+            && depth >= self.limits.container_depth
+        {
+            Some(format!(
+                "nested deeper than container_depth = {}",
+                self.limits.container_depth
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = unreadable {
+            self.unscannable(index, why);
+            return;
+        }
+        if kind == FileType::Message {
+            self.attached_message(index, bytes, depth);
+        } else if kind.is_readable_container() {
+            self.container(index, kind, bytes, depth);
+        }
+    }
+
+    fn unscannable(&mut self, index: usize, why: String) {
+        let attachment = &mut self.content.attachments[index];
+        attachment.unscannable = Some(match attachment.unscannable.take() {
+            Some(before) => format!("{before}; {why}"),
+            None => why,
+        });
+    }
+
+    /// An attached message (`.eml`, an entry that is a message): read as the
+    /// mail program that opens it reads it.
+    fn attached_message(&mut self, index: usize, bytes: &[u8], depth: usize) {
+        let label = self.content.attachments[index].path();
+        let cut = self.content.attachments[index].cut.clone();
+        let message = structure::crlf(bytes);
+        let reading = structure::read(&message);
+        for ambiguity in &reading.ambiguities {
+            self.content
+                .ambiguities
+                .push(format!("{label}: {ambiguity}"));
+        }
+        let outer = self.inside.replace(label);
+        self.entity(&reading.root, false, Some(&cut), depth + 1);
+        self.inside = outer;
+    }
+
+    /// A container: every entry judged like an attachment, and opened in turn.
+    fn container(&mut self, index: usize, kind: FileType, bytes: &[u8], depth: usize) {
+        let label = self.content.attachments[index].path();
+        let cut = self.content.attachments[index].cut.clone();
+        let name = self.content.attachments[index].names.first().cloned();
+        let budget = &mut self.budget;
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            containers::open(kind, bytes, name.as_deref(), budget)
+        }));
+        let mut container = match opened {
+            Ok(Ok(container)) => container,
+            Ok(Err(why)) => return self.unscannable(index, why),
+            Err(_) => return self.unscannable(index, "damaged (its reader failed)".into()),
+        };
+        let entries = container.entries().to_vec();
+        if entries.len() > self.limits.container_entries {
+            self.unscannable(
+                index,
+                format!(
+                    "{} entries, more than container_entries = {}",
+                    entries.len(),
+                    self.limits.container_entries
+                ),
+            );
+        }
+        let outer = self.inside.replace(label.clone());
+        for (i, entry) in entries
+            .iter()
+            .enumerate()
+            .take(self.limits.container_entries)
+        {
+            let mut names: Vec<String> = Vec::new();
+            for name in &entry.names {
+                let clean = clean_name(name);
+                if !clean.is_empty() && !names.contains(&clean) {
+                    names.push(clean);
+                }
+            }
+            let child = self.push(names, String::new(), None, &cut);
+            let budget = &mut self.budget;
+            let data = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                container.open(i, budget)
+            }));
+            match data {
+                Ok(Ok(bytes)) => self.inspect(child, &bytes, depth + 1),
+                Ok(Err(why)) => self.unscannable(child, why),
+                Err(_) => self.unscannable(child, "damaged (its reader failed)".into()),
+            }
+        }
+        self.inside = outer;
+        for why in container.unseen() {
+            self.unscannable(index, why);
+        }
+        for ambiguity in container.ambiguities() {
+            self.content
+                .ambiguities
+                .push(format!("{label}: {ambiguity}"));
+        }
+        if container.holds_macros() {
+            self.content.attachments[index].macros = true;
+        }
     }
 
     /// Text counts as body text, up to the limit.
@@ -309,90 +455,74 @@ impl<'a> Walk<'a> {
     }
 
     /// Files encoded inside the text of a part (uuencode, begin-base64, runs of
-    /// base64) are attachments too. In a part that is not transfer-encoded, each
-    /// can be cut out on its own; otherwise the whole part goes.
-    fn embedded(
-        &mut self,
-        decoded: &[u8],
-        part: &mail_parser::MessagePart<'_>,
-        base: Option<usize>,
-        enclosing: Option<&Cut>,
-    ) {
+    /// base64) are attachments too, opened like any file. In a part that is not
+    /// transfer-encoded, each can be cut out on its own; otherwise the whole part
+    /// goes.
+    fn embedded(&mut self, decoded: &[u8], e: &Entity<'_>, body: &[u8], cut: &Cut, depth: usize) {
         for block in lenient::embedded(decoded) {
-            let whole_part = base.map(|base| {
-                Cut::Part(base + part.offset_header as usize..base + part.offset_end as usize)
+            let body_at = self.offset(body);
+            let declared = e.fields.iter().any(|f| {
+                f.is("content-transfer-encoding")
+                    && !matches!(
+                        f.value.trim().to_ascii_lowercase().as_str(),
+                        "" | "7bit" | "8bit" | "binary"
+                    )
             });
-            let declared = base.is_some_and(|base| {
-                declares_transfer_encoding(
-                    &self.raw[base + part.offset_header as usize..base + part.offset_body as usize],
-                )
-            });
-            let cut = match (base, part.encoding) {
-                (Some(base), Encoding::None) if block.whole_lines && !declared => {
-                    let start = base + part.offset_body as usize + block.range.start;
-                    let mut end = base + part.offset_body as usize + block.range.end;
+            let block_cut = match body_at {
+                Some(body_at)
+                    if e.encoding == Encoding::Identity && block.whole_lines && !declared =>
+                {
+                    let start = body_at + block.range.start;
+                    let mut end = body_at + block.range.end;
                     // The line end goes with the block, if it is the part's own.
-                    let part_end = base + part.offset_end as usize;
-                    if end + 2 <= part_end && self.raw[end..].starts_with(b"\r\n") {
+                    if end + 2 <= body_at + body.len() && self.raw[end..].starts_with(b"\r\n") {
                         end += 2;
                     }
-                    Some(Cut::Block(start..end))
+                    Cut::Block(start..end)
                 }
-                (Some(_), _) => whole_part,
-                (None, _) => enclosing.cloned(),
+                _ => cut.clone(),
             };
-            self.add(
+            let index = self.push(
                 vec![clean_name(&block.name)],
                 "text/x-uuencode".into(),
                 block.sniffed,
-                cut,
+                &block_cut,
             );
+            if block.sniffed.is_some_and(|kind| kind != "exe") {
+                let file = block.decode(decoded);
+                self.inspect(index, &file, depth);
+                if self.content.attachments[index].sniffed.is_none() {
+                    self.content.attachments[index].sniffed = block.sniffed;
+                }
+            }
         }
     }
 }
 
-/// Whether a part's header declares a transfer encoding that changes its bytes
-/// (quoted-printable, base64, anything but 7bit, 8bit, binary). mail-parser
-/// reads a body it cannot decode as it is; other readers decode it their way,
-/// so only a part that declares none has text that is its raw bytes.
-fn declares_transfer_encoding(header: &[u8]) -> bool {
-    String::from_utf8_lossy(header)
-        .replace("\r\n\t", " ")
-        .replace("\r\n ", " ")
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .filter(|(name, _)| {
-            name.trim()
-                .eq_ignore_ascii_case("content-transfer-encoding")
-        })
-        .any(|(_, value)| {
-            let value = value.trim().to_ascii_lowercase();
-            !matches!(value.as_str(), "" | "7bit" | "8bit" | "binary")
-        })
-}
-
-fn part_type(part: &mail_parser::MessagePart<'_>) -> String {
-    match part.content_type() {
-        Some(ct) => match &ct.c_subtype {
-            Some(sub) => format!("{}/{}", ct.c_type, sub).to_lowercase(),
-            None => ct.c_type.to_lowercase(),
-        },
-        None => "text/plain".into(),
+/// Text in a charset, decoded as mail programs decode it.
+fn text_of(charset: &str, bytes: &[u8]) -> String {
+    match mail_parser::decoders::charsets::map::charset_decoder(charset.as_bytes()) {
+        Some(decode) => decode(bytes),
+        None => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
-fn is_attachment_disposition(part: &mail_parser::MessagePart<'_>) -> bool {
-    part.content_disposition()
-        .is_some_and(|cd| cd.c_type.eq_ignore_ascii_case("attachment"))
+fn part_type(e: &Entity<'_>) -> String {
+    format!("{}/{}", e.media.kind, e.media.subtype)
+}
+
+fn is_attachment_disposition(e: &Entity<'_>) -> bool {
+    e.disposition
+        .as_ref()
+        .is_some_and(|d| d.kind.eq_ignore_ascii_case("attachment"))
 }
 
 /// Every name a part gives itself: both places, since they may disagree.
-fn names_of(part: &mail_parser::MessagePart<'_>) -> Vec<String> {
+fn names_of(e: &Entity<'_>) -> Vec<String> {
     let mut names = Vec::new();
     let candidates = [
-        part.content_disposition()
-            .and_then(|cd| cd.attribute("filename")),
-        part.content_type().and_then(|ct| ct.attribute("name")),
+        e.disposition.as_ref().and_then(|d| d.param("filename")),
+        e.media.param("name"),
     ];
     for name in candidates.into_iter().flatten() {
         let name = clean_name(name);

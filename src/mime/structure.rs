@@ -169,9 +169,37 @@ pub struct Entity<'a> {
     /// Its own headers (or its boundary) are read differently by different
     /// readers; false when only what it holds is.
     pub header_ambiguous: bool,
+    /// All of it, header and body, as read: a slice of the message (so that
+    /// where it is can be told), or a copy for a decoded forwarded message.
+    pub raw: Cow<'a, [u8]>,
+    /// Where its body begins in `raw`.
+    pub body_offset: usize,
 }
 
 impl Entity<'_> {
+    /// Where the first part that `test` picks is (`message`, `part 2.1` …), at
+    /// any depth.
+    pub fn find(&self, test: &dyn Fn(&Entity<'_>) -> bool) -> Option<String> {
+        fn walk(e: &Entity<'_>, at: &str, test: &dyn Fn(&Entity<'_>) -> bool) -> Option<String> {
+            if test(e) {
+                return Some(at.to_string());
+            }
+            match &e.body {
+                Body::Leaf(_) => None,
+                Body::Message(inner) => walk(inner, &format!("{at}, forwarded message"), test),
+                Body::Multipart(parts) => parts.iter().enumerate().find_map(|(i, part)| {
+                    let child = if at == "message" {
+                        format!("part {}", i + 1)
+                    } else {
+                        format!("{at}.{}", i + 1)
+                    };
+                    walk(part, &child, test)
+                }),
+            }
+        }
+        walk(self, "message", test)
+    }
+
     /// The file name, if the part gives one (the disposition's first).
     pub fn file_name(&self) -> Option<&str> {
         self.disposition
@@ -187,6 +215,8 @@ impl Entity<'_> {
             encoding: self.encoding,
             disposition: self.disposition,
             header_ambiguous: self.header_ambiguous,
+            raw: Cow::Owned(self.raw.into_owned()),
+            body_offset: self.body_offset,
             body: match self.body {
                 Body::Leaf(bytes) => Body::Leaf(Cow::Owned(bytes.into_owned())),
                 Body::Multipart(parts) => {
@@ -426,6 +456,8 @@ impl Reader {
             disposition,
             body,
             header_ambiguous,
+            raw: Cow::Borrowed(bytes),
+            body_offset: body_start.min(bytes.len()),
         }
     }
 

@@ -5,7 +5,7 @@ use futures_util::FutureExt;
 
 use super::{Judging, Next, Pipeline, Recipient, Step};
 use crate::address::Path;
-use crate::config::{Ambiguous, DnsblAt, Unscannable};
+use crate::config::{Ambiguous, DnsblAt, Partial, Unscannable};
 use crate::mime::edit::Removal;
 use crate::policy::relay::{self, Destination};
 use crate::reply::Reply;
@@ -292,13 +292,23 @@ impl Pipeline {
         }
     }
 
-    /// One reading of the MIME structure: a message that readers could read in
-    /// more than one way is refused, quarantined, or rewritten to the one reading
-    /// that every step after this one judges.
+    /// One reading of the MIME structure and of what is attached: a message that
+    /// readers could read in more than one way is refused, quarantined, or (when
+    /// only its MIME structure is at stake) rewritten to the one reading that
+    /// every step after this one judges. A `message/partial` fragment is refused
+    /// or quarantined: no check sees the message it makes.
     fn mime_structure(&self, j: &mut Judging<'_>) -> Result<(), Decision> {
         let reading = crate::mime::structure::read(j.message);
+        if let Some(at) = reading
+            .root
+            .find(&|e| e.media.kind == "message" && e.media.subtype == "partial")
+        {
+            return Err(self.partial(j.id, &at));
+        }
+        let limits = self.config.rules.limits();
         if !reading.is_ambiguous() {
-            return Ok(());
+            j.content = Some(crate::mime::Content::of(j.message, &reading, &limits));
+            return self.attached_ambiguities(j);
         }
         let problems: Vec<String> = reading
             .ambiguities
@@ -348,10 +358,71 @@ impl Pipeline {
                         format!("{reason}; the rewrite is still ambiguous: {left}"),
                     ));
                 }
+                j.content = Some(crate::mime::Content::of(&rewritten, &again, &limits));
                 j.normalized = Some(rewritten);
-                j.content = None;
-                Ok(())
+                self.attached_ambiguities(j)
             }
+        }
+    }
+
+    /// What is attached, read two ways: a zip whose directory and local headers
+    /// disagree, data after a container's end, an attached message whose own
+    /// structure is ambiguous. Extractors would hand the recipient something
+    /// other than what was judged. An archive cannot be rewritten to one
+    /// reading, so `normalize` refuses it too.
+    fn attached_ambiguities(&self, j: &Judging<'_>) -> Result<(), Decision> {
+        let Some(first) = j.content.as_ref().and_then(|c| c.ambiguities.first()) else {
+            return Ok(());
+        };
+        let all = j
+            .content
+            .as_ref()
+            .map(|c| c.ambiguities.join("; "))
+            .unwrap_or_default();
+        let action = self.config.mime.ambiguous;
+        tracing::info!(
+            queue_id = %j.id,
+            problems = %all,
+            action = ?action,
+            "attachment readable in more than one way"
+        );
+        let reason = format!("an attachment readable in more than one way: {all}");
+        match action {
+            Ambiguous::Quarantine => {
+                Err(kept(j.id, "mime.ambiguous", Outcome::Quarantined, reason))
+            }
+            Ambiguous::Reject | Ambiguous::Normalize => Err(Decision::refuse(
+                "mime.ambiguous",
+                Reply::new(
+                    554,
+                    "5.6.0",
+                    format!(
+                        "Message refused: an attachment can be read in more than one way ({})",
+                        printable(first)
+                    ),
+                ),
+                reason,
+            )),
+        }
+    }
+
+    /// `[mime] partial`: what becomes of a `message/partial` fragment.
+    fn partial(&self, id: &str, at: &str) -> Decision {
+        let reason = format!(
+            "a message/partial fragment ({at}): only the recipient's program would see the whole"
+        );
+        tracing::info!(queue_id = %id, at = %at, action = ?self.config.mime.partial, "message/partial fragment");
+        match self.config.mime.partial {
+            Partial::Reject => Decision::refuse(
+                "mime.partial",
+                Reply::new(
+                    554,
+                    "5.6.0",
+                    "Message refused: message/partial fragments are not accepted; send the message whole",
+                ),
+                reason,
+            ),
+            Partial::Quarantine => kept(id, "mime.partial", Outcome::Quarantined, reason),
         }
     }
 
@@ -364,7 +435,22 @@ impl Pipeline {
         let (Some(content), Some(verdict)) = (&j.content, &mut j.verdict) else {
             return Ok(());
         };
-        if verdict.decision != Final::Deliver || verdict.decided_by.is_some() {
+        if verdict.decision != Final::Deliver {
+            return Ok(());
+        }
+        for attachment in content.attachments.iter().filter(|a| a.external) {
+            // A part whose content is fetched from elsewhere when it is opened:
+            // nothing here can judge it.
+            if !verdict.removals.iter().any(|r| r.cut == attachment.cut) {
+                tracing::info!(queue_id = %j.id, attachment = %attachment.path(), "message/external-body removed");
+                verdict.removals.push(Removal {
+                    cut: attachment.cut.clone(),
+                    name: attachment.path(),
+                    rule: "mime.external_body".into(),
+                });
+            }
+        }
+        if verdict.decided_by.is_some() {
             return Ok(());
         }
         for attachment in &content.attachments {
@@ -374,11 +460,7 @@ impl Pipeline {
             if verdict.removals.iter().any(|r| r.cut == attachment.cut) {
                 continue;
             }
-            let name = attachment
-                .names
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "unnamed attachment".into());
+            let name = attachment.path();
             tracing::info!(
                 queue_id = %j.id,
                 attachment = %name,

@@ -93,7 +93,7 @@ impl Compiler {
         if matches!(action, Action::StripAttachments) && !uses_attachments {
             return Err(place.error(
                 spec.action.span().start,
-                "strip_attachments needs when.attachment_name, attachment_extension, attachment_type, attachment_magic or attachment_unscannable to say which attachments",
+                "strip_attachments needs when.attachment_name, attachment_extension, attachment_type, attachment_magic, attachment_unscannable or attachment_macros to say which attachments",
             ));
         }
         let conditionless = when.simple.is_empty()
@@ -230,10 +230,15 @@ impl Compiler {
         }
         // A flag of each attachment, matched like a field whose value is
         // "true" or "false".
-        if let Some(want) = &c.attachment_unscannable {
-            let value = OneOrMany::from_string(want.span(), want.get_ref().to_string());
-            let ids = self.patterns(FieldKey::AttachmentUnscannable, &value, place, gate)?;
-            set.attachment.push(ids);
+        for (flag, key) in [
+            (&c.attachment_unscannable, FieldKey::AttachmentUnscannable),
+            (&c.attachment_macros, FieldKey::AttachmentMacros),
+        ] {
+            if let Some(want) = flag {
+                let value = OneOrMany::from_string(want.span(), want.get_ref().to_string());
+                let ids = self.patterns(key, &value, place, gate)?;
+                set.attachment.push(ids);
+            }
         }
         let auth_checks = [
             (&c.spf, AuthCheck::Spf, "spf"),
@@ -366,10 +371,10 @@ fn normalise(
         FieldKey::AttachmentExtension => Ok(text.trim_start_matches('.').to_lowercase()),
         FieldKey::AttachmentMagic => {
             let name = text.to_lowercase();
-            if crate::mime::sniff::known_types().any(|known| known == name) {
+            if crate::filetype::known_types().any(|known| known == name) {
                 Ok(name)
             } else {
-                let known: Vec<&str> = crate::mime::sniff::known_types().collect();
+                let known: Vec<&str> = crate::filetype::known_types().collect();
                 Err(place.error(
                     item.span().start,
                     format!(
@@ -627,6 +632,7 @@ impl FieldKey {
             FieldKey::AttachmentType => "attachment_type".into(),
             FieldKey::AttachmentMagic => "attachment_magic".into(),
             FieldKey::AttachmentUnscannable => "attachment_unscannable".into(),
+            FieldKey::AttachmentMacros => "attachment_macros".into(),
             FieldKey::Virus => "virus".into(),
             FieldKey::SpamAction => "spam_action".into(),
             FieldKey::SpamSymbol => "spam_symbol".into(),

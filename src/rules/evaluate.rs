@@ -105,9 +105,17 @@ impl RuleSet {
                 {
                     field.matches(magic, &mut ids);
                 }
-                if let Some(field) = self.field(&FieldKey::AttachmentUnscannable) {
-                    let unscannable = attachment.unscannable.is_some();
-                    field.matches(if unscannable { "true" } else { "false" }, &mut ids);
+                let flags = [
+                    (
+                        FieldKey::AttachmentUnscannable,
+                        attachment.unscannable.is_some(),
+                    ),
+                    (FieldKey::AttachmentMacros, attachment.macros),
+                ];
+                for (key, flag) in flags {
+                    if let Some(field) = self.field(&key) {
+                        field.matches(if flag { "true" } else { "false" }, &mut ids);
+                    }
                 }
                 attachments.push(sorted(ids));
             }
@@ -422,11 +430,7 @@ impl RuleSet {
                     if let Some(content) = facts.content {
                         for &i in &matched_atts {
                             let attachment = &content.attachments[i];
-                            let name = match (&attachment.inside, attachment.names.first()) {
-                                (Some(archive), Some(name)) => format!("{archive}/{name}"),
-                                (None, Some(name)) => name.clone(),
-                                (_, None) => "unnamed attachment".into(),
-                            };
+                            let name = attachment.path();
                             // Two rules may catch the same file: one cut, one note.
                             if verdict
                                 .removals

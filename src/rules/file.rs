@@ -104,9 +104,11 @@ pub struct Conditions {
     pub dkim_domain: Option<OneOrMany>,
     /// The author domain's DMARC policy: `none`, `quarantine`, `reject`.
     pub dmarc_policy: Option<OneOrMany>,
-    /// The engine could not look into all of it (an encrypted archive, one too
-    /// deep or too big for the zip limits).
+    /// The engine could not look into all of it (encrypted, a format or method
+    /// it does not read, damaged, past the container limits).
     pub attachment_unscannable: Option<Spanned<bool>>,
+    /// It holds Office macros: a VBA project in an OLE or OOXML document.
+    pub attachment_macros: Option<Spanned<bool>>,
     /// The virus clamd found (its signature's name), with the usual patterns.
     pub virus: Option<OneOrMany>,
     /// rspamd's score is at least this.

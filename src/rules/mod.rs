@@ -125,6 +125,8 @@ pub enum FieldKey {
     AttachmentMagic,
     /// `true` or `false`: whether the engine could look into all of it.
     AttachmentUnscannable,
+    /// `true` or `false`: whether it holds Office macros.
+    AttachmentMacros,
     /// The virus clamd named.
     Virus,
     /// rspamd's action.
