@@ -422,8 +422,8 @@ async fn a_release_is_judged_with_the_configured_zip_limits() {
          [[rule]]\nname = \"no-programs\"\nwhen.attachment_magic = \"exe\"\naction = \"reject\"\n",
     )
     .unwrap();
-    // Deeper than the default of 3: a program four archives down is seen.
-    let text = base_config(backend.addr, TRUSTED_2, "[rules]\nzip_depth = 5\n");
+    // A program four archives down is seen (container_depth = 5 opens five).
+    let text = base_config(backend.addr, TRUSTED_2, "[rules]\ncontainer_depth = 5\n");
     let proxy = Proxy::start_in(dir, &text).await;
     let program: &[u8] = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xffPROGRAM";
     let mut nested = zip_of(&[("payload.exe", program)]);

@@ -4,7 +4,9 @@
 mod admin;
 mod archive;
 mod auth;
+mod carriers;
 mod cli;
+mod containers;
 mod defences;
 mod delivery;
 mod faults;

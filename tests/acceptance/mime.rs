@@ -696,12 +696,12 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Three archives nobody can fully look into: four deep (zip_depth = 3), one
-/// whose nested archive is bigger than zip_bytes allows, one encrypted.
+/// Three archives nobody can fully look into: seven deep (container_depth = 6),
+/// one whose nested archive is bigger than container_bytes allows, one encrypted.
 fn unscannable_archives() -> Vec<(&'static str, Vec<u8>)> {
     let exe = program();
     let mut deep = zip_of(&[("payload.exe", &exe)]);
-    for level in [4, 3, 2] {
+    for level in (2..=7).rev() {
         deep = zip_of(&[(format!("level{level}.zip").as_str(), &deep)]);
     }
     // Bytes that do not compress, so the nested archive itself is big.
@@ -719,8 +719,8 @@ fn unscannable_archives() -> Vec<(&'static str, Vec<u8>)> {
     // Its entry's name says nothing; what it holds cannot be read.
     let encrypted = encrypted_zip(&[("invoice.pdf", &exe)]);
     vec![
-        ("deeper than zip_depth", deep),
-        ("past zip_bytes", bomb),
+        ("deeper than container_depth", deep),
+        ("past container_bytes", bomb),
         ("encrypted", encrypted),
     ]
 }
@@ -737,7 +737,7 @@ fn with_zip(zip: &[u8]) -> String {
 async fn unscannable_archives_are_stripped_by_default_and_logged() {
     capture_logs();
     let backend = Backend::start(DataEnd::Strict).await;
-    let proxy = stripping_proxy(&backend, "[rules]\nzip_bytes = 100000\n").await;
+    let proxy = stripping_proxy(&backend, "[rules]\ncontainer_bytes = 100000\n").await;
     let archives = unscannable_archives();
     let mut client = proxy.client().await;
     for (n, (name, zip)) in archives.iter().enumerate() {
@@ -750,8 +750,11 @@ async fn unscannable_archives_are_stripped_by_default_and_logged() {
     let received = backend.wait_for(archives.len()).await;
     for ((name, zip), message) in archives.iter().zip(&received) {
         let text = String::from_utf8_lossy(&message.data);
+        // The note names the file that could not be scanned, inside the archive
+        // that was removed.
         assert!(
-            text.contains("[mailmoat removed the attachment \"files.zip\" (rule mime.unscannable)"),
+            text.contains("[mailmoat removed the attachment \"files.zip")
+                && text.contains("(rule mime.unscannable).]"),
             "{name}:\n{text}"
         );
         assert!(
@@ -762,10 +765,10 @@ async fn unscannable_archives_are_stripped_by_default_and_logged() {
     }
     for (name, expected) in [
         (
-            "deeper than zip_depth",
-            "an archive deeper than zip_depth = 3",
+            "deeper than container_depth",
+            "nested deeper than container_depth = 6",
         ),
-        ("past zip_bytes", "past zip_bytes = 100000"),
+        ("past container_bytes", "past container_bytes = 100000"),
         ("encrypted", "encrypted"),
     ] {
         let line = wait_for_logged(name, |v| {
@@ -787,7 +790,7 @@ async fn unscannable_archives_can_be_refused_or_quarantined() {
         let backend = Backend::start(DataEnd::Strict).await;
         let proxy = stripping_proxy(
             &backend,
-            &format!("[rules]\nzip_bytes = 100000\n[mime]\nunscannable = \"{action}\"\n"),
+            &format!("[rules]\ncontainer_bytes = 100000\n[mime]\nunscannable = \"{action}\"\n"),
         )
         .await;
         let mut client = proxy.client().await;
