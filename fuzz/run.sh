@@ -6,7 +6,10 @@
 #
 #   bash fuzz/run.sh [--seconds N] [TARGET ...]
 #
-# Targets: smtp_command relay_decision data_reader mime_analysis strip normalize.
+# Targets: smtp_command relay_decision data_reader mime_analysis strip normalize,
+# and one per container reader: container_zip container_rar container_sevenz
+# container_compressed container_tar container_cab container_iso container_disk
+# container_ole container_tnef container_ar (seeds: seeds/make-container-seeds.sh).
 # A crash leaves its input in fuzz/artifacts/TARGET/; turn it into a regression
 # test. Prints each target's last status line (executions, coverage).
 set -euo pipefail
@@ -21,13 +24,23 @@ while [ $# -gt 0 ]; do
     *) TARGETS+=("$1"); shift;;
   esac
 done
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(smtp_command relay_decision data_reader mime_analysis strip normalize)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(smtp_command relay_decision data_reader mime_analysis strip normalize
+  container_zip container_rar container_sevenz container_compressed container_tar container_cab
+  container_iso container_disk container_ole container_tnef container_ar)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 
 seeds_of() {
   case "$1" in
     mime_analysis|strip|normalize) echo seeds/mime;;
     *) echo "seeds/$1";;
+  esac
+}
+
+# Disc and disk images are large even when empty (ISO 9660 begins at 32 KiB).
+max_len_of() {
+  case "$1" in
+    container_iso|container_disk) echo 262144;;
+    *) echo 65536;;
   esac
 }
 
@@ -38,7 +51,7 @@ for target in "${TARGETS[@]}"; do
   log="corpus/$target.log"
   echo "== $target: ${SECONDS_EACH}s"
   cargo fuzz run -O --sanitizer none "$target" "$corpus" -- \
-    -max_total_time="$SECONDS_EACH" -max_len=65536 -timeout=10 -print_final_stats=1 \
+    -max_total_time="$SECONDS_EACH" -max_len="$(max_len_of "$target")" -timeout=10 -print_final_stats=1 \
     > "$log" 2>&1 || { echo "$target FAILED:"; tail -40 "$log"; exit 1; }
   grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE)' "$log" | tail -1
   grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb' "$log" || true

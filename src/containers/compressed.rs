@@ -77,9 +77,9 @@ impl<'a> Container<'a> for Stream<'a> {
                 let base = 1u64 << (coded & 0x1f);
                 let dictionary = base - base / 16 * u64::from(coded >> 5);
                 if dictionary > super::DECODER_MEMORY as u64 {
-                    return Err(format!(
-                        "an LZMA dictionary of {dictionary} bytes, more than the engine allows"
-                    ));
+                    return Err(super::too_much_memory(format!(
+                        "an LZMA dictionary of {dictionary} bytes"
+                    )));
                 }
                 out = budget.read_all(lzma_rust2::LzipReader::new(rest), None)?;
                 rest = &[];

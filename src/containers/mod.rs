@@ -30,9 +30,17 @@ use std::io::Read;
 use crate::filetype::FileType;
 
 /// Memory a decoder may take for its window or model (LZMA dictionaries, PPMd):
-/// what `xz -9` and `7z -mx9` use. A header that asks for more is refused, not
-/// believed.
-pub const DECODER_MEMORY: usize = 64 * 1024 * 1024;
+/// enough for `xz -9` and `7z -mx9` (64 MiB dictionaries). A header that asks for
+/// more is refused, not believed.
+pub const DECODER_MEMORY: usize = 96 * 1024 * 1024;
+
+/// Why a decoder was not run: the memory its header asks for.
+pub fn too_much_memory(asked: impl std::fmt::Display) -> String {
+    format!(
+        "needs {asked} of memory to decompress, more than the engine allows ({} MiB)",
+        DECODER_MEMORY >> 20
+    )
+}
 
 /// One file inside a container, as its headers declare it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -171,10 +179,13 @@ impl Budget {
         }
         let mut out = Vec::new();
         let cap = self.left as u64 + 1;
-        reader
-            .take(cap)
-            .read_to_end(&mut out)
-            .map_err(|e| format!("damaged ({e})"))?;
+        reader.take(cap).read_to_end(&mut out).map_err(|e| {
+            if e.to_string().contains("mem_limit") {
+                too_much_memory("a dictionary")
+            } else {
+                format!("damaged ({e})")
+            }
+        })?;
         if out.len() > self.left {
             self.left = 0;
             return Err(self.spent());
@@ -290,6 +301,67 @@ pub(crate) fn span<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the fuzz targets do with an input (`fuzz/fuzz_targets/container_*`).
+    fn exercise(target: &str, data: &[u8]) {
+        let pick = |kinds: &[FileType]| {
+            kinds[usize::from(data.first().copied().unwrap_or(0)) % kinds.len()]
+        };
+        let (kind, data) = match target {
+            "container_zip" => (FileType::Zip, data),
+            "container_rar" => (FileType::Rar, data),
+            "container_sevenz" => (FileType::SevenZip, data),
+            "container_tar" => (FileType::Tar, data),
+            "container_cab" => (FileType::Cab, data),
+            "container_iso" => (FileType::Iso, data),
+            "container_ole" => (FileType::Ole, data),
+            "container_tnef" => (FileType::Tnef, data),
+            "container_ar" => (
+                pick(&[FileType::Ar, FileType::Cpio]),
+                &data[1.min(data.len())..],
+            ),
+            "container_compressed" => (
+                pick(&[
+                    FileType::Gzip,
+                    FileType::Bzip2,
+                    FileType::Xz,
+                    FileType::Zstd,
+                    FileType::Lzip,
+                ]),
+                &data[1.min(data.len())..],
+            ),
+            "container_disk" => (
+                pick(&[FileType::Fat, FileType::Disk, FileType::Vhd, FileType::Vhdx]),
+                &data[1.min(data.len())..],
+            ),
+            other => panic!("no fuzz target {other}"),
+        };
+        let mut budget = Budget::new(8 << 20);
+        if let Ok(mut container) = open(kind, data, Some("file.tar.gz"), &mut budget) {
+            for index in 0..container.entries().len().min(256) {
+                let _ = container.open(index, &mut budget);
+            }
+            let _ = (container.unseen(), container.ambiguities());
+        }
+    }
+
+    /// Inputs the fuzzers found a panic with, kept as `fuzz/regressions/TARGET-what`.
+    #[test]
+    fn the_fuzzers_findings_read_without_a_panic() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+        let mut found = 0;
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if let Some((target, _)) = name.split_once('-')
+                && target.starts_with("container_")
+            {
+                exercise(target, &std::fs::read(&path).unwrap());
+                found += 1;
+            }
+        }
+        assert!(found > 0);
+    }
 
     #[test]
     fn the_budget_refuses_what_would_pass_it() {

@@ -194,6 +194,11 @@ impl<'a> Rar<'a> {
                 .and_then(|n| header_start.checked_add(n))
                 .filter(|&end| end <= bytes.len())
                 .ok_or("damaged (a header past the end)")?;
+            // The header's fields, and nothing past them.
+            let mut cursor = Cursor {
+                bytes: &bytes[..header_end],
+                pos: header_start,
+            };
             let kind = cursor.vint().unwrap_or(0);
             let flags = cursor.vint().unwrap_or(0);
             let extra_size = if flags & 1 != 0 {
@@ -220,7 +225,7 @@ impl<'a> Rar<'a> {
                 }
                 2 | 3 => {
                     let extra_start = header_end.saturating_sub(extra_size as usize);
-                    let extra = &bytes[extra_start.max(cursor.pos)..header_end];
+                    let extra = &bytes[extra_start.max(cursor.pos).min(header_end)..header_end];
                     self.file5(
                         kind,
                         flags,
@@ -271,7 +276,7 @@ impl<'a> Rar<'a> {
         let compression = cursor.vint().unwrap_or(0);
         let _host = cursor.vint();
         let name_len = cursor.vint().unwrap_or(0) as usize;
-        let Some(name) = self.bytes.slice(cursor.pos, name_len) else {
+        let Some(name) = cursor.bytes.slice(cursor.pos, name_len) else {
             self.unseen.push("damaged (a name past its header)".into());
             return;
         };

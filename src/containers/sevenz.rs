@@ -121,9 +121,7 @@ fn describe(e: &sevenz_rust2::Error) -> String {
         UnsupportedCompressionMethod(method) => {
             format!("compressed with {method}, which the engine does not read")
         }
-        MaxMemLimited { actaul_kb, .. } => {
-            format!("needs {actaul_kb} KiB to decompress, more than the engine allows")
-        }
+        MaxMemLimited { actaul_kb, .. } => super::too_much_memory(format!("{actaul_kb} KiB")),
         ChecksumVerificationFailed => "damaged (its checksum does not match)".into(),
         other => format!("damaged ({other})"),
     }

@@ -611,9 +611,9 @@ fn read_lzma(data: &[u8], size: u64, budget: &mut Budget) -> Result<Vec<u8>, Str
     let props = data.get(4..9).ok_or("damaged (no LZMA properties)")?;
     let dict = u32::from_le_bytes(props[1..5].try_into().expect("four bytes"));
     if dict as usize > super::DECODER_MEMORY {
-        return Err(format!(
-            "an LZMA dictionary of {dict} bytes, more than the engine allows"
-        ));
+        return Err(super::too_much_memory(format!(
+            "an LZMA dictionary of {dict} bytes"
+        )));
     }
     let reader = lzma_rust2::LzmaReader::new_with_props(&data[9..], size, props[0], dict, None)
         .map_err(|e| format!("damaged ({e})"))?;

@@ -1,0 +1,11 @@
+//! ISO 9660 images (Joliet, Rock Ridge).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use mailmoat::filetype::FileType;
+
+#[path = "containers_common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::exercise(FileType::Iso, data);
+});

@@ -1,0 +1,11 @@
+//! OLE compound files (cfb), Packager objects, Outlook items.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use mailmoat::filetype::FileType;
+
+#[path = "containers_common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::exercise(FileType::Ole, data);
+});

@@ -1,0 +1,11 @@
+//! 7z archives (sevenz-rust2).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use mailmoat::filetype::FileType;
+
+#[path = "containers_common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::exercise(FileType::SevenZip, data);
+});

@@ -1,0 +1,11 @@
+//! Zip archives, read both ways.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use mailmoat::filetype::FileType;
+
+#[path = "containers_common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::exercise(FileType::Zip, data);
+});
