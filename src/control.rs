@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::archive::Archive;
 use crate::archive::admin::QuarantineCommand;
+use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::admin::{AdminCommand, AdminReply, execute};
 use crate::rules::RulesHandle;
@@ -40,9 +41,12 @@ pub enum GreylistCommand {
 pub struct Context {
     pub queue: Arc<Queue>,
     pub archive: Option<Arc<Archive>>,
+    /// Releases are judged and queued by it, as new mail is.
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub rules: Arc<RulesHandle>,
     pub config: Arc<crate::config::Config>,
-    pub reloader: Arc<crate::server::Reloader>,
+    pub reloader: Arc<crate::reload::Reloader>,
     pub greylist: Arc<crate::policy::greylist::Greylist>,
     pub shared: Arc<crate::shared_state::SharedState>,
     pub started: std::time::Instant,
@@ -95,15 +99,7 @@ impl Context {
             }
             Request::Quarantine(command) => match &self.archive {
                 Some(archive) => {
-                    let rules = self.rules.current();
-                    crate::archive::admin::execute(
-                        archive,
-                        &rules,
-                        &self.queue,
-                        &self.config,
-                        &command,
-                    )
-                    .await
+                    quarantine(&self.pipeline, archive, &self.rules.current(), &command).await
                 }
                 None => AdminReply {
                     ok: false,
@@ -121,7 +117,7 @@ impl Context {
                     Some(false) => "NOT answering (deliveries wait for a probe)",
                     None => "not tried yet",
                 };
-                let metrics = &self.queue.metrics;
+                let metrics = &self.metrics;
                 let mut text = format!(
                     "mailmoat {}, up {}\nconnections: {} open\nqueue: {}\nbackend {backend}: {answering}\nrules: {} loaded\n",
                     env!("CARGO_PKG_VERSION"),
@@ -238,6 +234,28 @@ pub async fn greylist_command(
             let removed = greylist.purge(crate::policy::greylist::now());
             ok(format!("{removed} stale triplet(s) removed"))
         }
+    }
+}
+
+/// `mailmoat quarantine …`: a release through the pipeline, the rest on the
+/// archive.
+pub async fn quarantine(
+    pipeline: &Pipeline,
+    archive: &Archive,
+    rules: &crate::rules::RuleSet,
+    command: &QuarantineCommand,
+) -> AdminReply {
+    match command {
+        QuarantineCommand::Release { id, rcpts, by } => {
+            match pipeline.release(rules, id, rcpts, by).await {
+                Ok(queue_id) => AdminReply {
+                    ok: true,
+                    text: format!("{id}: released, queued as {queue_id}"),
+                },
+                Err(e) => AdminReply { ok: false, text: e },
+            }
+        }
+        other => crate::archive::admin::execute(archive, other),
     }
 }
 

@@ -578,7 +578,8 @@ fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminRep
                 text: "no mailmoat is running with this queue: nothing to reload".into(),
             }),
             Request::Status => {
-                let queue = mailmoat::queue::Queue::new(spool, config.queue.flush)?;
+                let queue =
+                    mailmoat::queue::Queue::new(spool, config.queue.flush, Default::default())?;
                 Ok(AdminReply {
                     ok: false,
                     text: format!(
@@ -612,20 +613,38 @@ fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminRep
         })
 }
 
-/// The archive of a stopped server: opened here, with its rules and queue.
+/// The archive of a stopped server: opened here, with a pipeline that keeps into
+/// its queue, so that a release is judged and queued as the server would.
 async fn offline_quarantine(
     config: &Config,
     command: &QuarantineCommand,
 ) -> anyhow::Result<AdminReply> {
+    let config = std::sync::Arc::new(config.clone());
     let store = mailmoat::store::Store::open(&config.store.path)?;
-    let archive = mailmoat::archive::Archive::open(
+    let archive = std::sync::Arc::new(mailmoat::archive::Archive::open(
         &config.archive,
         store.tree("archive")?,
         &config.server.hostname,
-    )?;
+    )?);
     let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
-    let queue = mailmoat::queue::Queue::new(Spool::open(&config.queue.path)?, config.queue.flush)?;
-    Ok(mailmoat::archive::admin::execute(&archive, &rules, &queue, config, command).await)
+    let metrics = std::sync::Arc::new(mailmoat::metrics::Metrics::new());
+    let queue = std::sync::Arc::new(mailmoat::queue::Queue::new(
+        Spool::open(&config.queue.path)?,
+        config.queue.flush,
+        metrics.clone(),
+    )?);
+    let shared = mailmoat::shared_state::SharedState::local();
+    let dns = std::sync::Arc::new(mailmoat::dns::Dns::new(&config.dns)?);
+    let pipeline =
+        mailmoat::pipeline::Pipeline::build(config.clone(), dns, Some(&store), shared.clone())?
+            .keeping(std::sync::Arc::new(mailmoat::services::Services {
+                metrics,
+                queue,
+                archive: Some(archive.clone()),
+                reporter: None,
+                shared,
+            }));
+    Ok(mailmoat::control::quarantine(&pipeline, &archive, &rules, command).await)
 }
 
 /// glibc raises its mmap threshold each time a large buffer is freed, and from

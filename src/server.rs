@@ -15,6 +15,8 @@ use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::delivery::Delivery;
 use crate::queue::spool::Spool;
+use crate::reload::Reloader;
+use crate::services::Services;
 use crate::smtp::listener::{ConnectionLimits, Phase, accept_loop};
 use crate::smtp::session::Shared;
 use crate::smtp_client::Target;
@@ -72,118 +74,6 @@ impl Loaded {
     }
 }
 
-/// What a reload (SIGHUP, `systemctl reload`, `mailmoat reload`) does: the rules
-/// and the TLS certificate are read again and take effect; list and recipients
-/// files are read again whenever they change anyway; any other setting changed in
-/// the configuration file is named as needing a restart. A file with an error
-/// changes nothing: what is in force stays.
-pub struct Reloader {
-    /// The configuration the server runs with.
-    running: Arc<Config>,
-    rules: Arc<crate::rules::RulesHandle>,
-    tls: Arc<crate::smtp::tls::Certificates>,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl Reloader {
-    /// Reloads; returns what it did, one line each (also logged).
-    pub fn reload(&self, why: &str) -> ReloadReport {
-        let mut report = ReloadReport::default();
-        let reloaded = self.rules.reload();
-        self.metrics.rules_reloaded(reloaded.is_ok());
-        match reloaded {
-            Ok(count) => {
-                tracing::info!(rules = count, why, "rules reloaded");
-                report.push(format!("rules: {count} loaded"));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, why, "rules not reloaded; the rules in force stay");
-                report.failed(format!("rules not reloaded; the rules in force stay: {e}"));
-            }
-        }
-        let Some(source) = &self.running.source else {
-            return report;
-        };
-        let config = match Config::load(source) {
-            Ok(config) => config,
-            Err(e) => {
-                tracing::error!(error = %e, why, "configuration not reloaded; the one in force stays");
-                report.failed(format!(
-                    "configuration not reloaded; the one in force stays: {e}"
-                ));
-                return report;
-            }
-        };
-        match crate::smtp::tls::configured(&config.tls) {
-            Ok(acceptor) => {
-                let present = acceptor.is_some();
-                self.tls.replace(acceptor);
-                if present {
-                    tracing::info!(why, "TLS certificate reloaded");
-                    report.push("tls: certificate reloaded".into());
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, why, "TLS certificate not reloaded; the one in force stays");
-                report.failed(format!(
-                    "tls: not reloaded; the certificate in force stays: {e:#}"
-                ));
-            }
-        }
-        let restart: Vec<String> = self
-            .running
-            .changed_settings(&config)
-            .into_iter()
-            .filter(|key| !key.starts_with("tls."))
-            .collect();
-        if !restart.is_empty() {
-            tracing::warn!(settings = %crate::logging::list(&restart), why, "changed settings take effect only after a restart");
-            report.push(format!(
-                "needs a restart to take effect: {}",
-                restart.join(", ")
-            ));
-        }
-        report
-    }
-
-    /// Reloads on every SIGHUP.
-    pub async fn on_hangup(self: Arc<Self>, mut hangup: tokio::signal::unix::Signal) {
-        while hangup.recv().await.is_some() {
-            let reloader = self.clone();
-            // Compiling thousands of rules takes a while: not on an async worker.
-            let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
-        }
-    }
-}
-
-/// What a reload did, one line per part; `ok` is false when a part kept the old
-/// version because the new one has an error.
-#[derive(Debug)]
-pub struct ReloadReport {
-    pub lines: Vec<String>,
-    pub ok: bool,
-}
-
-impl Default for ReloadReport {
-    fn default() -> Self {
-        ReloadReport {
-            lines: Vec::new(),
-            ok: true,
-        }
-    }
-}
-
-impl ReloadReport {
-    fn push(&mut self, line: String) {
-        self.lines.push(line);
-    }
-
-    fn failed(&mut self, line: String) {
-        self.ok = false;
-        self.lines.push(line);
-    }
-}
-
 /// A started server.
 pub struct Server {
     /// The addresses actually listened on (port 0 in the config becomes a real port).
@@ -215,19 +105,8 @@ impl Server {
         })?;
         let store = Store::open(&config.store.path)?;
         let memory = MemoryBudget::new(config.limits.data_memory.bytes());
-        let queue = Arc::new(Queue::new(spool, config.queue.flush)?.with_memory(memory.clone()));
-        let recovery = queue.load()?;
-        tracing::info!(
-            queue = %config.queue.path.display(),
-            active = queue.spool.ids(crate::queue::spool::QueueState::Active)?.len(),
-            deferred = queue.spool.ids(crate::queue::spool::QueueState::Deferred)?.len(),
-            hold = queue.spool.ids(crate::queue::spool::QueueState::Hold)?.len(),
-            incoming_removed = recovery.incoming_removed,
-            delivered_removed = recovery.delivered_removed,
-            reunited = recovery.reunited,
-            corrupt = recovery.corrupt,
-            "queue loaded"
-        );
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let queue = open_queue(&config, spool, metrics.clone(), memory.clone())?;
 
         let loaded = Loaded::load(&config, Some(&store))?;
         let rules = Arc::new(loaded.rules);
@@ -237,20 +116,20 @@ impl Server {
             running: config.clone(),
             rules: rules.clone(),
             tls: tls.clone(),
-            metrics: queue.metrics.clone(),
+            metrics: metrics.clone(),
         });
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut background = vec![
             tokio::spawn(rules.clone().watch({
-                let metrics = queue.metrics.clone();
+                let metrics = metrics.clone();
                 move |ok| metrics.rules_reloaded(ok)
             })),
             tokio::spawn(reloader.clone().on_hangup(hangup)),
             tokio::spawn(loaded.pipeline.greylist.clone().purge_loop()),
         ];
         let dns = loaded.dns;
-        dns.count_into(queue.metrics.clone());
-        loaded.shared.count_into(queue.metrics.clone());
+        dns.count_into(metrics.clone());
+        loaded.shared.count_into(metrics.clone());
         loaded.shared.start().await;
         let delivery = Arc::new(Delivery::new(
             config.clone(),
@@ -258,80 +137,46 @@ impl Server {
             Some(dns.clone()),
         )?);
         let workers = delivery.spawn_workers(config.queue.delivery_workers);
-
-        let archive = if config.archive.enabled {
-            let archive = Arc::new(crate::archive::Archive::open(
-                &config.archive,
-                store.tree("archive")?,
-                &config.server.hostname,
-            )?);
-            background.push(tokio::spawn(crate::archive::retention_loop(
-                archive.clone(),
-            )));
-            Some(archive)
-        } else {
-            None
-        };
-        let reporter = archive.as_ref().and_then(|a| {
-            crate::archive::report::Reporter::new(a.clone(), queue.clone(), &config.server.hostname)
-        });
-        if let Some(reporter) = &reporter {
-            background.push(tokio::spawn(reporter.clone().digest_loop()));
-        }
-
-        let control_path = queue.spool.control_socket();
-        let context = Arc::new(crate::control::Context {
+        let services = Arc::new(keeping_services(
+            &config,
+            &store,
+            metrics.clone(),
+            queue.clone(),
+            loaded.shared.clone(),
+            &mut background,
+        )?);
+        let greylist = loaded.pipeline.greylist.clone();
+        let pipeline = Arc::new(loaded.pipeline.keeping(services.clone()));
+        let control = start_control(crate::control::Context {
             queue: queue.clone(),
-            archive: archive.clone(),
+            archive: services.archive.clone(),
+            pipeline: pipeline.clone(),
+            metrics: metrics.clone(),
             rules: rules.clone(),
             config: config.clone(),
             reloader,
-            greylist: loaded.pipeline.greylist.clone(),
+            greylist,
             shared: loaded.shared.clone(),
             started: std::time::Instant::now(),
-        });
-        let control = match crate::control::serve(&control_path, context).await {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                tracing::warn!(path = %control_path.display(), error = %e, "no control socket; `mailmoat queue` will not reach this server");
-                None
-            }
-        };
+        })
+        .await;
 
         let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
-        let auth = loaded.auth.map(Arc::new);
         let limits = ConnectionLimits::new(
             config.server.max_connections,
             config.server.max_connections_per_ip,
         );
-        let pipeline = loaded.pipeline.keeping(queue.clone(), archive, reporter);
         let shared = Arc::new(Shared {
-            pipeline: Arc::new(pipeline),
+            pipeline,
             tls: tls.clone(),
-            auth,
+            auth: loaded.auth.map(Arc::new),
             config: config.clone(),
             rules,
             shutdown: shutdown_rx.clone(),
             connections: limits.clone(),
             memory,
         });
-        let mut local_addrs = Vec::new();
-        let mut listeners = Vec::new();
-        let plain = config.server.listen.iter().map(|a| (a, false));
-        let implicit = config.server.listen_tls.iter().map(|a| (a, true));
-        for (address, implicit_tls) in plain.chain(implicit) {
-            let listener = TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address}"))?;
-            local_addrs.push(listener.local_addr()?);
-            listeners.push(tokio::spawn(accept_loop(
-                listener,
-                implicit_tls,
-                shared.clone(),
-                limits.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
+        let (local_addrs, listeners) = listen(&config, &shared, &limits, &shutdown_rx).await?;
         if let Some(address) = config.metrics.listen {
             let listener = TcpListener::bind(address)
                 .await
@@ -342,9 +187,7 @@ impl Server {
                 phase: shutdown_rx.clone(),
             });
             background.push(tokio::spawn(crate::metrics::serve(
-                listener,
-                queue.metrics.clone(),
-                health,
+                listener, metrics, health,
             )));
             tracing::info!(listen = %address, "metrics served at /metrics and /healthz");
         }
@@ -403,6 +246,111 @@ impl Server {
         }
         tracing::info!("mailmoat stopped");
     }
+}
+
+/// The queue, with what was left in the spool loaded and logged.
+fn open_queue(
+    config: &Config,
+    spool: Spool,
+    metrics: Arc<crate::metrics::Metrics>,
+    memory: Arc<MemoryBudget>,
+) -> anyhow::Result<Arc<Queue>> {
+    let queue = Arc::new(Queue::new(spool, config.queue.flush, metrics)?.with_memory(memory));
+    let recovery = queue.load()?;
+    tracing::info!(
+        queue = %config.queue.path.display(),
+        active = queue.spool.ids(crate::queue::spool::QueueState::Active)?.len(),
+        deferred = queue.spool.ids(crate::queue::spool::QueueState::Deferred)?.len(),
+        hold = queue.spool.ids(crate::queue::spool::QueueState::Hold)?.len(),
+        incoming_removed = recovery.incoming_removed,
+        delivered_removed = recovery.delivered_removed,
+        reunited = recovery.reunited,
+        corrupt = recovery.corrupt,
+        "queue loaded"
+    );
+    Ok(queue)
+}
+
+/// Where accepted and refused mail goes: the queue, the archive (with its
+/// retention and its reports to the backup mailbox, running in `background`).
+fn keeping_services(
+    config: &Config,
+    store: &Store,
+    metrics: Arc<crate::metrics::Metrics>,
+    queue: Arc<Queue>,
+    shared: Arc<crate::shared_state::SharedState>,
+    background: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Services> {
+    let archive = if config.archive.enabled {
+        let archive = Arc::new(crate::archive::Archive::open(
+            &config.archive,
+            store.tree("archive")?,
+            &config.server.hostname,
+        )?);
+        background.push(tokio::spawn(crate::archive::retention_loop(
+            archive.clone(),
+        )));
+        Some(archive)
+    } else {
+        None
+    };
+    let reporter = archive.as_ref().and_then(|a| {
+        crate::archive::report::Reporter::new(
+            a.clone(),
+            queue.clone(),
+            metrics.clone(),
+            &config.server.hostname,
+        )
+    });
+    if let Some(reporter) = &reporter {
+        background.push(tokio::spawn(reporter.clone().digest_loop()));
+    }
+    Ok(Services {
+        metrics,
+        queue,
+        archive,
+        reporter,
+        shared,
+    })
+}
+
+/// The control socket `mailmoat queue|quarantine|reload|status` reach.
+async fn start_control(context: crate::control::Context) -> Option<JoinHandle<()>> {
+    let path = context.queue.spool.control_socket();
+    match crate::control::serve(&path, Arc::new(context)).await {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no control socket; `mailmoat queue` will not reach this server");
+            None
+        }
+    }
+}
+
+/// Listens on every address of `[server] listen` and `listen_tls`.
+async fn listen(
+    config: &Config,
+    shared: &Arc<Shared>,
+    limits: &Arc<ConnectionLimits>,
+    shutdown: &watch::Receiver<Phase>,
+) -> anyhow::Result<(Vec<SocketAddr>, Vec<JoinHandle<()>>)> {
+    let mut local_addrs = Vec::new();
+    let mut listeners = Vec::new();
+    let plain = config.server.listen.iter().map(|a| (a, false));
+    let implicit = config.server.listen_tls.iter().map(|a| (a, true));
+    for (address, implicit_tls) in plain.chain(implicit) {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        local_addrs.push(listener.local_addr()?);
+        listeners.push(tokio::spawn(accept_loop(
+            listener,
+            implicit_tls,
+            shared.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        )));
+    }
+    Ok((local_addrs, listeners))
 }
 
 /// What `/healthz` looks at: the listeners accept while the server runs, and the

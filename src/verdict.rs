@@ -226,6 +226,23 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A client refused before anything was looked up about it (the listener's
+    /// connection limits): only its address is known. Every other peer is made
+    /// by `Pipeline::peer`.
+    pub fn unjudged(ip: IpAddr) -> Peer {
+        Peer {
+            ip,
+            local_ip: ip,
+            name: None,
+            helo: None,
+            login: None,
+            trusted: false,
+            allowed: false,
+            may_relay: false,
+            tls: false,
+        }
+    }
+
     pub fn helo(&self) -> &str {
         self.helo.as_deref().unwrap_or("")
     }

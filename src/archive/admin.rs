@@ -7,9 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::{Archive, Record, unix_now};
-use crate::queue::Queue;
 use crate::queue::admin::AdminReply;
-use crate::rules::RuleSet;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
@@ -67,13 +65,9 @@ fn matches(record: &Record, command: &QuarantineCommand) -> bool {
             .is_none_or(|r| record.recipients.iter().any(|x| contains(x, r)))
 }
 
-pub async fn execute(
-    archive: &Archive,
-    rules: &RuleSet,
-    queue: &Queue,
-    config: &crate::config::Config,
-    command: &QuarantineCommand,
-) -> AdminReply {
+/// Runs a command on the archive. A release is judged and queued by the
+/// pipeline (`control::quarantine`), not here.
+pub fn execute(archive: &Archive, command: &QuarantineCommand) -> AdminReply {
     match command {
         QuarantineCommand::List { .. } => {
             let mut out = String::new();
@@ -160,11 +154,8 @@ pub async fn execute(
             }
             reply(true, out)
         }
-        QuarantineCommand::Release { id, rcpts, by } => {
-            match super::release::release(archive, rules, queue, config, id, rcpts, by).await {
-                Ok(queue_id) => reply(true, format!("{id}: released, queued as {queue_id}")),
-                Err(e) => reply(false, e),
-            }
+        QuarantineCommand::Release { id, .. } => {
+            reply(false, format!("{id}: a release goes through the pipeline"))
         }
         QuarantineCommand::Delete { id } => match archive.delete(id) {
             Ok(true) => reply(true, format!("{id}: deleted")),

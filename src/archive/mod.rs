@@ -43,6 +43,10 @@ pub struct Record {
     pub client_name: Option<String>,
     pub helo: String,
     pub authenticated: bool,
+    /// The account the client logged in with (records from before it was kept
+    /// say only `authenticated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
     /// Empty for the null sender.
     pub sender: String,
     pub recipients: Vec<String>,
@@ -81,6 +85,7 @@ impl Record {
             client_name: event.peer.name.clone(),
             helo: event.peer.helo().to_string(),
             authenticated: event.peer.login.is_some(),
+            login: event.peer.login.clone(),
             sender: event.sender.to_string(),
             recipients: event.recipients.to_vec(),
             size: message.map_or(0, |m| m.len() as u64),

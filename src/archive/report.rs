@@ -168,6 +168,8 @@ struct Destination {
 pub struct Reporter {
     archive: Arc<Archive>,
     queue: Arc<Queue>,
+    /// Reports sent count here.
+    metrics: Arc<crate::metrics::Metrics>,
     hostname: String,
     destinations: Vec<Destination>,
     /// Ids waiting for the next digest.
@@ -176,7 +178,12 @@ pub struct Reporter {
 
 impl Reporter {
     /// None when no backup mailbox is configured.
-    pub fn new(archive: Arc<Archive>, queue: Arc<Queue>, hostname: &str) -> Option<Arc<Reporter>> {
+    pub fn new(
+        archive: Arc<Archive>,
+        queue: Arc<Queue>,
+        metrics: Arc<crate::metrics::Metrics>,
+        hostname: &str,
+    ) -> Option<Arc<Reporter>> {
         let config = &archive.config;
         let mut destinations = Vec::new();
         let address = config.backup_address.clone().filter(|a| !a.is_empty());
@@ -200,6 +207,7 @@ impl Reporter {
         Some(Arc::new(Reporter {
             archive,
             queue,
+            metrics,
             hostname: hostname.to_string(),
             destinations,
             pending: Mutex::new(Vec::new()),
@@ -241,7 +249,7 @@ impl Reporter {
         };
         match self.queue.enqueue(envelope, report).await {
             Ok(()) => {
-                self.queue.metrics.report_sent();
+                self.metrics.report_sent();
                 tracing::info!(queue_id = %id, archive_id = about, to = %destination.address, "report queued for the backup mailbox")
             }
             Err(e) => {

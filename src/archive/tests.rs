@@ -22,6 +22,7 @@ fn record(id: &str, time: u64, size: u64) -> Record {
         client_name: None,
         helo: "h".into(),
         authenticated: false,
+        login: None,
         sender: "a@remote.test".into(),
         recipients: vec!["b@example.test".into()],
         size,

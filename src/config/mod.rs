@@ -624,7 +624,10 @@ mod tests {
     fn the_old_zip_limits_still_count_with_a_warning() {
         let config = parse("[rules]\nzip_depth = 2\nzip_bytes = \"1MB\"\n").unwrap();
         let limits = config.rules.limits();
-        assert_eq!((limits.container_depth, limits.container_bytes), (2, 1 << 20));
+        assert_eq!(
+            (limits.container_depth, limits.container_bytes),
+            (2, 1 << 20)
+        );
         let warnings = config.warnings();
         assert!(
             warnings

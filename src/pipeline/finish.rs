@@ -1,51 +1,38 @@
 //! The end of a judged message: refused, discarded or quarantined into the
-//! archive by [`Pipeline::keep`]; otherwise queued with the rules' changes (or, a
-//! quarantine with the archive off, held in the queue). One log line either way.
+//! archive by [`Pipeline::keep`]; otherwise signed and sealed, queued with the
+//! rules' changes (or, a quarantine with the archive off, held in the queue), and
+//! counted. One log line either way. New mail and a release from the archive end
+//! here alike.
 
-use super::{Judgement, Kept, Pipeline};
+use super::{Judgement, Kept, Message, Pipeline, Transaction};
 use crate::queue::envelope::Envelope;
 use crate::reply::Reply;
 use crate::rules::Verdict;
-use crate::verdict::{DecidedBy, Decision, Event, Outcome, Peer, Stage};
+use crate::verdict::{DecidedBy, Event, Outcome, Peer, Stage};
 
-/// A message whose data has been read, with what the session knows of it.
-pub struct Received<'a> {
-    /// The queue id the client is told.
-    pub id: &'a str,
-    pub peer: &'a Peer,
-    /// Empty for the null sender.
-    pub sender: &'a str,
-    /// The sender's SPF check at MAIL (for an ARC seal's results).
-    pub spf: Option<&'a crate::sender_auth::SpfCheck>,
-    pub recipients: &'a [String],
-    /// BODY=8BITMIME and SMTPUTF8 were given.
-    pub eight_bit: bool,
-    pub smtputf8: bool,
-    /// mailmoat's trace header, then the message as the client sent it.
-    pub bytes: Vec<u8>,
-    /// Octets of the trace header at the start of `bytes`.
-    pub trace_len: usize,
+/// Where an accepted message goes in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Into {
+    /// Scheduled for delivery.
+    Delivery,
+    /// The queue's hold folder: a quarantine with the archive off.
+    Hold,
 }
 
 impl Pipeline {
     /// Acts on the judgement of a message; returns the reply for the client.
-    pub async fn finish(&self, message: Received<'_>, judged: Judgement<Verdict>) -> Reply {
-        let (id, peer, sender, recipients) =
-            (message.id, message.peer, message.sender, message.recipients);
-        let size = message.bytes.len() - message.trace_len;
+    pub async fn finish(
+        &self,
+        peer: &Peer,
+        transaction: &Transaction,
+        message: Message,
+        judged: Judgement<Verdict>,
+    ) -> Reply {
+        let id = message.id.clone();
+        let sender = transaction.sender_text();
+        let recipients = &transaction.recipients;
+        let size = message.original().len();
         let accepted = Reply::new(250, "2.0.0", format!("Ok: queued as {id}"));
-        let kept = |decision: Decision, rules| Kept {
-            stage: Stage::Data,
-            peer,
-            id: Some(id),
-            sender,
-            recipients,
-            decision,
-            message: Some(&message.bytes[message.trace_len..]),
-            received: Some(&message.bytes[..message.trace_len]),
-            size,
-            rules,
-        };
         let (decision, verdict) = match judged.result {
             Ok(verdict) => (verdict.decided(&accepted), Some(verdict)),
             Err(decision) => (Some(decision), None),
@@ -57,19 +44,39 @@ impl Pipeline {
         let held = match decision {
             Some(decision)
                 if decision.outcome == Outcome::Quarantined
-                    && !(decision.archive && self.archive.is_some()) =>
+                    && !(decision.archive && self.archive().is_some()) =>
             {
                 Some(decision.by)
             }
-            Some(decision) => return self.keep(kept(decision, &summary)).await,
+            Some(decision) => {
+                return self
+                    .keep(Kept {
+                        stage: Stage::Data,
+                        peer,
+                        id: Some(&id),
+                        sender: &sender,
+                        recipients,
+                        decision,
+                        message: Some(message.original()),
+                        received: Some(message.trace()),
+                        size,
+                        rules: &summary,
+                    })
+                    .await;
+            }
             None => None,
         };
-        let verdict = verdict.unwrap_or_else(|| Verdict::deliver(sender, recipients.to_vec()));
+        let verdict = verdict.unwrap_or_else(|| Verdict::deliver(&sender, recipients.to_vec()));
         let decided_by = held
             .clone()
             .or_else(|| verdict.decided_by.clone().map(DecidedBy::Rule));
+        let into = if held.is_some() {
+            Into::Hold
+        } else {
+            Into::Delivery
+        };
         let (outcome, reply, decided_by, reason) = match self
-            .queue(message, &verdict, held.is_some())
+            .enqueue(peer, transaction, message, &verdict, into)
             .await
         {
             Ok(()) => (
@@ -97,10 +104,10 @@ impl Pipeline {
             }
         };
         self.record(&Event {
-            id,
+            id: &id,
             stage: Stage::Data,
             peer,
-            sender,
+            sender: &sender,
             recipients,
             size,
             outcome,
@@ -112,30 +119,34 @@ impl Pipeline {
         reply
     }
 
-    /// Writes the message, as the rules changed it, to the queue (or its hold
-    /// folder).
-    async fn queue(
+    /// Writes the message, as the rules changed it, signed (DKIM) and sealed
+    /// (ARC) as `[sender_auth]` says, to the queue (or its hold folder).
+    pub(super) async fn enqueue(
         &self,
-        message: Received<'_>,
+        peer: &Peer,
+        transaction: &Transaction,
+        message: Message,
         verdict: &Verdict,
-        held: bool,
+        into: Into,
     ) -> std::io::Result<()> {
-        let Some(queue) = &self.queue else {
+        let Some(queue) = self.queue() else {
             return Err(std::io::Error::other("no queue to keep the message in"));
         };
+        let trace_len = message.trace_len;
         let mut bytes = message.bytes;
         let changed = verdict
             .changes_message()
-            .then(|| verdict.apply(&bytes[message.trace_len..]));
+            .then(|| verdict.apply(&bytes[trace_len..]));
         let authenticated = match &self.sender_auth {
             Some(auth) => {
+                let sender = transaction.sender_text();
                 auth.outgoing(crate::sender_auth::Outgoing {
-                    peer: message.peer,
-                    sender: message.sender,
-                    spf: message.spf,
+                    peer,
+                    sender: &sender,
+                    spf: transaction.spf.as_ref(),
                     auth: verdict.authentication.as_ref(),
-                    original: &bytes[message.trace_len..],
-                    delivered: changed.as_deref().unwrap_or(&bytes[message.trace_len..]),
+                    original: &bytes[trace_len..],
+                    delivered: changed.as_deref().unwrap_or(&bytes[trace_len..]),
                     changed: changed.is_some(),
                 })
                 .await
@@ -143,46 +154,48 @@ impl Pipeline {
             None => None,
         };
         if let Some(replacement) = authenticated.or(changed) {
-            bytes.truncate(message.trace_len);
+            bytes.truncate(trace_len);
             bytes.extend_from_slice(&replacement);
         }
         let envelope = Envelope {
-            client_ip: message.peer.ip.to_string(),
-            helo: message.peer.helo().to_string(),
-            eight_bit: message.eight_bit,
-            smtputf8: message.smtputf8,
+            client_ip: peer.ip.to_string(),
+            helo: peer.helo().to_string(),
+            eight_bit: transaction.eight_bit,
+            smtputf8: transaction.smtputf8,
             ..Envelope::new(
-                message.id.to_string(),
+                message.id,
                 verdict.sender.clone(),
                 verdict.recipients.clone(),
             )
         };
-        if held {
-            queue.enqueue_held(envelope, bytes).await
-        } else {
-            queue.enqueue(envelope, bytes).await
+        match into {
+            Into::Delivery => queue.enqueue(envelope, bytes).await,
+            Into::Hold => queue.enqueue_held(envelope, bytes).await,
         }
     }
-}
 
-impl Pipeline {
-    /// The end of a message written to signed release addresses: the items are
-    /// released (judged again by `rules`); the reply says what happened.
+    /// The end of a message written to signed release addresses: each item is
+    /// released through the pipeline; the reply says what happened.
     pub async fn release_by_mail(
         &self,
         peer: &Peer,
-        sender: &str,
-        ids: &[String],
+        transaction: &Transaction,
         rules: &crate::rules::RuleSet,
     ) -> Reply {
-        let (Some(archive), Some(queue)) = (&self.archive, &self.queue) else {
+        if self.archive().is_none() || self.queue().is_none() {
             return Reply::new(550, "5.7.1", "Release by mail is not available here");
-        };
-        let by = format!("mail from {} <{sender}>", peer.ip);
-        match crate::archive::release::by_mail(archive, rules, queue, &self.config, ids, &by).await
-        {
-            Ok(text) => Reply::new(250, "2.0.0", text),
-            Err(text) => Reply::new(550, "5.7.1", text),
         }
+        let by = format!("mail from {} <{}>", peer.ip, transaction.sender_text());
+        let mut done = Vec::new();
+        for item in &transaction.releases {
+            match self.release(rules, item, &[], &by).await {
+                Ok(queue_id) => done.push(format!("Released {item} (queued as {queue_id})")),
+                Err(e) => {
+                    tracing::info!(archive_id = %item, by, error = %e, "release by mail refused");
+                    return Reply::new(550, "5.7.1", e);
+                }
+            }
+        }
+        Reply::new(250, "2.0.0", done.join("; "))
     }
 }

@@ -56,7 +56,7 @@ impl Pipeline {
     pub async fn keep(&self, mut kept: Kept<'_>) -> Reply {
         let mut archived = None;
         if kept.decision.archive
-            && let Some(archive) = self.archive.clone()
+            && let Some(archive) = self.archive().cloned()
         {
             let record = Record::of(
                 &kept.event(),
@@ -75,8 +75,8 @@ impl Pipeline {
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match written {
                 Ok(done) => {
-                    if let Some(queue) = &self.queue {
-                        queue.metrics.archived(kept.message.map_or(0, <[u8]>::len));
+                    if let Some(metrics) = self.metrics() {
+                        metrics.archived(kept.message.map_or(0, <[u8]>::len));
                     }
                     archived = Some(done)
                 }
@@ -102,7 +102,8 @@ impl Pipeline {
             }
         }
         self.record(&kept.event());
-        if let (Some((record, copy)), Some(reporter)) = (archived, &self.reporter) {
+        let reporter = self.services.as_deref().and_then(|s| s.reporter.as_ref());
+        if let (Some((record, copy)), Some(reporter)) = (archived, reporter) {
             reporter.report(&record, copy.as_deref()).await;
         }
         kept.decision.reply
@@ -110,17 +111,7 @@ impl Pipeline {
 
     /// A refusal of the listener, before any session: too many connections.
     pub async fn refuse_connection(&self, ip: std::net::IpAddr, reply: Reply) {
-        let peer = Peer {
-            ip,
-            local_ip: ip,
-            name: None,
-            helo: None,
-            login: None,
-            trusted: false,
-            allowed: false,
-            may_relay: false,
-            tls: false,
-        };
+        let peer = Peer::unjudged(ip);
         self.keep(Kept {
             stage: Stage::Connect,
             peer: &peer,

@@ -14,7 +14,9 @@
 mod finish;
 pub mod fixtures;
 mod keep;
+mod release;
 mod steps;
+mod transaction;
 pub mod trial;
 
 use std::future::Future;
@@ -22,20 +24,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use finish::Received;
 pub use keep::Kept;
+pub use transaction::{Message, Transaction};
 
 use crate::address::Path;
-use crate::archive::Archive;
-use crate::archive::report::Reporter;
 use crate::config::Config;
 use crate::policy::checks::Checks;
 use crate::policy::limits::MailBomb;
 use crate::policy::recipients::RecipientValidator;
 use crate::policy::relay::Destination;
-use crate::queue::Queue;
 use crate::rules::{Matched, RuleSet, Verdict};
 use crate::sender_auth::{AuthFacts, Authentication, SenderAuth, SpfCheck};
+use crate::services::Services;
 use crate::verdict::{Decision, Peer, Stage};
 
 /// The order of the checks, stage by stage (README, "Precedence"). A client that
@@ -206,6 +206,39 @@ impl Step {
     }
 }
 
+impl Step {
+    /// The check names this step decides with (what an archive record's
+    /// `decided_by` says), so that a release can leave out the step that held a
+    /// message. The rules decide with their own names.
+    pub fn checks(self) -> &'static [&'static str] {
+        match self {
+            Step::ConnectionRate => &["mailbomb.connections"],
+            Step::ClientDeny => &["lists.client_deny"],
+            Step::ClientNameDeny => &["lists.client_name_deny"],
+            Step::Dnsbl => &["dnsbl"],
+            Step::Pregreet => &["pregreet"],
+            Step::HeloNotOurs => &["helo"],
+            Step::SpoolSpace => &["queue.free_space"],
+            Step::SenderLogin => &["auth.sender_login"],
+            Step::SenderDeny => &["lists.sender_deny"],
+            Step::SenderDomain => &["sender_domain"],
+            Step::Spf => &[],
+            Step::MessageRate => &["mailbomb.messages", "mailbomb.sender"],
+            Step::ReleaseAddress => &["release"],
+            Step::Relay => &["relay"],
+            Step::Recipients => &["recipients", "recipients.callout"],
+            Step::RecipientRate => &["mailbomb.recipients", "mailbomb.mailbox"],
+            Step::Greylist => &["greylist"],
+            Step::BodyFlood => &["mailbomb.identical_bodies"],
+            Step::MimeStructure => &["mime.ambiguous", "mime.partial"],
+            Step::SenderAuth => &["dmarc"],
+            Step::Scan | Step::ScanDefaults => &["antivirus", "spam"],
+            Step::Unscannable => &["mime.unscannable"],
+            Step::Rules => &[],
+        }
+    }
+}
+
 impl Spares {
     /// Does this spare the client?
     pub fn spares(self, peer: &Peer, config: &Config) -> bool {
@@ -251,6 +284,23 @@ pub struct Judgement<T> {
     pub matched: Vec<Matched>,
 }
 
+impl<T> Judgement<T> {
+    /// The judgement alone, and what was found when it accepted.
+    pub fn split(self) -> (Judgement<()>, Option<T>) {
+        let (result, found) = match self.result {
+            Ok(found) => (Ok(()), Some(found)),
+            Err(decision) => (Err(decision), None),
+        };
+        (
+            Judgement {
+                result,
+                matched: self.matched,
+            },
+            found,
+        )
+    }
+}
+
 /// Everything that judges, and where refusals and accepted mail go.
 pub struct Pipeline {
     pub config: Arc<Config>,
@@ -262,12 +312,9 @@ pub struct Pipeline {
     pub greylist: Arc<crate::policy::greylist::Greylist>,
     /// clamd and rspamd; None when neither is configured.
     pub scanners: Option<Arc<crate::scanners::Scanners>>,
-    /// Where refused mail is kept; None when the archive is off (and in trials).
-    pub archive: Option<Arc<Archive>>,
-    /// Sends reports of archived mail to the backup mailbox.
-    pub reporter: Option<Arc<Reporter>>,
-    /// Where accepted mail goes; None in trials, which keep nothing.
-    pub queue: Option<Arc<Queue>>,
+    /// Where accepted and refused mail goes and what counts it; None in trials,
+    /// which keep nothing.
+    services: Option<Arc<Services>>,
 }
 
 /// What one stage's steps look at, and what they find out.
@@ -296,8 +343,10 @@ struct Judging<'a> {
     /// Found at DATA.
     verdict: Option<Verdict>,
     matched: Vec<Matched>,
-    /// SPF: checked at MAIL, kept by the session for RCPT and DATA.
+    /// SPF: checked at MAIL, kept in the transaction for RCPT and DATA.
     spf: Option<std::borrow::Cow<'a, SpfCheck>>,
+    /// What a release leaves out: the check or rule that held the message.
+    spared: Option<&'a Spared>,
     /// DKIM, ARC, DMARC: verified at DATA.
     authentication: Option<Authentication>,
     /// What clamd and rspamd said, at DATA.
@@ -344,10 +393,20 @@ impl<'a> Judging<'a> {
             verdict: None,
             matched: Vec::new(),
             spf: None,
+            spared: None,
             authentication: None,
             scan: None,
         }
     }
+}
+
+/// What a release leaves out of the judging: only what held the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spared {
+    /// The steps that decide with this check's name (`mime.unscannable`).
+    Check(String),
+    /// One rule; the other rules judge as ever.
+    Rule(String),
 }
 
 /// What a step says when it does not refuse.
@@ -399,31 +458,40 @@ impl Pipeline {
             greylist: Arc::new(greylist),
             scanners: crate::scanners::Scanners::new(&config).map(Arc::new),
             config,
-            archive: None,
-            reporter: None,
-            queue: None,
+            services: None,
         })
     }
 
-    /// Where accepted and refused mail goes.
-    pub fn keeping(
-        self,
-        queue: Arc<Queue>,
-        archive: Option<Arc<Archive>>,
-        reporter: Option<Arc<Reporter>>,
-    ) -> Pipeline {
+    /// Where accepted and refused mail goes, and what counts it.
+    pub fn keeping(self, services: Arc<Services>) -> Pipeline {
         Pipeline {
-            queue: Some(queue),
-            archive,
-            reporter,
+            services: Some(services),
             ..self
         }
+    }
+
+    /// The metrics decisions count into; none in trials.
+    pub fn metrics(&self) -> Option<&Arc<crate::metrics::Metrics>> {
+        self.services.as_deref().map(|s| &s.metrics)
+    }
+
+    fn archive(&self) -> Option<&Arc<crate::archive::Archive>> {
+        self.services.as_deref().and_then(|s| s.archive.as_ref())
+    }
+
+    fn queue(&self) -> Option<&Arc<crate::queue::Queue>> {
+        self.services.as_deref().map(|s| &s.queue)
     }
 
     /// Runs a stage's steps in order; the first refusal ends it.
     async fn run(&self, judging: &mut Judging<'_>) -> Result<(), Decision> {
         for &step in steps(judging.stage) {
             if step.spares().spares(judging.peer, &self.config) {
+                continue;
+            }
+            if let Some(Spared::Check(check)) = judging.spared
+                && step.checks().contains(&check.as_str())
+            {
                 continue;
             }
             match self.guarded_step(step, judging).await? {
@@ -447,9 +515,9 @@ impl Pipeline {
         if matches!(judging.stage, Stage::Connect | Stage::Helo) {
             log_shadow(crate::verdict::NOQUEUE, &judging.matched);
         }
-        if let Some(queue) = &self.queue {
+        if let Some(metrics) = self.metrics() {
             for matched in judging.matched.iter().filter(|m| !m.shadow) {
-                queue.metrics.rule_matched(&matched.rule);
+                metrics.rule_matched(&matched.rule);
             }
         }
         Judgement {
@@ -461,8 +529,8 @@ impl Pipeline {
     /// Logs a decision and counts it.
     fn record(&self, event: &crate::verdict::Event<'_>) {
         event.log();
-        if let Some(queue) = &self.queue {
-            queue.metrics.decision(event);
+        if let Some(metrics) = self.metrics() {
+            metrics.decision(event);
         }
     }
 
@@ -487,34 +555,44 @@ impl Pipeline {
         self.judged(judging, result, |_| ())
     }
 
-    /// At MAIL FROM; what it found is the sender's SPF check (when made), for
-    /// the later stages.
+    /// At MAIL FROM: begins the transaction (with the sender's SPF check, when
+    /// one is made, for the later stages).
     pub async fn mail(
         &self,
         peer: &Peer,
         rules: &RuleSet,
-        sender: &Path,
-    ) -> Judgement<Option<SpfCheck>> {
+        sender: Path,
+        eight_bit: bool,
+        smtputf8: bool,
+    ) -> Judgement<Transaction> {
         let text = sender.to_string();
         let mut judging = Judging::new(Stage::Mail, peer, rules);
         judging.sender = &text;
         judging.sender_domain = sender.mailbox().and_then(|m| m.domain_name());
         let result = self.run(&mut judging).await;
-        self.judged(judging, result, |j| j.spf.take().map(|s| s.into_owned()))
+        let mut transaction = Transaction::new(sender.clone(), eight_bit, smtputf8);
+        transaction.spf = judging.spf.take().map(|s| s.into_owned());
+        let judged = self.judged(judging, result, |_| ());
+        transaction.shadow.add(&judged.matched);
+        Judgement {
+            result: judged.result.map(|()| transaction),
+            matched: judged.matched,
+        }
     }
 
     /// At RCPT TO; `raw` is the recipient as the client wrote it between `<>`.
+    /// An accepted one joins the transaction.
     pub async fn rcpt(
         &self,
         peer: &Peer,
         rules: &RuleSet,
-        sender: &str,
-        spf: Option<&SpfCheck>,
+        transaction: &mut Transaction,
         raw: &str,
     ) -> Judgement<Recipient> {
+        let sender = transaction.sender_text();
         let mut judging = Judging::new(Stage::Rcpt, peer, rules);
-        judging.sender = sender;
-        judging.spf = spf.map(std::borrow::Cow::Borrowed);
+        judging.sender = &sender;
+        judging.spf = transaction.spf.as_ref().map(std::borrow::Cow::Borrowed);
         judging.recipient = raw;
         let result = self.run(&mut judging).await;
         let result = match result {
@@ -525,31 +603,56 @@ impl Pipeline {
             )),
             other => other,
         };
-        self.judged(judging, result, |j| {
+        let judged = self.judged(judging, result, |j| {
             j.accepted.take().expect("an accepted recipient")
-        })
+        });
+        transaction.shadow.add(&judged.matched);
+        match &judged.result {
+            Ok(Recipient::Deliver(destination)) => {
+                transaction
+                    .recipients
+                    .push(destination.mailbox().to_string());
+            }
+            Ok(Recipient::Release(id)) => transaction.releases.push(id.clone()),
+            Err(_) => {}
+        }
+        judged
     }
 
-    /// At the end of DATA: `message` as the client sent it (without our trace
-    /// header), to the accepted `recipients`. The verdict may still discard or
-    /// quarantine; [`Pipeline::finish`] acts on it.
-    #[allow(clippy::too_many_arguments)]
+    /// At the end of DATA: the message of a transaction, to its accepted
+    /// recipients. The verdict may still discard or quarantine; [`Pipeline::finish`]
+    /// acts on it.
     pub async fn data(
         &self,
         peer: &Peer,
         rules: &RuleSet,
-        id: &str,
-        sender: &str,
-        spf: Option<&SpfCheck>,
-        recipients: &[String],
-        message: &[u8],
+        transaction: &mut Transaction,
+        message: &Message,
     ) -> Judgement<Verdict> {
+        let judged = self
+            .judge_data(peer, rules, transaction, message, None)
+            .await;
+        transaction.shadow.add(&judged.matched);
+        judged
+    }
+
+    /// The DATA stage's steps, `spared` left out (a release).
+    async fn judge_data(
+        &self,
+        peer: &Peer,
+        rules: &RuleSet,
+        transaction: &Transaction,
+        message: &Message,
+        spared: Option<&Spared>,
+    ) -> Judgement<Verdict> {
+        let sender = transaction.sender_text();
         let mut judging = Judging::new(Stage::Data, peer, rules);
-        judging.id = id;
-        judging.sender = sender;
-        judging.spf = spf.map(std::borrow::Cow::Borrowed);
-        judging.recipients = recipients;
-        judging.message = message;
+        judging.id = &message.id;
+        judging.sender = &sender;
+        judging.spf = transaction.spf.as_ref().map(std::borrow::Cow::Borrowed);
+        judging.recipients = &transaction.recipients;
+        judging.message = message.original();
+        judging.spared = spared;
         let result = self.run(&mut judging).await;
         self.judged(judging, result, |j| {
             let mut verdict = j
@@ -594,6 +697,11 @@ impl ShadowLog {
 
     pub fn queued_as(&mut self, id: &str) {
         self.id = Some(id.to_string());
+    }
+
+    /// Forgets what matched: nothing is logged (a trial reports it instead).
+    pub fn discard(&mut self) {
+        self.matched.clear();
     }
 }
 

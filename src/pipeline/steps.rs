@@ -169,9 +169,13 @@ impl Pipeline {
             let mut facts = Facts::of(j.peer, j.sender, j.recipients);
             facts.auth = j.auth_facts();
             facts.scan = j.scan.as_ref();
-            let verdict = j
-                .rules
-                .judge_content(facts, j.message.len(), j.content.as_ref(), None);
+            let spared_rule = match j.spared {
+                Some(super::Spared::Rule(rule)) => Some(rule.as_str()),
+                _ => None,
+            };
+            let verdict =
+                j.rules
+                    .judge_content(facts, j.message.len(), j.content.as_ref(), spared_rule);
             j.matched.extend(verdict.matched.iter().cloned());
             let refusal = verdict
                 .decided(&Reply::new(250, "2.0.0", "Ok"))
@@ -227,7 +231,7 @@ impl Pipeline {
     /// from the backup mailbox. Only clients that may relay, only with the right
     /// signature; the release itself happens at the end of DATA.
     fn release_address(&self, j: &mut Judging<'_>) -> Result<Next, Decision> {
-        let Some(archive) = &self.archive else {
+        let Some(archive) = self.archive() else {
             return Ok(Next::Continue);
         };
         let Ok(Path::Mailbox(mailbox)) = Path::parse(j.recipient) else {
@@ -273,7 +277,7 @@ impl Pipeline {
     /// New mail only while the spool has room for it (Postfix's
     /// `queue_minfree`): refused early, at MAIL FROM, not after the whole body.
     fn spool_space(&self) -> Result<(), Decision> {
-        let Some(queue) = &self.queue else {
+        let Some(queue) = self.queue() else {
             return Ok(());
         };
         let minimum = self.config.min_free_space();

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{Judgement, Patient, Pipeline, Recipient};
+use super::{Judgement, Message, Patient, Pipeline};
 use crate::address::Path;
 use crate::config::Config;
 use crate::reply::Reply;
@@ -31,9 +31,9 @@ pub struct Trial {
     pub connect: Judgement<()>,
     pub helo: Option<Judgement<()>>,
     /// `None` when the sender syntax is wrong (the reply says why).
-    pub mail: Option<Judgement<Option<crate::sender_auth::SpfCheck>>>,
+    pub mail: Option<Judgement<()>>,
     pub mail_syntax: Option<Reply>,
-    pub rcpt: Vec<(String, Judgement<Recipient>)>,
+    pub rcpt: Vec<(String, Judgement<super::Recipient>)>,
     /// At the end of DATA; none when an earlier stage refused everything.
     pub data: Option<Judgement<Verdict>>,
     /// The message as it would be delivered.
@@ -62,21 +62,13 @@ impl Pipeline {
     }
 }
 
-/// Runs every stage as the server would.
+/// Runs every stage as the server would, with the same pipeline calls as a
+/// session makes.
 pub async fn run(pipeline: &Pipeline, rules: &RuleSet, input: &TrialInput<'_>) -> Trial {
-    let config = &pipeline.config;
-    let ip = crate::policy::relay::canonical(input.client_ip);
-    let mut peer = Peer {
-        ip,
-        local_ip: IpAddr::from([0, 0, 0, 0]),
-        name: pipeline.checks.client_name(ip).await,
-        helo: None,
-        login: input.login.clone(),
-        trusted: crate::policy::relay::may_relay(config, ip, false),
-        allowed: pipeline.checks.allowed(ip),
-        may_relay: crate::policy::relay::may_relay(config, ip, input.login.is_some()),
-        tls: false,
-    };
+    let unspecified = IpAddr::from([0, 0, 0, 0]);
+    let mut peer = pipeline
+        .peer(input.client_ip, unspecified, false, input.login.clone())
+        .await;
     let connect = pipeline.connect(&peer, rules, &mut Patient).await;
     let mut trial = Trial {
         peer: peer.clone(),
@@ -110,44 +102,36 @@ pub async fn run(pipeline: &Pipeline, rules: &RuleSet, input: &TrialInput<'_>) -
             return trial;
         }
     };
-    let mail = pipeline.mail(&peer, rules, &sender).await;
-    let refused = mail.result.is_err();
-    let spf = mail.result.as_ref().ok().cloned().flatten();
+    let (mail, transaction) = pipeline
+        .mail(&peer, rules, sender, false, false)
+        .await
+        .split();
     trial.mail = Some(mail);
-    if refused {
+    let Some(mut transaction) = transaction else {
         return trial;
-    }
-    let sender = sender.to_string();
-    let mut accepted = Vec::new();
+    };
     for raw in &input.recipients {
-        let judged = pipeline
-            .rcpt(&peer, rules, &sender, spf.as_ref(), raw)
-            .await;
-        if let Ok(Recipient::Deliver(destination)) = &judged.result {
-            accepted.push(destination.mailbox().to_string());
-        }
+        let judged = pipeline.rcpt(&peer, rules, &mut transaction, raw).await;
         trial.rcpt.push((raw.clone(), judged));
     }
-    if accepted.is_empty() {
-        return trial;
+    if !transaction.recipients.is_empty() {
+        let message = Message {
+            id: "trial".into(),
+            bytes: input.message.to_vec(),
+            trace_len: 0,
+        };
+        let data = pipeline
+            .data(&peer, rules, &mut transaction, &message)
+            .await;
+        if let Ok(verdict) = &data.result
+            && matches!(verdict.decision, Final::Deliver | Final::Quarantine)
+        {
+            trial.delivered = Some(verdict.apply(input.message));
+        }
+        trial.data = Some(data);
     }
-    let data = pipeline
-        .data(
-            &peer,
-            rules,
-            "trial",
-            &sender,
-            spf.as_ref(),
-            &accepted,
-            input.message,
-        )
-        .await;
-    if let Ok(verdict) = &data.result
-        && matches!(verdict.decision, Final::Deliver | Final::Quarantine)
-    {
-        trial.delivered = Some(verdict.apply(input.message));
-    }
-    trial.data = Some(data);
+    // A trial logs nothing: its shadow rules are in its report.
+    transaction.shadow.discard();
     trial
 }
 

@@ -61,7 +61,7 @@ pub struct Queue {
     pub scheduler: Arc<Scheduler>,
     /// Which next hops answer (delivery learns it; `queue flush` forgets failures).
     pub health: Arc<health::Health>,
-    /// The server's metrics: the queue and delivery count into them.
+    /// The metrics the queue and delivery count into (the server's, given).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// To the commit thread, which writes every new message and the journal of
     /// delivered ones (group commit: one flush for all that piled up).
@@ -79,13 +79,16 @@ impl Queue {
     /// Starts the committer thread: all new messages go through it, so messages that
     /// arrive together share one flush, and no two threads contend for the spool's
     /// folder locks.
-    pub fn new(spool: Spool, flush: FlushMode) -> io::Result<Queue> {
+    pub fn new(
+        spool: Spool,
+        flush: FlushMode,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> io::Result<Queue> {
         let spool = Arc::new(spool);
         let (commits, inbox) = mpsc::channel::<Job>();
         let (removals, doomed) = mpsc::channel::<(QueueState, String, bool)>();
         let committer = spool.clone();
         let to_cleanup = removals;
-        let metrics = Arc::new(crate::metrics::Metrics::new());
         let counted = metrics.clone();
         std::thread::Builder::new()
             .name("spool-commit".into())

@@ -48,28 +48,35 @@ pub fn received(
     header.into_bytes()
 }
 
-/// The client's trace header for an archive record kept before records held it:
-/// what the record knows (the protocol is not among it).
-pub fn reconstructed(hostname: &str, record: &crate::archive::Record) -> Vec<u8> {
-    let helo = if record.helo.is_empty() {
+/// What is known of a message that came in before its trace header was kept
+/// (an old archive record): the protocol is not among it.
+pub struct Known<'a> {
+    pub helo: &'a str,
+    pub client_name: Option<&'a str>,
+    pub client_ip: &'a str,
+    /// Unix seconds.
+    pub time: u64,
+    pub id: &'a str,
+}
+
+/// The client's trace header, made again from what is known.
+pub fn reconstructed(hostname: &str, known: &Known<'_>) -> Vec<u8> {
+    let helo = if known.helo.is_empty() {
         "unknown"
     } else {
-        &record.helo
+        known.helo
     };
-    let ip = match record.client_ip.parse::<IpAddr>() {
+    let ip = match known.client_ip.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("IPv6:{v6}"),
-        _ => record.client_ip.clone(),
+        _ => known.client_ip.to_string(),
     };
-    let name = record
-        .client_name
-        .as_deref()
-        .map_or(String::new(), |n| format!("{n} "));
-    let date = chrono::DateTime::from_timestamp(record.time as i64, 0)
+    let name = known.client_name.map_or(String::new(), |n| format!("{n} "));
+    let date = chrono::DateTime::from_timestamp(known.time as i64, 0)
         .unwrap_or_default()
         .to_rfc2822();
     format!(
         "Received: from {helo} ({name}[{ip}])\r\n\tby {hostname} id {}; {date}\r\n",
-        record.id
+        known.id
     )
     .into_bytes()
 }

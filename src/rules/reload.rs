@@ -65,7 +65,7 @@ impl RulesHandle {
     }
 
     /// Reloads when a file in the folder changes; logs the outcome. (SIGHUP
-    /// reloads everything: [`crate::server::Reloader`].)
+    /// reloads everything: [`crate::reload::Reloader`].)
     /// Reloads whenever a rule file changes; `counted` hears how each went.
     pub async fn watch(self: Arc<Self>, counted: impl Fn(bool) + Send + 'static) {
         let mut tick = tokio::time::interval(Duration::from_secs(2));

@@ -180,8 +180,8 @@ pub async fn accept_loop(
                     Ok(Header::Local) => {}
                     Err(why) => {
                         tracing::warn!(balancer = %balancer, error = %why, "connection refused: a load balancer in server.proxy_networks must send a PROXY header");
-                        if let Some(queue) = &shared.pipeline.queue {
-                            queue.metrics.connection_refused("proxy_header");
+                        if let Some(metrics) = shared.metrics() {
+                            metrics.connection_refused("proxy_header");
                         }
                     }
                 }
@@ -210,7 +210,7 @@ fn start(
             let implicit_tls = implicit_tls.then(|| shared.tls.get()).flatten();
             tokio::spawn(async move {
                 let _slot = slot;
-                let metrics = shared.pipeline.queue.as_ref().map(|q| q.metrics.clone());
+                let metrics = shared.pipeline.metrics().cloned();
                 let _open = metrics.map(crate::metrics::OpenConnection::new);
                 let conn = match implicit_tls {
                     None => Connection::new(Box::new(stream), client, local),
@@ -219,8 +219,8 @@ fn start(
                         let timeout = shared.config.limits.command_timeout;
                         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => {
-                                if let Some(queue) = &shared.pipeline.queue {
-                                    queue.metrics.tls_session();
+                                if let Some(metrics) = shared.metrics() {
+                                    metrics.tls_session();
                                 }
                                 let mut conn = Connection::new(Box::new(tls), client, local);
                                 conn.tls = true;
@@ -237,8 +237,8 @@ fn start(
             });
         }
         Err((limit, reply)) => {
-            if let Some(queue) = &shared.pipeline.queue {
-                queue.metrics.connection_refused(limit);
+            if let Some(metrics) = shared.metrics() {
+                metrics.connection_refused(limit);
             }
             let pipeline = shared.pipeline.clone();
             let kept = reply.clone();

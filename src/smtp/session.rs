@@ -20,14 +20,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::command::{self, Command, MailParams};
+use super::command::{self, Command};
 use super::connection::{Connection, Line, ReadError};
 use super::listener::{ConnectionLimits, Phase};
-use crate::address::Path;
 use crate::config::Config;
 use crate::memory::MemoryBudget;
-use crate::pipeline::{Greeting, Kept, Pipeline};
-use crate::policy::relay;
+use crate::pipeline::{Greeting, Kept, Pipeline, Transaction};
 use crate::reply::Reply;
 use crate::rules::{RuleSet, RulesHandle};
 use crate::verdict::{Decision, Peer, Stage};
@@ -52,23 +50,10 @@ pub struct Shared {
     pub memory: Arc<MemoryBudget>,
 }
 
-/// The mail transaction between MAIL and the end of DATA.
-struct Transaction {
-    sender: Path,
-    params: MailParams,
-    /// Accepted recipients, as they are forwarded.
-    recipients: Vec<String>,
-    /// Archive items this message asks to release (`release+ID.SIG@hostname`).
-    releases: Vec<String>,
-    shadow: crate::pipeline::ShadowLog,
-    /// The sender's SPF result, from MAIL.
-    spf: Option<crate::sender_auth::SpfCheck>,
-}
-
 impl Shared {
-    /// The server's metrics (none in trials, which have no queue).
+    /// The server's metrics.
     pub fn metrics(&self) -> Option<&crate::metrics::Metrics> {
-        self.pipeline.queue.as_ref().map(|q| q.metrics.as_ref())
+        self.pipeline.metrics().map(Arc::as_ref)
     }
 }
 
@@ -83,6 +68,7 @@ struct Session {
     esmtp: bool,
     /// The rules in force when the session began; it keeps them to its end.
     rules: Arc<RuleSet>,
+    /// The mail transaction between MAIL and the end of DATA.
     transaction: Option<Transaction>,
     errors: usize,
     junk: usize,
@@ -105,20 +91,10 @@ impl Greeting for Connection {
 /// Runs a session to its end and logs one line about it.
 pub async fn run(conn: Connection, shared: Arc<Shared>) {
     let started = Instant::now();
-    let ip = relay::canonical(conn.peer.ip());
-    let checks = &shared.pipeline.checks;
-    let may_relay = relay::may_relay(&shared.config, ip, false);
-    let peer = Peer {
-        ip,
-        local_ip: conn.local.ip(),
-        name: checks.client_name(ip).await,
-        helo: None,
-        login: None,
-        trusted: may_relay,
-        allowed: checks.allowed(ip),
-        may_relay,
-        tls: conn.tls,
-    };
+    let peer = shared
+        .pipeline
+        .peer(conn.peer.ip(), conn.local.ip(), conn.tls, None)
+        .await;
     let mut session = Session {
         ends: Instant::now() + shared.config.limits.session_timeout,
         rules: shared.rules.current(),
@@ -209,7 +185,7 @@ impl Session {
         let sender = self
             .transaction
             .as_ref()
-            .map(|t| t.sender.to_string())
+            .map(Transaction::sender_text)
             .unwrap_or_default();
         let reply = self
             .pipeline()

@@ -1,6 +1,7 @@
 //! Refused mail is kept, reported to the backup mailbox with the original attached,
 //! and can be released — once — by the CLI or by mail.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::support::*;
@@ -454,4 +455,175 @@ async fn a_release_is_judged_with_the_configured_zip_limits() {
     assert!(out.contains("rule no-programs catches it as well"), "{out}");
     proxy.wait_idle().await;
     assert!(backend.messages().is_empty());
+}
+
+/// A release is judged like new mail: every DATA step but the one that held the
+/// message runs — the virus scan, the unscannable check, the MIME structure —
+/// and an accepted release is signed, queued and counted as new mail is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_judged_by_every_step_but_the_one_that_held_it() {
+    use crate::scanning::{Clamd, MARKER, with_attachment};
+    let clamd = Clamd::start().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let metrics = unused_addr().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/50-test.toml"),
+        "[[rule]]\nname = \"hold-me\"\nwhen.subject = \"hold me\"\naction = \"reject\"\n",
+    )
+    .unwrap();
+    let key = dir.path().join("dkim.pem");
+    let made = crate::cli::mailmoat(
+        Path::new("/nonexistent.toml"),
+        &[
+            "dkim",
+            "keygen",
+            "--domain",
+            "example.test",
+            "--selector",
+            "out",
+            "--out",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let config = |ambiguous: &str| {
+        base_config(
+            backend.addr,
+            TRUSTED_2,
+            &format!(
+                "[antivirus]\nclamd = \"{}\"\ntimeout = \"5s\"\n[mime]\nunscannable = \"reject\"\n\
+                 ambiguous = \"{ambiguous}\"\n[metrics]\nlisten = \"{metrics}\"\n\
+                 [[dkim_sign]]\ndomain = \"example.test\"\nselector = \"out\"\nkey_file = \"{}\"\n",
+                clamd.addr,
+                key.display()
+            ),
+        )
+    };
+    let text = config("reject");
+    // Held by the rule under an older policy that normalized ambiguous mail: in
+    // the archive before this server starts.
+    let ambiguous = b"From: a@example.test\r\nTo: alice@example.test\r\nSubject: hold me\r\n\
+        MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"a\"\r\n\
+        Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--a\r\nContent-Type: text/plain\r\n\r\n\
+        one\r\n--b\r\nContent-Type: text/plain\r\n\r\ntwo\r\n--a--\r\n"
+        .to_vec();
+    let ambiguous_id = "0AMBIGUOUS".to_string();
+    {
+        std::fs::write(dir.path().join("mailmoat.toml"), &text).unwrap();
+        let loaded = mailmoat::config::Config::load(&dir.path().join("mailmoat.toml")).unwrap();
+        let store = mailmoat::store::Store::open(&loaded.store.path).unwrap();
+        let archive = mailmoat::archive::Archive::open(
+            &loaded.archive,
+            store.tree("archive").unwrap(),
+            "mx.example.test",
+        )
+        .unwrap();
+        let peer = mailmoat::verdict::Peer {
+            helo: Some("client.test".into()),
+            trusted: true,
+            may_relay: true,
+            ..mailmoat::verdict::Peer::unjudged("127.0.0.2".parse().unwrap())
+        };
+        let recipients = ["alice@example.test".to_string()];
+        let reply = mailmoat::reply::Reply::new(550, "5.7.1", "Message refused by policy");
+        let by = mailmoat::verdict::DecidedBy::Rule("hold-me".into());
+        let event = mailmoat::verdict::Event {
+            id: &ambiguous_id,
+            stage: mailmoat::verdict::Stage::Data,
+            peer: &peer,
+            sender: "a@example.test",
+            recipients: &recipients,
+            size: ambiguous.len(),
+            outcome: mailmoat::verdict::Outcome::Rejected,
+            decided_by: Some(&by),
+            reason: "refused by rule",
+            reply: &reply,
+            rules: "hold-me",
+        };
+        let record = mailmoat::archive::Record::of(
+            &event,
+            ambiguous_id.clone(),
+            by.clone(),
+            Some(&ambiguous),
+            None,
+        );
+        archive.keep(&record, Some(&ambiguous)).unwrap();
+    }
+    let proxy = Proxy::start_in(dir, &text).await;
+    let mut client = Client::connect_from("127.0.0.2".parse().unwrap(), proxy.addr).await;
+    client.hello().await;
+    let infected = with_attachment(
+        "hold me",
+        "notes.txt",
+        "text/plain",
+        format!("x {MARKER} y").as_bytes(),
+    );
+    let locked = with_attachment(
+        "hold me",
+        "files.zip",
+        "application/zip",
+        &crate::mime::encrypted_zip(&[("invoice.pdf", b"%PDF-1.4")]),
+    );
+    let plain = b"From: alice@example.test\r\nTo: alice@example.test\r\nSubject: hold me\r\n\r\nOur news.\r\n".to_vec();
+    let mut ids = Vec::new();
+    for (n, message) in [&infected, &locked, &plain].into_iter().enumerate() {
+        // Signed only when it is what it says: alice writes from our own network.
+        let sender = if n == 2 {
+            "alice@example.test".to_string()
+        } else {
+            format!("s{n}@example.test")
+        };
+        let reply = client
+            .send_mail(&sender, &["alice@example.test"], message)
+            .await;
+        assert_eq!(
+            reply.codes(),
+            "550 5.7.1",
+            "the rule decides first: {reply:?}"
+        );
+        let list = archive_list(&proxy, Some(&sender)).await;
+        let line = list
+            .lines()
+            .find(|l| l.contains(&format!("{sender} ->")))
+            .unwrap_or_else(|| panic!("{list}"));
+        ids.push(line.split_whitespace().next().unwrap().to_string());
+    }
+    for (id, step) in [
+        (&ids[0], "check antivirus"),
+        (&ids[1], "check mime.unscannable"),
+        (&ambiguous_id, "check mime.ambiguous"),
+    ] {
+        let (ok, out) = cli(&proxy, &["quarantine", "release", id]);
+        assert!(!ok, "{step}: released: {out}");
+        assert!(
+            out.contains(&format!("not released: {step} catches it as well")),
+            "{step}: {out}"
+        );
+    }
+    let before = crate::metrics::scrape(metrics).await;
+    let queued = |text: &str| {
+        crate::metrics::value(text, "mailmoat_messages_total{outcome=\"queued\"}").unwrap_or(0.0)
+    };
+    let (ok, out) = cli(&proxy, &["quarantine", "release", &ids[2]]);
+    assert!(ok, "{out}");
+    let got = backend.wait_for(1).await;
+    proxy.wait_idle().await;
+    assert_eq!(
+        backend.messages().len(),
+        1,
+        "only the message the rule alone held"
+    );
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("Our news."), "{text}");
+    assert!(
+        text.contains("DKIM-Signature: ")
+            && text.contains("d=example.test")
+            && text.contains("s=out"),
+        "signed as new mail from a trusted client is:\n{text}"
+    );
+    let after = crate::metrics::scrape(metrics).await;
+    assert_eq!(queued(&after), queued(&before) + 1.0, "{after}");
 }

@@ -675,7 +675,7 @@ async fn ordinary_mail_arrives_byte_for_byte_in_every_mode() {
 
 /// A zip with the encrypted flag on every entry (the data itself is plain: what
 /// matters is that no reader may look inside without a password).
-fn encrypted_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
+pub fn encrypted_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = zip_of(files);
     let mut at = 0;
     while let Some(found) = memchr_find(&zip[at..], b"PK\x03\x04") {

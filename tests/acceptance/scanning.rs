@@ -187,16 +187,16 @@ impl Drop for Started {
 }
 
 /// The marker the test signature matches, and a clamd that knows it.
-const MARKER: &str = "MAILMOAT-TEST-VIRUS-7f3a";
+pub const MARKER: &str = "MAILMOAT-TEST-VIRUS-7f3a";
 
-struct Clamd {
-    addr: SocketAddr,
+pub struct Clamd {
+    pub addr: SocketAddr,
     process: Option<Started>,
     _dir: tempfile::TempDir,
 }
 
 impl Clamd {
-    async fn start() -> Clamd {
+    pub async fn start() -> Clamd {
         ensure_package("command -v clamd", "clamav-daemon");
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db");
@@ -249,7 +249,7 @@ impl Clamd {
     }
 }
 
-fn with_attachment(subject: &str, name: &str, content_type: &str, payload: &[u8]) -> Vec<u8> {
+pub fn with_attachment(subject: &str, name: &str, content_type: &str, payload: &[u8]) -> Vec<u8> {
     format!(
         "From: sender@remote.test\r\nTo: alice@example.test\r\nSubject: {subject}\r\n\
          Message-ID: <{subject}@remote.test>\r\nMIME-Version: 1.0\r\n\

@@ -4,7 +4,6 @@
 
 use super::Session;
 use crate::policy::auth::Login;
-use crate::policy::relay;
 use crate::reply::Reply;
 use crate::smtp::command::Mechanism;
 use crate::smtp::connection::Line;
@@ -103,8 +102,7 @@ impl Session {
         match auth.login(self.peer.ip, &user, &password).await {
             Login::Accepted(user) => {
                 tracing::info!(client = %self.peer.ip, auth_user = %user, "login");
-                self.peer.may_relay = relay::may_relay(&self.shared.config, self.peer.ip, true);
-                self.peer.login = Some(user);
+                self.pipeline().logged_in(&mut self.peer, user);
                 self.reply(235, "2.7.0", "Authentication successful");
             }
             Login::Refused => {

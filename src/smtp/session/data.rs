@@ -2,7 +2,7 @@
 //! judges it and keeps it — queued, held or archived — before the reply.
 
 use super::{Flow, Session};
-use crate::pipeline::{Kept, Received};
+use crate::pipeline::{Kept, Message};
 use crate::queue::spool::new_id;
 use crate::queue::trace::{self, Protocol};
 use crate::smtp::connection::ReadError;
@@ -29,7 +29,7 @@ impl Session {
         };
         let protocol = Protocol {
             esmtp: self.esmtp,
-            smtputf8: transaction.params.smtputf8,
+            smtputf8: transaction.smtputf8,
         };
         let received = trace::received(&config.server.hostname, &self.peer, &protocol, &id, only);
         let trace_len = received.len();
@@ -52,7 +52,7 @@ impl Session {
                     "4.3.2",
                     format!("{} Service shutting down", config.server.hostname),
                 );
-                tracing::info!(queue_id = %id, client = %self.peer.ip, result = "lost", "shutdown during DATA; nothing queued");
+                tracing::info!(queue_id = %id, client = %self.peer.ip, "shutdown during DATA; nothing queued");
                 return Flow::Close;
             }
         };
@@ -60,11 +60,11 @@ impl Session {
             Ok(()) => {}
             Err(ReadError::TimedOut) => {
                 self.timed_out();
-                tracing::info!(queue_id = %id, client = %self.peer.ip, result = "lost", "timeout during DATA; nothing queued");
+                tracing::info!(queue_id = %id, client = %self.peer.ip, "timeout during DATA; nothing queued");
                 return Flow::Close;
             }
             Err(_) => {
-                tracing::info!(queue_id = %id, client = %self.peer.ip, result = "lost", "connection lost during DATA; nothing queued");
+                tracing::info!(queue_id = %id, client = %self.peer.ip, "connection lost during DATA; nothing queued");
                 return Flow::Close;
             }
         }
@@ -72,7 +72,7 @@ impl Session {
         let _memory = reader.take_reservation();
         let end_of_data = std::time::Instant::now();
         self.conn.shrink();
-        let sender = transaction.sender.to_string();
+        let sender = transaction.sender_text();
         let pipeline = self.pipeline();
         let size = reader.size();
         let bytes = match reader.finish() {
@@ -103,7 +103,7 @@ impl Session {
         };
         if !transaction.releases.is_empty() {
             let released = pipeline
-                .release_by_mail(&self.peer, &sender, &transaction.releases, &self.rules)
+                .release_by_mail(&self.peer, &transaction, &self.rules)
                 .await;
             if transaction.recipients.is_empty() {
                 // Only release requests: the message itself carried nothing to deliver.
@@ -111,33 +111,16 @@ impl Session {
                 return Flow::Continue;
             }
         }
+        let message = Message {
+            id,
+            bytes,
+            trace_len,
+        };
         let judged = pipeline
-            .data(
-                &self.peer,
-                &self.rules,
-                &id,
-                &sender,
-                transaction.spf.as_ref(),
-                &transaction.recipients,
-                &bytes[trace_len..],
-            )
+            .data(&self.peer, &self.rules, &mut transaction, &message)
             .await;
-        transaction.shadow.add(&judged.matched);
         let reply = pipeline
-            .finish(
-                Received {
-                    id: &id,
-                    peer: &self.peer,
-                    sender: &sender,
-                    spf: transaction.spf.as_ref(),
-                    recipients: &transaction.recipients,
-                    eight_bit: transaction.params.eight_bit,
-                    smtputf8: transaction.params.smtputf8,
-                    bytes,
-                    trace_len,
-                },
-                judged,
-            )
+            .finish(&self.peer, &transaction, message, judged)
             .await;
         if reply.is_positive() {
             self.accepted += 1;

@@ -1,7 +1,7 @@
 //! MAIL FROM (RFC 5321 4.1.1.2): the sender's syntax and the declared size here;
 //! the checks of the MAIL stage in the pipeline.
 
-use super::{Session, Transaction};
+use super::Session;
 use crate::address::Path;
 use crate::smtp::command::MailParams;
 use crate::verdict::Stage;
@@ -35,25 +35,26 @@ impl Session {
         if params.size.is_some_and(|size| size > limit) {
             return self.reply(552, "5.3.4", "Message size exceeds fixed limit");
         }
-        let judged = self.pipeline().mail(&self.peer, &self.rules, &sender).await;
-        let mut transaction = Transaction {
-            sender,
-            params,
-            recipients: Vec::new(),
-            releases: Vec::new(),
-            shadow: Default::default(),
-            spf: None,
-        };
-        transaction.shadow.add(&judged.matched);
+        let judged = self
+            .pipeline()
+            .mail(
+                &self.peer,
+                &self.rules,
+                sender.clone(),
+                params.eight_bit,
+                params.smtputf8,
+            )
+            .await;
         match judged.result {
-            Ok(spf) => {
-                transaction.spf = spf;
+            Ok(transaction) => {
                 self.transaction = Some(transaction);
                 self.reply(250, "2.1.0", "Ok");
             }
             Err(decision) => {
                 // Kept with its sender, then forgotten: no transaction begins.
-                self.transaction = Some(transaction);
+                let mut refused = crate::pipeline::Transaction::new(sender, false, false);
+                refused.shadow.add(&judged.matched);
+                self.transaction = Some(refused);
                 self.refuse(Stage::Mail, decision, &[]).await;
                 self.transaction = None;
             }

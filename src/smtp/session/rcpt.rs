@@ -13,34 +13,23 @@ impl Session {
         if transaction.recipients.len() >= self.config().limits.recipient_limit {
             return self.reply(452, "4.5.3", "Error: too many recipients");
         }
-        if !raw.is_ascii() && !transaction.params.smtputf8 {
+        if !raw.is_ascii() && !transaction.smtputf8 {
             return self.reply(
                 553,
                 "5.6.7",
                 format!("<{raw}>: non-ASCII address requires SMTPUTF8"),
             );
         }
-        let sender = transaction.sender.to_string();
-        let spf = transaction.spf.clone();
-        let judged = self
-            .pipeline()
-            .rcpt(&self.peer, &self.rules, &sender, spf.as_ref(), raw)
-            .await;
-        let Some(transaction) = &mut self.transaction else {
+        let pipeline = self.pipeline();
+        let Some(transaction) = self.transaction.as_mut() else {
             return;
         };
-        transaction.shadow.add(&judged.matched);
+        let judged = pipeline
+            .rcpt(&self.peer, &self.rules, transaction, raw)
+            .await;
         match judged.result {
-            Ok(Recipient::Deliver(destination)) => {
-                transaction
-                    .recipients
-                    .push(destination.mailbox().to_string());
-                self.reply(250, "2.1.5", "Ok");
-            }
-            Ok(Recipient::Release(id)) => {
-                transaction.releases.push(id);
-                self.reply(250, "2.1.5", "Ok: release request");
-            }
+            Ok(Recipient::Deliver(_)) => self.reply(250, "2.1.5", "Ok"),
+            Ok(Recipient::Release(_)) => self.reply(250, "2.1.5", "Ok: release request"),
             Err(decision) => self.refuse(Stage::Rcpt, decision, &[raw.to_string()]).await,
         }
     }
