@@ -43,11 +43,11 @@ impl FileError {
                     .filter(|v| !v.is_empty() && !v.contains('=') && v.len() < 80);
                 match value {
                     // The value, and serde's words that may quote it, are left out.
-                    _ if crate::config::is_secret_key(&key) => {
+                    _ if is_secret_key(&key) => {
                         let expected = message
                             .find("expected")
                             .map_or("not a valid value", |at| &message[at..]);
-                        format!("{key} = {}: {expected}", crate::config::HIDDEN)
+                        format!("{key} = {}: {expected}", HIDDEN)
                     }
                     Some(value) if !message.contains(&value) => {
                         format!("{key} = {value}: {message}")
@@ -180,6 +180,18 @@ impl<'a> Spans<'a> {
     pub fn nearest(&self, path: &[&str]) -> Option<usize> {
         (1..=path.len()).rev().find_map(|n| self.line(&path[..n]))
     }
+}
+
+/// What a secret is printed as.
+pub const HIDDEN: &str = "(hidden)";
+
+/// Whether a configuration key holds a secret, so that an error about its value
+/// must not quote it. Keys that name a file holding a secret (`key_file`) are
+/// paths, not secrets.
+pub fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
+    !last.ends_with("_file")
+        && (last.ends_with("key") || last.contains("password") || last.contains("secret"))
 }
 
 #[cfg(test)]

@@ -197,7 +197,7 @@ pub fn identify(bytes: &[u8]) -> Option<FileType> {
 /// behind it is a RAR to them): a zip whose directory ends the file, a RAR or 7z
 /// signature past the start.
 pub fn hidden_archive(bytes: &[u8]) -> Option<FileType> {
-    if crate::containers::zip::ends_as_zip(bytes) {
+    if zip_end(bytes, true) {
         return Some(Zip);
     }
     let after_start = bytes.get(1..).unwrap_or_default();
@@ -354,7 +354,35 @@ fn at_end(bytes: &[u8]) -> Option<FileType> {
     if bytes.get(tail..tail + 4) == Some(b"koly") {
         return Some(Dmg);
     }
-    crate::containers::zip::has_directory_at_end(bytes).then_some(Zip)
+    zip_end(bytes, false).then_some(Zip)
+}
+
+/// Whether the bytes end as a zip does: a zip's end record in the last 64 KiB
+/// whose directory (of `size` bytes just before it) begins with a directory
+/// record; with `exact`, the record's comment also reaches the last byte. (The
+/// zip reader reads the whole record; this is only its signature.)
+fn zip_end(bytes: &[u8], exact: bool) -> bool {
+    let from = bytes.len().saturating_sub(22 + 65535);
+    memchr::memmem::rfind_iter(&bytes[from..], b"PK\x05\x06").any(|at| {
+        let pos = from + at;
+        let field = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
+        };
+        let comment = bytes
+            .get(pos + 20..pos + 22)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+        let (Some(size), Some(comment)) = (field(pos + 12), comment) else {
+            return false;
+        };
+        let Some(start) = pos.checked_sub(size as usize) else {
+            return false;
+        };
+        size > 0
+            && bytes.get(start..start + 4) == Some(b"PK\x01\x02")
+            && (!exact || pos + 22 + comment == bytes.len())
+    })
 }
 
 /// The class Windows Installer gives the root storage of its packages (and

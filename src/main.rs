@@ -23,11 +23,11 @@ struct Cli {
     )]
     config: PathBuf,
     #[command(subcommand)]
-    command: Command,
+    command: CliCommand,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum CliCommand {
     /// Run the proxy until SIGTERM or SIGINT.
     Serve,
     /// Validate the configuration and everything it names (certificates, users
@@ -226,15 +226,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Needs no configuration: a key is made before it is configured.
-    if let Command::Dkim { action } = cli.command {
+    if let CliCommand::Dkim { action } = cli.command {
         return dkim(action);
     }
-    if let Command::Generate { out } = &cli.command {
+    if let CliCommand::Generate { out } = &cli.command {
         return generate_docs(out);
     }
     let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::Check => {
+        CliCommand::Check => {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
@@ -250,9 +250,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reload => answer(&config, Request::Reload),
-        Command::Status => answer(&config, Request::Status),
-        Command::Greylist { action } => {
+        CliCommand::Reload => answer(&config, Request::Reload),
+        CliCommand::Status => answer(&config, Request::Status),
+        CliCommand::Greylist { action } => {
             use mailmoat::control::GreylistCommand;
             let command = match action {
                 GreylistAction::List => GreylistCommand::List,
@@ -261,7 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             answer(&config, Request::Greylist(command))
         }
-        Command::TestRules {
+        CliCommand::TestRules {
             message,
             from,
             to,
@@ -318,12 +318,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => serve(config),
-        Command::Dkim { .. } | Command::Generate { .. } => {
+        CliCommand::Serve => serve(config),
+        CliCommand::Dkim { .. } | CliCommand::Generate { .. } => {
             unreachable!("handled before the configuration is read")
         }
-        Command::Passwd { action } => passwd(&config, action),
-        Command::Quarantine { action } => {
+        CliCommand::Passwd { action } => passwd(&config, action),
+        CliCommand::Quarantine { action } => {
             let command = match action {
                 QuarantineAction::List {
                     since,
@@ -356,7 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             answer(&config, Request::Quarantine(command))
         }
-        Command::Queue { action } => {
+        CliCommand::Queue { action } => {
             let command = match action {
                 QueueAction::List => AdminCommand::List,
                 QueueAction::Show { id } => AdminCommand::Show(id),

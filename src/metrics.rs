@@ -60,6 +60,17 @@ pub struct Metrics {
 /// Most refusals remembered for `status`: a flood cannot grow it further.
 const RECENT: usize = 100_000;
 
+/// Registers a metric under `name` with its help text; returns it.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -69,185 +80,182 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("mailmoat");
-        let messages = Family::<Labels, Counter>::default();
-        registry.register(
+        let messages = registered(
+            &mut registry,
             "messages",
             "Messages judged at the end of DATA, by outcome (queued, held, quarantined, discarded, rejected, tempfailed)",
-            messages.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let refusals = Family::<Labels, Counter>::default();
-        registry.register(
+        let refusals = registered(
+            &mut registry,
             "refusals",
             "Refusals at any stage, by stage and the check that refused (rule: a rule)",
-            refusals.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let rule_matches = Family::<Labels, Counter>::default();
-        registry.register(
+        let rule_matches = registered(
+            &mut registry,
             "rule_matches",
             "Rules that matched, by rule",
-            rule_matches.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let mailbomb_hits = Family::<Labels, Counter>::default();
-        registry.register(
+        let mailbomb_hits = registered(
+            &mut registry,
             "mailbomb_hits",
             "Mail-bomb limits reached, by limit",
-            mailbomb_hits.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let queue_messages = Family::<Labels, Gauge>::default();
-        registry.register(
+        let queue_messages = registered(
+            &mut registry,
             "queue_messages",
             "Messages in the queue, by state",
-            queue_messages.clone(),
+            Family::<Labels, Gauge>::default(),
         );
-        let queue_oldest = Family::<Labels, Gauge>::default();
-        registry.register(
+        let queue_oldest = registered(
+            &mut registry,
             "queue_oldest_seconds",
             "Age of the oldest message in each queue state",
-            queue_oldest.clone(),
+            Family::<Labels, Gauge>::default(),
         );
-        let deliveries = Family::<Labels, Counter>::default();
-        registry.register(
+        let deliveries = registered(
+            &mut registry,
             "deliveries",
             "Recipients handed to a next hop, by result (sent, deferred, bounced)",
-            deliveries.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let backend_up = Gauge::default();
-        registry.register(
+        let backend_up = registered(
+            &mut registry,
             "backend_up",
             "1 while the backend answers (last delivery or probe), else 0",
-            backend_up.clone(),
+            Gauge::default(),
         );
-        let shared_state_up = Gauge::default();
-        registry.register(
+        let shared_state_up = registered(
+            &mut registry,
             "shared_state_up",
             "With [shared] redis: 1 while Redis answers, 0 while this instance counts on its own",
-            shared_state_up.clone(),
+            Gauge::default(),
         );
-        let shared_state_calls = Counter::default();
-        registry.register(
+        let shared_state_calls = registered(
+            &mut registry,
             "shared_state_calls",
             "Round trips to Redis for shared state",
-            shared_state_calls.clone(),
+            Counter::default(),
         );
-        let shared_state_fallbacks = Counter::default();
-        registry.register(
+        let shared_state_fallbacks = registered(
+            &mut registry,
             "shared_state_fallbacks",
             "Calls for shared state answered from this instance's own state because Redis did not answer",
-            shared_state_fallbacks.clone(),
+            Counter::default(),
         );
-        let build_info = Family::<Labels, Gauge>::default();
-        registry.register("build_info", "The running version", build_info.clone());
+        let build_info = registered(
+            &mut registry,
+            "build_info",
+            "The running version",
+            Family::<Labels, Gauge>::default(),
+        );
         build_info
             .get_or_create(&label("version", env!("CARGO_PKG_VERSION")))
             .set(1);
-        let connections_open = Gauge::default();
-        registry.register(
+        let connections_open = registered(
+            &mut registry,
             "connections_open",
             "SMTP connections open now",
-            connections_open.clone(),
+            Gauge::default(),
         );
-        let connections_accepted = Counter::default();
-        registry.register(
+        let connections_accepted = registered(
+            &mut registry,
             "connections_accepted",
             "SMTP connections taken",
-            connections_accepted.clone(),
+            Counter::default(),
         );
-        let connections_refused = Family::<Labels, Counter>::default();
-        registry.register(
+        let connections_refused = registered(
+            &mut registry,
             "connections_refused",
             "SMTP connections refused at once, by reason",
-            connections_refused.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let tls_sessions = Counter::default();
-        registry.register(
+        let tls_sessions = registered(
+            &mut registry,
             "tls_sessions",
             "TLS handshakes completed (STARTTLS and implicit TLS)",
-            tls_sessions.clone(),
+            Counter::default(),
         );
-        let auth_failures = Counter::default();
-        registry.register(
+        let auth_failures = registered(
+            &mut registry,
             "auth_failures",
             "Failed SMTP AUTH attempts",
-            auth_failures.clone(),
+            Counter::default(),
         );
-        let auth_lockouts = Counter::default();
-        registry.register(
+        let auth_lockouts = registered(
+            &mut registry,
             "auth_lockouts",
             "AUTH attempts refused by a lockout",
-            auth_lockouts.clone(),
+            Counter::default(),
         );
-        let archive_items = Counter::default();
-        registry.register(
+        let archive_items = registered(
+            &mut registry,
             "archive_items",
             "Items written to the archive",
-            archive_items.clone(),
+            Counter::default(),
         );
-        let archive_bytes = Counter::default();
-        registry.register(
+        let archive_bytes = registered(
+            &mut registry,
             "archive_bytes",
             "Message bytes written to the archive",
-            archive_bytes.clone(),
+            Counter::default(),
         );
-        let reports_sent = Counter::default();
-        registry.register(
+        let reports_sent = registered(
+            &mut registry,
             "reports_sent",
             "Reports queued for the backup mailbox",
-            reports_sent.clone(),
+            Counter::default(),
         );
-        let rule_reloads = Family::<Labels, Counter>::default();
-        registry.register(
+        let rule_reloads = registered(
+            &mut registry,
             "rule_reloads",
             "Rule reloads, by result (ok, failed)",
-            rule_reloads.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let dns_lookups = Family::<Labels, Counter>::default();
-        registry.register(
+        let dns_lookups = registered(
+            &mut registry,
             "dns_lookups",
             "DNS lookups of the checks and delivery, by kind (mx, address, a, ptr)",
-            dns_lookups.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let dns_failures = Family::<Labels, Counter>::default();
-        registry.register(
+        let dns_failures = registered(
+            &mut registry,
             "dns_failures",
             "DNS lookups without an answer (timeouts, SERVFAIL; not: no such name), by kind",
-            dns_failures.clone(),
+            Family::<Labels, Counter>::default(),
         );
         let seconds = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        let eod_latency = seconds();
-        registry.register(
+        let eod_latency = registered(
+            &mut registry,
             "end_of_data_seconds",
             "From the end of DATA to the reply (judging and the durable write)",
-            eod_latency.clone(),
+            seconds(),
         );
-        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
-        registry.register(
+        let batch_size = registered(
+            &mut registry,
             "commit_batch_size",
             "Messages made durable by one group commit",
-            batch_size.clone(),
+            Histogram::new(exponential_buckets(1.0, 2.0, 10)),
         );
-        let flush_seconds = seconds();
-        registry.register(
+        let flush_seconds = registered(
+            &mut registry,
             "commit_flush_seconds",
             "Time of one group commit's flush",
-            flush_seconds.clone(),
+            seconds(),
         );
-        let delivery_seconds = seconds();
-        registry.register(
+        let delivery_seconds = registered(
+            &mut registry,
             "delivery_seconds",
             "Time of one delivery attempt to one next hop",
-            delivery_seconds.clone(),
+            seconds(),
         );
         // Series with a fixed set of values exist from the start at 0, so that
         // alerts and rates see them before the first event.
-        for outcome in [
-            "queued",
-            "held",
-            "quarantined",
-            "discarded",
-            "rejected",
-            "tempfailed",
-        ] {
-            let _ = messages.get_or_create(&label("outcome", outcome));
+        for outcome in crate::verdict::Outcome::ALL {
+            let _ = messages.get_or_create(&label("outcome", outcome.name()));
         }
         for result in ["sent", "deferred", "bounced"] {
             let _ = deliveries.get_or_create(&label("result", result));
@@ -335,11 +343,6 @@ impl Metrics {
                     ("check", check.to_string()),
                 ])
                 .inc();
-            if let Some(limit) = check.strip_prefix("mailbomb.") {
-                self.mailbomb_hits
-                    .get_or_create(&label("limit", limit))
-                    .inc();
-            }
             let what = match event.decided_by {
                 Some(DecidedBy::Rule(rule)) => format!("rule {rule}"),
                 _ => check.to_string(),
@@ -353,6 +356,13 @@ impl Metrics {
             }
             recent.push_back((std::time::Instant::now(), what));
         }
+    }
+
+    /// A mail-bomb limit refused something.
+    pub fn mailbomb_hit(&self, limit: &str) {
+        self.mailbomb_hits
+            .get_or_create(&label("limit", limit))
+            .inc();
     }
 
     pub fn rule_matched(&self, rule: &str) {
@@ -478,7 +488,7 @@ impl Drop for OpenConnection {
 }
 
 /// What `/healthz` checks: the listeners accept and the spool is writable.
-pub trait Health: Send + Sync {
+pub trait HealthCheck: Send + Sync {
     /// None when healthy; else why not.
     fn problem(&self) -> Option<String>;
     /// Brings the queue gauges up to date before a scrape.
@@ -489,7 +499,7 @@ pub trait Health: Send + Sync {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    health: Arc<dyn Health>,
+    health: Arc<dyn HealthCheck>,
 ) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {

@@ -17,7 +17,8 @@ use crate::queue::delivery::Delivery;
 use crate::queue::spool::Spool;
 use crate::reload::Reloader;
 use crate::services::Services;
-use crate::smtp::listener::{ConnectionLimits, Phase, accept_loop};
+use crate::smtp::admission::{ConnectionLimits, Phase};
+use crate::smtp::listener::accept_loop;
 use crate::smtp::session::Shared;
 use crate::smtp_client::Target;
 use crate::store::Store;
@@ -361,7 +362,7 @@ struct ServerHealth {
     phase: watch::Receiver<Phase>,
 }
 
-impl crate::metrics::Health for ServerHealth {
+impl crate::metrics::HealthCheck for ServerHealth {
     fn problem(&self) -> Option<String> {
         if *self.phase.borrow() != Phase::Running {
             return Some("shutting down: no new connections are taken".into());

@@ -87,9 +87,9 @@ pub struct Client {
 }
 
 /// A command line as lettre sends it (any `Display`).
-struct Line(String);
+struct CommandLine(String);
 
-impl fmt::Display for Line {
+impl fmt::Display for CommandLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}\r\n", self.0)
     }
@@ -140,7 +140,7 @@ impl Client {
     /// Sends one command line (without CRLF) and returns the server's reply, positive
     /// or negative. Errors mean the connection is no longer usable.
     pub async fn command(&mut self, line: String) -> Result<Reply, ClientError> {
-        let sent = self.conn.command(Line(line));
+        let sent = self.conn.command(CommandLine(line));
         to_reply(tokio::time::timeout(self.timeout, sent).await)
     }
 

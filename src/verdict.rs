@@ -284,7 +284,7 @@ impl Event<'_> {
             client = %self.peer.ip,
             helo = self.peer.helo(),
             sender = self.sender,
-            recipients = %crate::logging::list(self.recipients),
+            recipients = %self.recipients.join(","),
             size = self.size,
             result = self.outcome.name(),
             check,

@@ -158,7 +158,7 @@ fn subject_of(message: &[u8]) -> String {
 
 /// Where reports go.
 #[derive(Debug, Clone)]
-struct Destination {
+struct ReportTo {
     address: String,
     next_hop: Option<String>,
 }
@@ -171,7 +171,7 @@ pub struct Reporter {
     /// Reports sent count here.
     metrics: Arc<crate::metrics::Metrics>,
     hostname: String,
-    destinations: Vec<Destination>,
+    destinations: Vec<ReportTo>,
     /// Ids waiting for the next digest.
     pending: Mutex<Vec<String>>,
 }
@@ -188,13 +188,13 @@ impl Reporter {
         let mut destinations = Vec::new();
         let address = config.backup_address.clone().filter(|a| !a.is_empty());
         if let Some(address) = &address {
-            destinations.push(Destination {
+            destinations.push(ReportTo {
                 address: address.clone(),
                 next_hop: None,
             });
         }
         if let Some(server) = config.backup_server.clone().filter(|s| !s.is_empty()) {
-            destinations.push(Destination {
+            destinations.push(ReportTo {
                 address: address
                     .clone()
                     .unwrap_or_else(|| format!("quarantine@{hostname}")),
@@ -238,7 +238,7 @@ impl Reporter {
         }
     }
 
-    async fn send(&self, destination: &Destination, report: Vec<u8>, about: &str) {
+    async fn send(&self, destination: &ReportTo, report: Vec<u8>, about: &str) {
         let id = new_id();
         let envelope = Envelope {
             client_ip: "127.0.0.1".into(),

@@ -1,6 +1,7 @@
 //! `[archive]`, `[rules]` and `[log]`: where refused mail is kept, where the rules
 //! are, and how the proxy logs.
 
+use super::{Invalid, host_and_port, invalid};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,12 +73,11 @@ pub struct RulesConfig {
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        let limits = crate::mime::Limits::default();
         RulesConfig {
             path: "rules".into(),
-            container_depth: limits.container_depth,
-            container_bytes: ByteSize(limits.container_bytes as u64),
-            container_entries: limits.container_entries,
+            container_depth: 6,
+            container_bytes: ByteSize(32 << 20),
+            container_entries: 1000,
             zip_depth: None,
             zip_bytes: None,
             zip_entries: None,
@@ -86,31 +86,31 @@ impl Default for RulesConfig {
 }
 
 impl RulesConfig {
-    /// The limits in force: an old `zip_` key counts unless its new name is set.
-    pub fn limits(&self) -> crate::mime::Limits {
-        let defaults = crate::mime::Limits::default();
+    /// The container limits in force: (depth, bytes, entries). An old `zip_`
+    /// key counts unless its new name is set.
+    pub fn container_limits(&self) -> (usize, usize, usize) {
+        let defaults = RulesConfig::default();
         let pick = |new: usize, default: usize, old: Option<usize>| match old {
             Some(old) if new == default => old,
             _ => new,
         };
-        crate::mime::Limits {
-            container_depth: pick(
+        (
+            pick(
                 self.container_depth,
                 defaults.container_depth,
                 self.zip_depth,
             ),
-            container_bytes: pick(
+            pick(
                 self.container_bytes.bytes() as usize,
-                defaults.container_bytes,
+                defaults.container_bytes.bytes() as usize,
                 self.zip_bytes.map(|b| b.bytes() as usize),
             ),
-            container_entries: pick(
+            pick(
                 self.container_entries,
                 defaults.container_entries,
                 self.zip_entries,
             ),
-            ..defaults
-        }
+        )
     }
 
     /// The old keys in use, each with its new name.
@@ -150,5 +150,33 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
         }
+    }
+}
+
+impl ArchiveConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if let Some(server) = self.backup_server.as_deref() {
+            host_and_port(["archive", "backup_server"], server)?;
+        }
+        if let Some(address) = self.backup_address.as_deref()
+            && crate::address::Mailbox::parse(address).is_err()
+        {
+            return Err(invalid(
+                &[&["archive", "backup_address"]],
+                format!(
+                    "archive.backup_address '{address}' is not an address; write one such as quarantine@example.com"
+                ),
+            ));
+        }
+        if let Some(key) = self.release_key.as_ref().map(Secret::expose)
+            && !key.is_empty()
+            && key.len() < 16
+        {
+            return Err(invalid(
+                &[&["archive", "release_key"]],
+                "archive.release_key is too short; use at least 16 random characters (openssl rand -hex 32)",
+            ));
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! `[dns]`, `[checks]`, `[mailbomb]`, `[tls]` and `[auth]`: the defences and who
 //! may log in.
 
+use super::{Invalid, invalid};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -213,5 +214,40 @@ impl Default for AuthConfig {
             restrict_senders: true,
             sender_logins: BTreeMap::new(),
         }
+    }
+}
+
+impl TlsConfig {
+    pub(super) fn validate(&self, server: &super::ServerConfig) -> Result<(), Invalid> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            let given: &[&str] = if self.cert_file.is_some() {
+                &["tls", "cert_file"]
+            } else {
+                &["tls", "key_file"]
+            };
+            return Err(invalid(
+                &[given],
+                "tls: give both cert_file and key_file, or neither",
+            ));
+        }
+        if !server.listen_tls.is_empty() && self.cert_file.is_none() {
+            return Err(invalid(
+                &[&["server", "listen_tls"]],
+                "server.listen_tls needs [tls] cert_file and key_file",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuthConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.source == AuthSource::Users && self.users_file.is_none() {
+            return Err(invalid(
+                &[&["auth", "source"]],
+                "auth.source = \"users\" needs auth.users_file = \"users.txt\" (mailmoat passwd add NAME fills it)",
+            ));
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! `[backend]`, `[outbound]`, `[queue]` and `[store]`: where accepted mail goes
 //! and how it waits for delivery.
 
+use super::{Invalid, at_least_one, host_and_port, invalid};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -158,5 +159,47 @@ impl Default for StoreConfig {
         StoreConfig {
             path: "var/db".into(),
         }
+    }
+}
+
+impl QueueConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        at_least_one(["queue", "delivery_workers"], self.delivery_workers)?;
+        if self.min_backoff > self.max_backoff {
+            return Err(invalid(
+                &[&["queue", "min_backoff"], &["queue", "max_backoff"]],
+                "queue.min_backoff must not be longer than queue.max_backoff",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl BackendConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.address.trim().is_empty() {
+            return Err(invalid(
+                &[&["backend", "address"]],
+                "backend.address is empty: give the backend as host:port, such as \"10.0.0.5:25\"",
+            ));
+        }
+        host_and_port(["backend", "address"], &self.address)
+    }
+}
+
+impl OutboundConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.route == OutboundRoute::Relayhost
+            && self
+                .relayhost
+                .as_deref()
+                .is_none_or(|r| r.trim().is_empty())
+        {
+            return Err(invalid(
+                &[&["outbound", "route"]],
+                "outbound.route = \"relayhost\" needs outbound.relayhost = \"host:port\"",
+            ));
+        }
+        Ok(())
     }
 }

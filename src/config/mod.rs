@@ -75,6 +75,17 @@ struct Invalid {
     message: String,
 }
 
+/// A key that must be at least 1.
+fn at_least_one(key: [&str; 2], value: usize) -> Result<(), Invalid> {
+    if value == 0 {
+        return Err(invalid(
+            &[&key],
+            format!("{} = 0: it must be at least 1", key.join(".")),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(keys: &[&[&str]], message: impl Into<String>) -> Invalid {
     Invalid {
         keys: keys
@@ -116,6 +127,20 @@ impl std::fmt::Display for Setting {
 
 /// `host:port` as the SMTP client connects to it: a name or an address (IPv6 in
 /// brackets) and a port number.
+/// A `host:port` key's value, or the error that says how to write one.
+fn host_and_port(key: [&str; 2], value: &str) -> Result<(), Invalid> {
+    if is_host_and_port(value) {
+        return Ok(());
+    }
+    let [section, name] = key;
+    Err(invalid(
+        &[&key],
+        format!(
+            "{section}.{name} = \"{value}\" is not host:port; write one such as \"10.0.0.5:25\", \"exchange.corp.example:25\" or \"[2001:db8::5]:25\""
+        ),
+    ))
+}
+
 fn is_host_and_port(value: &str) -> bool {
     if value.parse::<std::net::SocketAddr>().is_ok() {
         return true;
@@ -240,224 +265,19 @@ impl Config {
 
     /// Checks that keys agree with each other.
     fn validate(&self) -> Result<(), Invalid> {
-        if self.server.listen.is_empty() {
-            return Err(invalid(
-                &[&["server", "listen"]],
-                "server.listen: give at least one address, such as [\"0.0.0.0:25\"]",
-            ));
-        }
-        let positive = [
-            (
-                ["limits", "message_size_limit"],
-                self.limits.message_size_limit,
-            ),
-            (["limits", "recipient_limit"], self.limits.recipient_limit),
-            (["limits", "error_limit"], self.limits.error_limit),
-            (["server", "max_connections"], self.server.max_connections),
-            (
-                ["server", "max_connections_per_ip"],
-                self.server.max_connections_per_ip,
-            ),
-            (["queue", "delivery_workers"], self.queue.delivery_workers),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(invalid(
-                    &[&key],
-                    format!("{} = 0: it must be at least 1", key.join(".")),
-                ));
-            }
-        }
-        if !(self.limits.stress_threshold > 0.0 && self.limits.stress_threshold <= 1.0) {
-            return Err(invalid(
-                &[&["limits", "stress_threshold"]],
-                format!(
-                    "limits.stress_threshold = {}: give a share of max_connections between 0 and 1, such as 0.8",
-                    self.limits.stress_threshold
-                ),
-            ));
-        }
-        if self.limits.line_length_limit < 512 {
-            return Err(invalid(
-                &[&["limits", "line_length_limit"]],
-                format!(
-                    "limits.line_length_limit = {}: it must be at least 512 (RFC 5321 \
-                     4.5.3.1.4 allows command lines of 512 octets); the default is 1000",
-                    self.limits.line_length_limit
-                ),
-            ));
-        }
-        if let Some(problem) = self.shared.redis.as_ref().and_then(|url| url.problem()) {
-            return Err(invalid(&[&["shared", "redis"]], problem));
-        }
-        if self.shared.timeout.is_zero() {
-            return Err(invalid(
-                &[&["shared", "timeout"]],
-                "shared.timeout = 0: give the longest a Redis call may take, such as \"200ms\"",
-            ));
-        }
-        if self.server.proxy_protocol && self.server.proxy_networks.is_empty() {
-            return Err(invalid(
-                &[&["server", "proxy_protocol"], &["server", "proxy_networks"]],
-                "server.proxy_protocol = true needs server.proxy_networks: the load balancers' \
-                 addresses, such as [\"10.0.0.0/8\"]",
-            ));
-        }
-        if self.queue.min_backoff > self.queue.max_backoff {
-            return Err(invalid(
-                &[&["queue", "min_backoff"], &["queue", "max_backoff"]],
-                "queue.min_backoff must not be longer than queue.max_backoff",
-            ));
-        }
-        if self.backend.address.trim().is_empty() {
-            return Err(invalid(
-                &[&["backend", "address"]],
-                "backend.address is empty: give the backend as host:port, such as \"10.0.0.5:25\"",
-            ));
-        }
-        let servers = [
-            ("backend", "address", Some(self.backend.address.as_str())),
-            (
-                "archive",
-                "backup_server",
-                self.archive.backup_server.as_deref(),
-            ),
-        ];
-        for (section, key, value) in servers {
-            if let Some(value) = value
-                && !is_host_and_port(value)
-            {
-                return Err(invalid(
-                    &[&[section, key]],
-                    format!(
-                        "{section}.{key} = \"{value}\" is not host:port; write one such as \"10.0.0.5:25\", \"exchange.corp.example:25\" or \"[2001:db8::5]:25\""
-                    ),
-                ));
-            }
-        }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            let given: &[&str] = if self.tls.cert_file.is_some() {
-                &["tls", "cert_file"]
-            } else {
-                &["tls", "key_file"]
-            };
-            return Err(invalid(
-                &[given],
-                "tls: give both cert_file and key_file, or neither",
-            ));
-        }
-        if !self.server.listen_tls.is_empty() && self.tls.cert_file.is_none() {
-            return Err(invalid(
-                &[&["server", "listen_tls"]],
-                "server.listen_tls needs [tls] cert_file and key_file",
-            ));
-        }
-        if self.outbound.route == OutboundRoute::Relayhost
-            && self
-                .outbound
-                .relayhost
-                .as_deref()
-                .is_none_or(|r| r.trim().is_empty())
-        {
-            return Err(invalid(
-                &[&["outbound", "route"]],
-                "outbound.route = \"relayhost\" needs outbound.relayhost = \"host:port\"",
-            ));
-        }
-        if self.auth.source == AuthSource::Users && self.auth.users_file.is_none() {
-            return Err(invalid(
-                &[&["auth", "source"]],
-                "auth.source = \"users\" needs auth.users_file = \"users.txt\" (mailmoat passwd add NAME fills it)",
-            ));
-        }
-        if let Some(address) = self.archive.backup_address.as_deref()
-            && crate::address::Mailbox::parse(address).is_err()
-        {
-            return Err(invalid(
-                &[&["archive", "backup_address"]],
-                format!(
-                    "archive.backup_address '{address}' is not an address; write one such as quarantine@example.com"
-                ),
-            ));
-        }
-        if let Some(key) = self.archive.release_key.as_ref().map(Secret::expose)
-            && !key.is_empty()
-            && key.len() < 16
-        {
-            return Err(invalid(
-                &[&["archive", "release_key"]],
-                "archive.release_key is too short; use at least 16 random characters (openssl rand -hex 32)",
-            ));
-        }
-        for (domain, how) in &self.recipients.domains {
-            let table = format!("recipients.domains.\"{domain}\"");
-            let path = |key: &'static str| -> Vec<&str> {
-                let mut p = vec!["recipients", "domains", domain.as_str()];
-                if !key.is_empty() {
-                    p.push(key);
-                }
-                p
-            };
-            if !self.is_hosted(domain) {
-                return Err(invalid(
-                    &[&path("")],
-                    format!(
-                        "{table}: {domain} is not in relay.hosted_domains; add it there or remove this table"
-                    ),
-                ));
-            }
-            match (&how.file, how.callout) {
-                (Some(_), true) => {
-                    return Err(invalid(
-                        &[&path("file"), &path("callout")],
-                        format!("{table}: give either file or callout = true, not both"),
-                    ));
-                }
-                (None, false) => {
-                    return Err(invalid(
-                        &[&path("")],
-                        format!("{table}: give file = \"recipients.txt\" or callout = true"),
-                    ));
-                }
-                _ => {}
-            }
-        }
-        self.validate_scanning()
-    }
-
-    fn validate_scanning(&self) -> Result<(), Invalid> {
-        let grey = &self.greylist;
-        if grey.ipv4_prefix > 32 || grey.ipv6_prefix > 128 {
-            return Err(invalid(
-                &[&["greylist", "ipv4_prefix"], &["greylist", "ipv6_prefix"]],
-                "greylist: ipv4_prefix is at most 32 and ipv6_prefix at most 128 (24 and 64 are usual)",
-            ));
-        }
-        if grey.retry_window <= grey.delay {
-            return Err(invalid(
-                &[&["greylist", "retry_window"], &["greylist", "delay"]],
-                "greylist.retry_window must be longer than delay (such as \"2d\" against \"5m\")",
-            ));
-        }
-        if let Some(clamd) = &self.antivirus.clamd
-            && crate::scanners::clamd::Address::parse(clamd).is_none()
-        {
-            return Err(invalid(
-                &[&["antivirus", "clamd"]],
-                format!(
-                    "antivirus.clamd = \"{clamd}\": write \"127.0.0.1:3310\" or \"unix:/run/clamav/clamd.ctl\""
-                ),
-            ));
-        }
-        if let Some(rspamd) = &self.spam.rspamd
-            && crate::scanners::rspamd::Endpoint::parse(rspamd).is_none()
-        {
-            return Err(invalid(
-                &[&["spam", "rspamd"]],
-                format!("spam.rspamd = \"{rspamd}\": write \"http://127.0.0.1:11333\""),
-            ));
-        }
-        Ok(())
+        self.server.validate()?;
+        self.limits.validate()?;
+        self.shared.validate()?;
+        self.queue.validate()?;
+        self.backend.validate()?;
+        self.outbound.validate()?;
+        self.archive.validate()?;
+        self.tls.validate(&self.server)?;
+        self.auth.validate()?;
+        self.recipients.validate(&|domain| self.is_hosted(domain))?;
+        self.greylist.validate()?;
+        self.antivirus.validate()?;
+        self.spam.validate()
     }
 
     /// Is this (lower-case) domain one the proxy receives mail for?
@@ -623,11 +443,8 @@ mod tests {
     #[test]
     fn the_old_zip_limits_still_count_with_a_warning() {
         let config = parse("[rules]\nzip_depth = 2\nzip_bytes = \"1MB\"\n").unwrap();
-        let limits = config.rules.limits();
-        assert_eq!(
-            (limits.container_depth, limits.container_bytes),
-            (2, 1 << 20)
-        );
+        let (depth, bytes, _) = config.rules.container_limits();
+        assert_eq!((depth, bytes), (2, 1 << 20));
         let warnings = config.warnings();
         assert!(
             warnings
@@ -636,8 +453,8 @@ mod tests {
             "{warnings:?}"
         );
         let config = parse("[rules]\ncontainer_depth = 4\ncontainer_bytes = 1000\n").unwrap();
-        let limits = config.rules.limits();
-        assert_eq!((limits.container_depth, limits.container_bytes), (4, 1000));
+        let (depth, bytes, _) = config.rules.container_limits();
+        assert_eq!((depth, bytes), (4, 1000));
         assert!(!config.warnings().iter().any(|w| w.contains("zip_")));
     }
 

@@ -1,6 +1,7 @@
 //! `[greylist]`, `[antivirus]` and `[spam]`: what slows spam runs down and what
 //! outside scanners (clamd, rspamd) say about a message.
 
+use super::{Invalid, invalid};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -107,5 +108,93 @@ impl Default for SpamConfig {
             timeout: Duration::from_secs(15),
             on_error: OnScanError::Accept,
         }
+    }
+}
+
+/// Where clamd listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClamdAddress {
+    Tcp(String),
+    Unix(std::path::PathBuf),
+}
+
+impl ClamdAddress {
+    /// "127.0.0.1:3310", "clamav.internal:3310" or "unix:/run/clamav/clamd.ctl".
+    pub fn parse(text: &str) -> Option<ClamdAddress> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            return path
+                .starts_with('/')
+                .then(|| ClamdAddress::Unix(std::path::PathBuf::from(path)));
+        }
+        let (host, port) = text.rsplit_once(':')?;
+        (!host.is_empty() && port.parse::<u16>().is_ok())
+            .then(|| ClamdAddress::Tcp(text.to_string()))
+    }
+}
+
+/// Where rspamd's normal worker listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RspamdEndpoint {
+    /// host:port
+    pub address: String,
+}
+
+impl RspamdEndpoint {
+    /// "http://127.0.0.1:11333" (a path after it is ignored).
+    pub fn parse(text: &str) -> Option<RspamdEndpoint> {
+        let rest = text.strip_prefix("http://")?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let (host, port) = authority.rsplit_once(':')?;
+        (!host.is_empty() && port.parse::<u16>().is_ok()).then(|| RspamdEndpoint {
+            address: authority.to_string(),
+        })
+    }
+}
+
+impl GreylistConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.ipv4_prefix > 32 || self.ipv6_prefix > 128 {
+            return Err(invalid(
+                &[&["greylist", "ipv4_prefix"], &["greylist", "ipv6_prefix"]],
+                "greylist: ipv4_prefix is at most 32 and ipv6_prefix at most 128 (24 and 64 are usual)",
+            ));
+        }
+        if self.retry_window <= self.delay {
+            return Err(invalid(
+                &[&["greylist", "retry_window"], &["greylist", "delay"]],
+                "greylist.retry_window must be longer than delay (such as \"2d\" against \"5m\")",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AntivirusConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if let Some(clamd) = &self.clamd
+            && ClamdAddress::parse(clamd).is_none()
+        {
+            return Err(invalid(
+                &[&["antivirus", "clamd"]],
+                format!(
+                    "antivirus.clamd = \"{clamd}\": write \"127.0.0.1:3310\" or \"unix:/run/clamav/clamd.ctl\""
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SpamConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if let Some(rspamd) = &self.rspamd
+            && RspamdEndpoint::parse(rspamd).is_none()
+        {
+            return Err(invalid(
+                &[&["spam", "rspamd"]],
+                format!("spam.rspamd = \"{rspamd}\": write \"http://127.0.0.1:11333\""),
+            ));
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! `[server]`, `[limits]`, `[relay]` and `[recipients]`: who talks to the proxy,
 //! within which limits, and for which domains and recipients it takes mail.
 
+use super::{Invalid, at_least_one, invalid};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -213,4 +214,96 @@ pub struct MetricsConfig {
     /// Where `GET /metrics` and `GET /healthz` are served, such as
     /// "127.0.0.1:9187". Unset: off.
     pub listen: Option<SocketAddr>,
+}
+
+impl ServerConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.listen.is_empty() {
+            return Err(invalid(
+                &[&["server", "listen"]],
+                "server.listen: give at least one address, such as [\"0.0.0.0:25\"]",
+            ));
+        }
+        at_least_one(["server", "max_connections"], self.max_connections)?;
+        at_least_one(
+            ["server", "max_connections_per_ip"],
+            self.max_connections_per_ip,
+        )?;
+        if self.proxy_protocol && self.proxy_networks.is_empty() {
+            return Err(invalid(
+                &[&["server", "proxy_protocol"], &["server", "proxy_networks"]],
+                "server.proxy_protocol = true needs server.proxy_networks: the load balancers' \
+                 addresses, such as [\"10.0.0.0/8\"]",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        at_least_one(["limits", "message_size_limit"], self.message_size_limit)?;
+        at_least_one(["limits", "recipient_limit"], self.recipient_limit)?;
+        at_least_one(["limits", "error_limit"], self.error_limit)?;
+        if !(self.stress_threshold > 0.0 && self.stress_threshold <= 1.0) {
+            return Err(invalid(
+                &[&["limits", "stress_threshold"]],
+                format!(
+                    "limits.stress_threshold = {}: give a share of max_connections between 0 and 1, such as 0.8",
+                    self.stress_threshold
+                ),
+            ));
+        }
+        if self.line_length_limit < 512 {
+            return Err(invalid(
+                &[&["limits", "line_length_limit"]],
+                format!(
+                    "limits.line_length_limit = {}: it must be at least 512 (RFC 5321 \
+                     4.5.3.1.4 allows command lines of 512 octets); the default is 1000",
+                    self.line_length_limit
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RecipientsConfig {
+    /// Every table names a hosted domain and one way to know its recipients.
+    pub(super) fn validate(&self, is_hosted: &dyn Fn(&str) -> bool) -> Result<(), Invalid> {
+        for (domain, how) in &self.domains {
+            let table = format!("recipients.domains.\"{domain}\"");
+            let path = |key: &'static str| -> Vec<&str> {
+                let mut p = vec!["recipients", "domains", domain.as_str()];
+                if !key.is_empty() {
+                    p.push(key);
+                }
+                p
+            };
+            if !is_hosted(domain) {
+                return Err(invalid(
+                    &[&path("")],
+                    format!(
+                        "{table}: {domain} is not in relay.hosted_domains; add it there or remove this table"
+                    ),
+                ));
+            }
+            match (&how.file, how.callout) {
+                (Some(_), true) => {
+                    return Err(invalid(
+                        &[&path("file"), &path("callout")],
+                        format!("{table}: give either file or callout = true, not both"),
+                    ));
+                }
+                (None, false) => {
+                    return Err(invalid(
+                        &[&path("")],
+                        format!("{table}: give file = \"recipients.txt\" or callout = true"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 //! counters, AUTH failures and lockouts, greylisting, the callout cache — kept in
 //! Redis (or Valkey) instead of each instance's own store.
 
+use super::{Invalid, invalid};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,21 @@ impl std::fmt::Debug for RedisUrl {
 impl Serialize for RedisUrl {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.shown())
+    }
+}
+
+impl SharedConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if let Some(problem) = self.redis.as_ref().and_then(|url| url.problem()) {
+            return Err(invalid(&[&["shared", "redis"]], problem));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid(
+                &[&["shared", "timeout"]],
+                "shared.timeout = 0: give the longest a Redis call may take, such as \"200ms\"",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -92,13 +92,13 @@ impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
-        enum Raw {
+        enum AsWritten {
             Number(u64),
             Text(String),
         }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(text) => ByteSize::parse(&text).ok_or_else(|| {
+        match AsWritten::deserialize(d)? {
+            AsWritten::Number(n) => Ok(ByteSize(n)),
+            AsWritten::Text(text) => ByteSize::parse(&text).ok_or_else(|| {
                 serde::de::Error::custom(format!(
                     "'{text}' is not a size; write a number of bytes or one such as \"256MB\""
                 ))
@@ -125,8 +125,7 @@ impl Serialize for ByteSize {
 #[serde(transparent)]
 pub struct Secret(String);
 
-/// What a secret is printed as.
-pub const HIDDEN: &str = "(hidden)";
+pub use crate::file_error::{HIDDEN, is_secret_key};
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
@@ -148,13 +147,4 @@ impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(HIDDEN)
     }
-}
-
-/// Whether a configuration key holds a secret, so that an error about its value
-/// must not quote it. Keys that name a file holding a secret (`key_file`) are
-/// paths, not secrets.
-pub fn is_secret_key(key: &str) -> bool {
-    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
-    !last.ends_with("_file")
-        && (last.ends_with("key") || last.contains("password") || last.contains("secret"))
 }

@@ -10,15 +10,19 @@ use std::borrow::Cow;
 use super::{Budget, Container, Entry};
 use crate::filetype::FileType;
 
-pub struct Stream<'a> {
+pub struct Compressed<'a> {
     kind: FileType,
     bytes: &'a [u8],
     entries: Vec<Entry>,
     ambiguities: Vec<String>,
 }
 
-impl<'a> Stream<'a> {
-    pub fn read(kind: FileType, bytes: &'a [u8], name: Option<&str>) -> Result<Stream<'a>, String> {
+impl<'a> Compressed<'a> {
+    pub fn read(
+        kind: FileType,
+        bytes: &'a [u8],
+        name: Option<&str>,
+    ) -> Result<Compressed<'a>, String> {
         let mut entry = Entry::default();
         if kind == FileType::Gzip {
             let decoder = flate2::bufread::GzDecoder::new(bytes);
@@ -32,7 +36,7 @@ impl<'a> Stream<'a> {
         if entry.names.is_empty() {
             entry.also(format!("({} content)", kind.name()));
         }
-        Ok(Stream {
+        Ok(Compressed {
             kind,
             bytes,
             entries: vec![entry],
@@ -41,7 +45,7 @@ impl<'a> Stream<'a> {
     }
 }
 
-impl<'a> Container<'a> for Stream<'a> {
+impl<'a> Container<'a> for Compressed<'a> {
     fn entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -167,7 +171,7 @@ mod tests {
     #[test]
     fn a_gzip_file_is_named_both_ways_and_opened() {
         let bytes = gzip(Some("payload.exe"), b"MZ\x90\x00");
-        let mut stream = Stream::read(FileType::Gzip, &bytes, Some("notes.txt.gz")).unwrap();
+        let mut stream = Compressed::read(FileType::Gzip, &bytes, Some("notes.txt.gz")).unwrap();
         assert_eq!(stream.entries()[0].names, ["payload.exe", "notes.txt"]);
         let content = stream.open(0, &mut Budget::new(100)).unwrap();
         assert_eq!(&*content, b"MZ\x90\x00");
@@ -178,10 +182,10 @@ mod tests {
     fn members_are_read_as_one_file_and_trailing_data_is_ambiguous() {
         let mut bytes = gzip(None, b"one ");
         bytes.extend(gzip(None, b"two"));
-        let mut stream = Stream::read(FileType::Gzip, &bytes, None).unwrap();
+        let mut stream = Compressed::read(FileType::Gzip, &bytes, None).unwrap();
         assert_eq!(&*stream.open(0, &mut Budget::new(100)).unwrap(), b"one two");
         bytes.extend(b"PK\x03\x04 something else");
-        let mut stream = Stream::read(FileType::Gzip, &bytes, Some("a.tgz")).unwrap();
+        let mut stream = Compressed::read(FileType::Gzip, &bytes, Some("a.tgz")).unwrap();
         assert_eq!(stream.entries()[0].names, ["a.tar"]);
         stream.open(0, &mut Budget::new(100)).unwrap();
         assert_eq!(
@@ -193,7 +197,7 @@ mod tests {
     #[test]
     fn a_bomb_stops_at_the_budget() {
         let bytes = gzip(None, &vec![0u8; 10_000_000]);
-        let mut stream = Stream::read(FileType::Gzip, &bytes, None).unwrap();
+        let mut stream = Compressed::read(FileType::Gzip, &bytes, None).unwrap();
         let why = stream.open(0, &mut Budget::new(1_000_000)).unwrap_err();
         assert!(why.contains("container_bytes"), "{why}");
     }

@@ -17,12 +17,12 @@ const MAX_DEPTH: usize = 32;
 
 pub struct Disk<'a> {
     entries: Vec<Entry>,
-    contents: Vec<Content<'a>>,
+    contents: Vec<Data<'a>>,
     unseen: Vec<String>,
     fat: Option<Fat<'a>>,
 }
 
-enum Content<'a> {
+enum Data<'a> {
     Slice(&'a [u8]),
     Owned(Option<Vec<u8>>),
     /// A FAT file: its first cluster and size.
@@ -53,7 +53,7 @@ impl<'a> Disk<'a> {
                 );
                 for (entry, cluster, size) in files {
                     disk.entries.push(entry);
-                    disk.contents.push(Content::FatFile(cluster, size));
+                    disk.contents.push(Data::FatFile(cluster, size));
                 }
                 disk.fat = Some(fat);
             }
@@ -67,7 +67,7 @@ impl<'a> Disk<'a> {
         Ok(disk)
     }
 
-    fn push(&mut self, name: String, content: Content<'a>) {
+    fn push(&mut self, name: String, content: Data<'a>) {
         self.entries.push(Entry::named(name));
         self.contents.push(content);
     }
@@ -134,15 +134,15 @@ impl<'a> Disk<'a> {
             let len = sectors.saturating_mul(SECTOR as u64);
             let name = format!("partition {}", n + 1);
             match super::span(bytes, from, len, "a partition") {
-                Ok(slice) => self.push(name, Content::Slice(slice)),
+                Ok(slice) => self.push(name, Data::Slice(slice)),
                 Err(why) => {
                     // A partition cut short still holds what it holds.
                     match bytes.get(from as usize..) {
                         Some(rest) if !rest.is_empty() => {
                             self.unseen.push(format!("{name}: {why}"));
-                            self.push(name, Content::Slice(rest));
+                            self.push(name, Data::Slice(rest));
                         }
-                        _ => self.push(name, Content::Unread(why)),
+                        _ => self.push(name, Data::Unread(why)),
                     }
                 }
             }
@@ -167,7 +167,7 @@ impl<'a> Disk<'a> {
                 } else {
                     bytes.len()
                 };
-                self.push("disk".into(), Content::Slice(&bytes[..end]));
+                self.push("disk".into(), Data::Slice(&bytes[..end]));
             }
             3 => {
                 let header_at = footer.be64(16).unwrap_or(0) as usize;
@@ -185,7 +185,7 @@ impl<'a> Disk<'a> {
                 if let Err(why) = budget.take(size) {
                     self.push(
                         "disk".into(),
-                        Content::Unread(format!("a virtual disk of {size} bytes: {why}")),
+                        Data::Unread(format!("a virtual disk of {size} bytes: {why}")),
                     );
                     return Ok(());
                 }
@@ -204,7 +204,7 @@ impl<'a> Disk<'a> {
                         .ok_or("damaged (a block past the end)")?;
                     disk[i * block..to].copy_from_slice(data);
                 }
-                self.push("disk".into(), Content::Owned(Some(disk)));
+                self.push("disk".into(), Data::Owned(Some(disk)));
             }
             4 => return Err("a differencing disk, whose data is in another file".into()),
             other => return Err(format!("damaged (a VHD of type {other})")),
@@ -220,16 +220,16 @@ impl<'a> Container<'a> for Disk<'a> {
 
     fn open(&mut self, index: usize, budget: &mut Budget) -> Result<Cow<'a, [u8]>, String> {
         match &mut self.contents[index] {
-            Content::Slice(slice) => Ok(Cow::Borrowed(*slice)),
-            Content::Owned(bytes) => bytes
+            Data::Slice(slice) => Ok(Cow::Borrowed(*slice)),
+            Data::Owned(bytes) => bytes
                 .take()
                 .map(Cow::Owned)
                 .ok_or_else(|| "opened twice".into()),
-            Content::FatFile(cluster, size) => {
+            Data::FatFile(cluster, size) => {
                 let fat = self.fat.as_ref().expect("FAT files come from a FAT");
                 fat.file(*cluster, *size, budget).map(Cow::Owned)
             }
-            Content::Unread(why) => Err(why.clone()),
+            Data::Unread(why) => Err(why.clone()),
         }
     }
 

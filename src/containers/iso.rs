@@ -61,7 +61,7 @@ impl<'a> Iso<'a> {
         let mut files: BTreeMap<(usize, usize), Entry> = BTreeMap::new();
         let mut visited = std::collections::HashSet::new();
         for (root, joliet) in roots {
-            let mut walk = Walk {
+            let mut walk = Hierarchy {
                 bytes,
                 joliet,
                 files: &mut files,
@@ -69,7 +69,7 @@ impl<'a> Iso<'a> {
                 unseen: &mut iso.unseen,
                 count: 0,
             };
-            if let Some(record) = Record::parse(root) {
+            if let Some(record) = DirEntry::parse(root) {
                 walk.directory(&record, "", 0);
             }
         }
@@ -100,7 +100,7 @@ impl<'a> Container<'a> for Iso<'a> {
 }
 
 /// A directory record.
-struct Record<'r> {
+struct DirEntry<'r> {
     extent: usize,
     size: usize,
     flags: u8,
@@ -108,14 +108,14 @@ struct Record<'r> {
     system_use: &'r [u8],
 }
 
-impl<'r> Record<'r> {
-    fn parse(raw: &'r [u8]) -> Option<Record<'r>> {
+impl<'r> DirEntry<'r> {
+    fn parse(raw: &'r [u8]) -> Option<DirEntry<'r>> {
         let len = *raw.first()? as usize;
         let name_len = *raw.get(32)? as usize;
         let name = raw.get(33..33 + name_len)?;
         let padding = usize::from(name_len.is_multiple_of(2));
         let system_use = raw.get(33 + name_len + padding..len).unwrap_or(&[]);
-        Some(Record {
+        Some(DirEntry {
             extent: raw.le32(2)? as usize,
             size: raw.le32(10)? as usize,
             flags: *raw.get(25)?,
@@ -125,7 +125,7 @@ impl<'r> Record<'r> {
     }
 }
 
-struct Walk<'w, 'a> {
+struct Hierarchy<'w, 'a> {
     bytes: &'a [u8],
     joliet: bool,
     files: &'w mut BTreeMap<(usize, usize), Entry>,
@@ -134,8 +134,8 @@ struct Walk<'w, 'a> {
     count: usize,
 }
 
-impl Walk<'_, '_> {
-    fn directory(&mut self, record: &Record<'_>, path: &str, depth: usize) {
+impl Hierarchy<'_, '_> {
+    fn directory(&mut self, record: &DirEntry<'_>, path: &str, depth: usize) {
         if depth > MAX_DEPTH || !self.visited.insert((record.extent, self.joliet)) {
             return;
         }
@@ -153,7 +153,7 @@ impl Walk<'_, '_> {
                 pos = (pos / SECTOR + 1) * SECTOR;
                 continue;
             }
-            let Some(child) = data.get(pos..pos + len).and_then(Record::parse) else {
+            let Some(child) = data.get(pos..pos + len).and_then(DirEntry::parse) else {
                 self.unseen.push(format!("damaged (a record in {path}/)"));
                 return;
             };

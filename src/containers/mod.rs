@@ -110,7 +110,7 @@ pub fn open<'a>(
         FileType::Rar => Box::new(rar::Rar::read(bytes)?),
         FileType::SevenZip => Box::new(sevenz::SevenZip::read(bytes, budget)?),
         FileType::Gzip | FileType::Bzip2 | FileType::Xz | FileType::Zstd | FileType::Lzip => {
-            Box::new(compressed::Stream::read(kind, bytes, name)?)
+            Box::new(compressed::Compressed::read(kind, bytes, name)?)
         }
         FileType::Tar => Box::new(tar::Tar::read(bytes)?),
         FileType::Cab => Box::new(cab::Cab::read(bytes)?),

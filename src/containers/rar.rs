@@ -15,13 +15,13 @@ const RAR5: &[u8] = b"Rar!\x1a\x07\x01\x00";
 pub struct Rar<'a> {
     bytes: &'a [u8],
     entries: Vec<Entry>,
-    items: Vec<Item>,
+    items: Vec<Member>,
     unseen: Vec<String>,
     ambiguities: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
-struct Item {
+struct Member {
     data: std::ops::Range<usize>,
     /// Stored: the data is the file.
     stored: bool,
@@ -50,7 +50,7 @@ impl<'a> Rar<'a> {
         Ok(rar)
     }
 
-    fn push(&mut self, entry: Entry, item: Item) {
+    fn push(&mut self, entry: Entry, item: Member) {
         self.entries.push(entry);
         self.items.push(item);
     }
@@ -164,7 +164,7 @@ impl<'a> Rar<'a> {
         entry.size = Some(size);
         self.push(
             entry,
-            Item {
+            Member {
                 data,
                 stored: method == 0x30,
                 encrypted: flags & 0x0004 != 0,
@@ -291,7 +291,7 @@ impl<'a> Rar<'a> {
         entry.size = Some(size);
         self.push(
             entry,
-            Item {
+            Member {
                 data,
                 stored: (compression >> 7) & 7 == 0,
                 encrypted: extra_records(extra).contains(&1),

@@ -23,44 +23,18 @@ const DESCRIPTOR: &[u8] = b"PK\x07\x08";
 /// An end record's comment is at most this long: the record is this near the end.
 const END_WINDOW: usize = 22 + 65535;
 
-/// Whether the bytes end the way a zip ends: an end record whose directory is
-/// where the record says, whatever comes before. (Self-extractors and files with
-/// an archive appended are zips to 7-Zip and bsdtar.)
-pub fn has_directory_at_end(bytes: &[u8]) -> bool {
-    let from = bytes.len().saturating_sub(END_WINDOW);
-    memchr::memmem::rfind_iter(&bytes[from..], END).any(|at| {
-        let pos = from + at;
-        let Some(size) = bytes.le32(pos + 12) else {
-            return false;
-        };
-        let Some(start) = pos.checked_sub(size as usize) else {
-            return false;
-        };
-        size > 0 && bytes.get(start..start + 4) == Some(CENTRAL)
-    })
-}
-
-/// Whether the bytes end exactly as a zip ends: an end record whose comment
-/// reaches the last byte and whose directory is where the record says.
-pub fn ends_as_zip(bytes: &[u8]) -> bool {
-    let from = bytes.len().saturating_sub(END_WINDOW);
-    memchr::memmem::rfind_iter(&bytes[from..], END)
-        .filter_map(|at| End::parse(bytes, from + at))
-        .any(|end| end.reaches_end == bytes.len() && end.directory_size > 0)
-}
-
 /// A zip opened for reading.
 pub struct Zip<'a> {
     bytes: &'a [u8],
     entries: Vec<Entry>,
-    items: Vec<Item>,
+    items: Vec<Stored>,
     ambiguities: Vec<String>,
     unseen: Vec<String>,
 }
 
 /// Where an entry's data is and how it is stored.
 #[derive(Debug, Clone)]
-struct Item {
+struct Stored {
     data: std::ops::Range<usize>,
     method: u16,
     flags: u16,
@@ -70,7 +44,7 @@ struct Item {
 
 /// One central directory record.
 #[derive(Debug, Clone)]
-struct Record {
+struct Central {
     flags: u16,
     method: u16,
     crc: u32,
@@ -155,7 +129,7 @@ impl<'a> Zip<'a> {
     }
 
     /// The central directory's records.
-    fn directory(&mut self, end: &End) -> Result<Vec<Record>, String> {
+    fn directory(&mut self, end: &End) -> Result<Vec<Central>, String> {
         let bytes = self.bytes;
         let mut records = Vec::new();
         let mut pos = end.directory;
@@ -181,7 +155,7 @@ impl<'a> Zip<'a> {
             ) else {
                 return Err("damaged (a directory record goes past the end)".into());
             };
-            let mut record = Record {
+            let mut record = Central {
                 flags: field(8).unwrap_or(0),
                 method: field(10).unwrap_or(0),
                 crc: bytes.le32(pos + 16).unwrap_or(0),
@@ -225,7 +199,7 @@ impl<'a> Zip<'a> {
     }
 
     /// Each record's local header, compared with it: names, method, sizes.
-    fn match_local_headers(&mut self, records: &[Record], shift: usize) {
+    fn match_local_headers(&mut self, records: &[Central], shift: usize) {
         for (index, record) in records.iter().enumerate() {
             let at = record.local as usize + shift;
             let Some(local) = Local::parse(self.bytes, at) else {
@@ -278,7 +252,7 @@ impl<'a> Zip<'a> {
                 continue;
             }
             self.entries.push(entry);
-            self.items.push(Item {
+            self.items.push(Stored {
                 data,
                 method: record.method,
                 flags: record.flags | local.flags,
@@ -293,7 +267,7 @@ impl<'a> Zip<'a> {
     /// to no entry — before the first, between two, a local header the directory
     /// does not list — are read by some readers and not others.
     /// Returns where the entries are.
-    fn check_coverage(&mut self, records: &[Record], end: &End) -> Vec<(usize, usize)> {
+    fn check_coverage(&mut self, records: &[Central], end: &End) -> Vec<(usize, usize)> {
         let bytes = self.bytes;
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for record in records {
@@ -364,7 +338,7 @@ impl<'a> Zip<'a> {
             }
             if !(local.name.ends_with(b"/") && local.size == 0) {
                 self.entries.push(entry);
-                self.items.push(Item {
+                self.items.push(Stored {
                     data: local.data..stop,
                     method: local.method,
                     flags: local.flags,
@@ -656,7 +630,10 @@ pub mod tests {
         let mut budget = Budget::new(1000);
         assert_eq!(&*zip.open(0, &mut budget).unwrap(), b"hello hello hello");
         assert_eq!(&*zip.open(1, &mut budget).unwrap(), b"MZ\x90\x00");
-        assert!(has_directory_at_end(&bytes));
+        assert_eq!(
+            crate::filetype::identify(&bytes),
+            Some(crate::filetype::FileType::Zip)
+        );
     }
 
     #[test]
@@ -692,7 +669,10 @@ pub mod tests {
     fn data_before_the_first_entry_is_ambiguous() {
         let mut bytes = b"%PDF-1.4 a picture, perhaps\n".to_vec();
         bytes.extend(make_zip(&[("x.exe", b"MZ")]));
-        assert!(has_directory_at_end(&bytes));
+        assert_eq!(
+            crate::filetype::hidden_archive(&bytes),
+            Some(crate::filetype::FileType::Zip)
+        );
         let zip = Zip::read(&bytes).unwrap();
         assert_eq!(names(&zip), ["x.exe"]);
         assert_eq!(zip.ambiguities(), ["data before the first entry"]);

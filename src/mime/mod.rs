@@ -12,6 +12,7 @@
 
 pub mod edit;
 pub mod lenient;
+mod names;
 pub mod normalize;
 pub mod rfc2047;
 pub mod structure;
@@ -19,6 +20,8 @@ pub mod structure;
 use std::ops::Range;
 
 use mail_parser::{HeaderValue, MessageParser};
+
+pub use names::{clean_name, extension};
 
 use crate::containers::{self, Budget};
 use crate::filetype::{self, FileType};
@@ -37,14 +40,22 @@ pub struct Limits {
     pub body_text: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+impl Limits {
+    /// The limits `[rules]` sets.
+    pub fn of(rules: &crate::config::RulesConfig) -> Limits {
+        let (container_depth, container_bytes, container_entries) = rules.container_limits();
         Limits {
-            container_depth: 6,
-            container_entries: 1000,
-            container_bytes: 32 * 1024 * 1024,
+            container_depth,
+            container_entries,
+            container_bytes,
             body_text: 1024 * 1024,
         }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::of(&crate::config::RulesConfig::default())
     }
 }
 
@@ -105,12 +116,6 @@ impl Attachment {
             None => name.to_string(),
         }
     }
-}
-
-/// The last extension of a file name, lower case.
-pub fn extension(name: &str) -> Option<String> {
-    let (_, ext) = name.rsplit_once('.')?;
-    (!ext.is_empty()).then(|| ext.to_lowercase())
 }
 
 /// Bytes of the original message to replace to remove something.
@@ -531,15 +536,6 @@ fn names_of(e: &Entity<'_>) -> Vec<String> {
         }
     }
     names
-}
-
-/// Windows ignores trailing dots and spaces (`evil.exe. ` runs as `evil.exe`), and
-/// a path is not part of the name.
-pub fn clean_name(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    base.trim_end_matches(['.', ' ', '\t'])
-        .trim_start()
-        .to_string()
 }
 
 /// A header's value as text: decoded, unfolded.

@@ -2,7 +2,6 @@
 //! programs show them — enough to compare and judge the file names parts give.
 
 use super::lenient;
-use super::structure::decode_charset;
 
 /// Decodes every encoded word in `text`; white space between two encoded words
 /// goes, as RFC 2047 6.2 says. Text that is not an encoded word stays as it is.
@@ -59,6 +58,17 @@ fn word(text: &str) -> Option<(String, usize)> {
     };
     let used = 2 + written_charset.len() + 1 + encoding.len() + 1 + end + 2;
     Some((decode_charset(&charset, &bytes), used))
+}
+
+/// Bytes in a charset to text: UTF-8 and ASCII as they are, Latin-1 byte for byte,
+/// anything else as UTF-8 where it is.
+pub fn decode_charset(charset: &str, bytes: &[u8]) -> String {
+    match charset {
+        "iso-8859-1" | "latin1" | "iso8859-1" | "windows-1252" | "cp1252" => {
+            bytes.iter().map(|&b| b as char).collect()
+        }
+        _ => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 #[cfg(test)]

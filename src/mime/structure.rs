@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use super::lenient;
+pub use super::rfc2047::decode_charset;
 
 /// Deeper than this, the structure itself is a problem.
 pub const MAX_DEPTH: usize = 32;
@@ -637,7 +638,7 @@ fn distinct<T: PartialEq>(items: &[T]) -> usize {
 
 /// A file name as a program would use it: path and trailing dots or spaces gone.
 fn clean(name: &str) -> String {
-    super::clean_name(name).to_lowercase()
+    super::names::clean_name(name).to_lowercase()
 }
 
 /// RFC 2046 `bchars`.
@@ -1015,17 +1016,6 @@ fn percent_decode(value: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
-}
-
-/// Bytes in a charset to text: UTF-8 and ASCII as they are, Latin-1 byte for byte,
-/// anything else as UTF-8 where it is.
-pub fn decode_charset(charset: &str, bytes: &[u8]) -> String {
-    match charset {
-        "iso-8859-1" | "latin1" | "iso8859-1" | "windows-1252" | "cp1252" => {
-            bytes.iter().map(|&b| b as char).collect()
-        }
-        _ => String::from_utf8_lossy(bytes).into_owned(),
-    }
 }
 
 /// A cursor over a raw header value.

@@ -64,7 +64,7 @@ fn default_helo() -> String {
 }
 
 /// A fixture with its message, read from a folder.
-pub struct Loaded {
+pub struct LoadedFixture {
     /// The fixture file.
     pub path: PathBuf,
     pub fixture: Fixture,
@@ -72,7 +72,7 @@ pub struct Loaded {
     pub message: Vec<u8>,
 }
 
-impl Loaded {
+impl LoadedFixture {
     pub fn input(&self) -> TrialInput<'_> {
         TrialInput {
             client_ip: self.fixture.ip,
@@ -86,7 +86,7 @@ impl Loaded {
 }
 
 /// Every fixture of a folder (`*.toml` with a message), in name order.
-pub fn load(dir: &Path) -> anyhow::Result<Vec<Loaded>> {
+pub fn load(dir: &Path) -> anyhow::Result<Vec<LoadedFixture>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -113,7 +113,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Vec<Loaded>> {
             None => path.with_extension("eml"),
         };
         let raw = std::fs::read(&eml).map_err(|e| anyhow::anyhow!("{}: {e}", eml.display()))?;
-        out.push(Loaded {
+        out.push(LoadedFixture {
             path,
             fixture,
             message: crlf(&raw),
@@ -137,7 +137,7 @@ pub fn crlf(raw: &[u8]) -> Vec<u8> {
 }
 
 /// What differs between a trial and its fixture; empty when the fixture holds.
-pub fn problems(trial: &Trial, loaded: &Loaded) -> Vec<String> {
+pub fn problems(trial: &Trial, loaded: &LoadedFixture) -> Vec<String> {
     let fixture = &loaded.fixture;
     let mut problems = Vec::new();
     if trial.outcome() != fixture.expect {

@@ -29,10 +29,10 @@ pub use transaction::{Message, Transaction};
 
 use crate::address::Path;
 use crate::config::Config;
-use crate::policy::checks::Checks;
-use crate::policy::limits::MailBomb;
+use crate::policy::mailbomb::MailBomb;
 use crate::policy::recipients::RecipientValidator;
 use crate::policy::relay::Destination;
+use crate::policy::reputation::Reputation;
 use crate::rules::{Matched, RuleSet, Verdict};
 use crate::sender_auth::{AuthFacts, Authentication, SenderAuth, SpfCheck};
 use crate::services::Services;
@@ -306,7 +306,7 @@ pub struct Pipeline {
     pub config: Arc<Config>,
     /// SPF, DKIM, DMARC and ARC; signing. None when all of it is off.
     pub sender_auth: Option<Arc<SenderAuth>>,
-    pub checks: Arc<Checks>,
+    pub reputation: Arc<Reputation>,
     pub mailbomb: Arc<MailBomb>,
     pub recipients: Arc<RecipientValidator>,
     pub greylist: Arc<crate::policy::greylist::Greylist>,
@@ -447,7 +447,7 @@ impl Pipeline {
         )?;
         Ok(Pipeline {
             sender_auth: SenderAuth::new(&config, &dns)?,
-            checks: Arc::new(Checks::new(&config, dns)?),
+            reputation: Arc::new(Reputation::new(&config, dns)?),
             mailbomb: Arc::new(MailBomb::new(&config.mailbomb, shared.clone())),
             recipients: Arc::new(RecipientValidator::new(
                 config.clone(),
@@ -531,6 +531,13 @@ impl Pipeline {
         event.log();
         if let Some(metrics) = self.metrics() {
             metrics.decision(event);
+            if let Some(limit) = event
+                .decided_by
+                .filter(|_| event.outcome.is_refusal())
+                .and_then(|by| self.mailbomb.limit_named(by.check_name()))
+            {
+                metrics.mailbomb_hit(limit);
+            }
         }
     }
 

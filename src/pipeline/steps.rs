@@ -35,20 +35,22 @@ impl Pipeline {
         let ip = j.peer.ip;
         match step {
             Step::ConnectionRate => self.mailbomb.connect(ip).await?,
-            Step::ClientDeny => self.checks.client_deny(ip)?,
-            Step::ClientNameDeny => self.checks.client_name_deny(ip, j.peer.name.as_deref())?,
+            Step::ClientDeny => self.reputation.client_deny(ip)?,
+            Step::ClientNameDeny => self
+                .reputation
+                .client_name_deny(ip, j.peer.name.as_deref())?,
             Step::Dnsbl => {
-                let here = match self.checks.config().dnsbl_at {
+                let here = match self.reputation.config().dnsbl_at {
                     DnsblAt::Connect => Stage::Connect,
                     DnsblAt::Rcpt => Stage::Rcpt,
                 };
                 if here == j.stage {
                     let recipient = (j.stage == Stage::Rcpt).then_some(j.recipient);
-                    self.checks.dnsbl(ip, recipient).await?;
+                    self.reputation.dnsbl(ip, recipient).await?;
                 }
             }
             Step::Pregreet => {
-                let delay = self.checks.config().greet_delay;
+                let delay = self.reputation.config().greet_delay;
                 if let Some(greeting) = j.greeting.as_deref_mut()
                     && !delay.is_zero()
                     && greeting.talks_first(delay).await
@@ -64,7 +66,7 @@ impl Pipeline {
                     ));
                 }
             }
-            Step::HeloNotOurs => self.checks.helo(j.peer.helo(), j.peer.local_ip)?,
+            Step::HeloNotOurs => self.reputation.helo(j.peer.helo(), j.peer.local_ip)?,
             Step::SenderLogin => {
                 if let Some(user) = &j.peer.login
                     && !crate::policy::auth::owns(&self.config.auth, user, j.sender, &|d| {
@@ -83,8 +85,8 @@ impl Pipeline {
                 }
             }
             Step::SpoolSpace => self.spool_space()?,
-            Step::SenderDeny => self.checks.sender_deny(j.sender_domain)?,
-            Step::SenderDomain => self.checks.sender_domain(j.sender_domain).await?,
+            Step::SenderDeny => self.reputation.sender_deny(j.sender_domain)?,
+            Step::SenderDomain => self.reputation.sender_domain(j.sender_domain).await?,
             Step::MessageRate => self.mailbomb.message(ip, j.sender).await?,
             Step::Spf => {
                 if let Some(auth) = &self.sender_auth {
@@ -164,7 +166,7 @@ impl Pipeline {
             let needs_content =
                 j.rules.needs_content() || self.config.mime.unscannable != Unscannable::Deliver;
             if needs_content {
-                j.content(&self.config.rules.limits());
+                j.content(&crate::mime::Limits::of(&self.config.rules));
             }
             let mut facts = Facts::of(j.peer, j.sender, j.recipients);
             facts.auth = j.auth_facts();
@@ -309,7 +311,7 @@ impl Pipeline {
         {
             return Err(self.partial(j.id, &at));
         }
-        let limits = self.config.rules.limits();
+        let limits = crate::mime::Limits::of(&self.config.rules);
         if !reading.is_ambiguous() {
             j.content = Some(crate::mime::Content::of(j.message, &reading, &limits));
             return self.attached_ambiguities(j);

@@ -85,10 +85,10 @@ impl Pipeline {
         Peer {
             ip,
             local_ip,
-            name: self.checks.client_name(ip).await,
+            name: self.reputation.client_name(ip).await,
             helo: None,
             trusted: relay::may_relay(&self.config, ip, false),
-            allowed: self.checks.allowed(ip),
+            allowed: self.reputation.allowed(ip),
             may_relay: relay::may_relay(&self.config, ip, login.is_some()),
             login,
             tls,

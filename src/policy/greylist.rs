@@ -37,12 +37,12 @@ pub struct Greylist {
 
 /// One triplet's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
+struct Triplet {
     first: u64,
     passed: u64,
 }
 
-impl Entry {
+impl Triplet {
     fn encode(self) -> [u8; 16] {
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&self.first.to_be_bytes());
@@ -50,9 +50,9 @@ impl Entry {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Entry> {
+    fn decode(bytes: &[u8]) -> Option<Triplet> {
         let bytes: &[u8; 16] = bytes.try_into().ok()?;
-        Some(Entry {
+        Some(Triplet {
             first: u64::from_be_bytes(bytes[..8].try_into().ok()?),
             passed: u64::from_be_bytes(bytes[8..].try_into().ok()?),
         })
@@ -60,15 +60,15 @@ impl Entry {
 }
 
 /// What a triplet's attempt leads to.
-enum Judgement {
+enum Greylisting {
     /// Its network is let through.
     LetThrough,
     /// Known, retried after the delay: passes; the record to keep.
-    Pass { record: Entry, first_pass: bool },
+    Pass { record: Triplet, first_pass: bool },
     /// Known, retried too early: wait this many seconds more.
     Wait(u64),
     /// Not known: greylisted; the record to keep.
-    New(Entry),
+    New(Triplet),
 }
 
 /// A network's passes as kept in Redis: a count, or `allowed` (administrator).
@@ -173,12 +173,12 @@ impl Greylist {
     }
 
     /// What a triplet's record and its network's passes say at `now`.
-    fn judge(&self, passes: u64, known: Option<Entry>, now: u64) -> Judgement {
+    fn judge(&self, passes: u64, known: Option<Triplet>, now: u64) -> Greylisting {
         if self.let_through(passes) {
-            return Judgement::LetThrough;
+            return Greylisting::LetThrough;
         }
         let delay = self.config.delay.as_secs();
-        let fresh = |entry: &Entry| {
+        let fresh = |entry: &Triplet| {
             if entry.passed > 0 {
                 now.saturating_sub(entry.passed) <= self.config.expire.as_secs()
             } else {
@@ -187,16 +187,16 @@ impl Greylist {
         };
         match known.filter(fresh) {
             Some(entry) if entry.passed > 0 || now.saturating_sub(entry.first) >= delay => {
-                Judgement::Pass {
-                    record: Entry {
+                Greylisting::Pass {
+                    record: Triplet {
                         first: entry.first,
                         passed: now,
                     },
                     first_pass: entry.passed == 0,
                 }
             }
-            Some(entry) => Judgement::Wait(delay - (now - entry.first)),
-            None => Judgement::New(Entry {
+            Some(entry) => Greylisting::Wait(delay - (now - entry.first)),
+            None => Greylisting::New(Triplet {
                 first: now,
                 passed: 0,
             }),
@@ -225,11 +225,11 @@ impl Greylist {
             .get(1)
             .cloned()
             .flatten()
-            .and_then(|v| Entry::decode(&v));
+            .and_then(|v| Triplet::decode(&v));
         Some(match self.judge(passes, known, now) {
-            Judgement::LetThrough => Ok(()),
-            Judgement::Wait(wait) => Err(self.greylisted(key, wait)),
-            Judgement::New(record) => {
+            Greylisting::LetThrough => Ok(()),
+            Greylisting::Wait(wait) => Err(self.greylisted(key, wait)),
+            Greylisting::New(record) => {
                 // Unrecorded (Redis gone meanwhile): the next attempt is a first again.
                 let _ = self
                     .shared
@@ -241,7 +241,7 @@ impl Greylist {
                     .await;
                 Err(self.greylisted(key, self.config.delay.as_secs()))
             }
-            Judgement::Pass { record, first_pass } => {
+            Greylisting::Pass { record, first_pass } => {
                 let _ = self
                     .shared
                     .put(&triplet_key, &record.encode(), Some(self.config.expire))
@@ -265,11 +265,11 @@ impl Greylist {
             .get(key)
             .ok()
             .flatten()
-            .and_then(|v| Entry::decode(&v));
+            .and_then(|v| Triplet::decode(&v));
         match self.judge(passes, known, now) {
-            Judgement::LetThrough => Ok(()),
-            Judgement::Wait(wait) => Err(self.greylisted(key, wait)),
-            Judgement::New(record) => {
+            Greylisting::LetThrough => Ok(()),
+            Greylisting::Wait(wait) => Err(self.greylisted(key, wait)),
+            Greylisting::New(record) => {
                 if self.triplets.len() >= self.config.max_entries {
                     self.purge(now);
                 }
@@ -288,7 +288,7 @@ impl Greylist {
                 let _ = self.triplets.insert(key.as_bytes(), &record.encode());
                 Err(self.greylisted(key, self.config.delay.as_secs()))
             }
-            Judgement::Pass { record, first_pass } => {
+            Greylisting::Pass { record, first_pass } => {
                 if first_pass {
                     // The first pass of this triplet counts towards its network's.
                     let _ = self.networks.update_and_fetch(network.as_bytes(), |old| {
@@ -336,7 +336,7 @@ impl Greylist {
     pub fn purge(&self, now: u64) -> usize {
         let mut removed = 0;
         for (key, value) in self.triplets.iter().flatten() {
-            let stale = match Entry::decode(&value) {
+            let stale = match Triplet::decode(&value) {
                 Some(e) if e.passed > 0 => {
                     now.saturating_sub(e.passed) > self.config.expire.as_secs()
                 }
@@ -413,7 +413,7 @@ impl Greylist {
             .await?
             .into_iter()
             .filter_map(|(triplet, v)| {
-                let e = Entry::decode(&v)?;
+                let e = Triplet::decode(&v)?;
                 Some(Listed {
                     triplet,
                     first: e.first,
@@ -441,7 +441,7 @@ impl Greylist {
             .iter()
             .flatten()
             .filter_map(|(k, v)| {
-                let e = Entry::decode(&v)?;
+                let e = Triplet::decode(&v)?;
                 Some(Listed {
                     triplet: String::from_utf8_lossy(&k).into_owned(),
                     first: e.first,

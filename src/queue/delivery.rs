@@ -47,7 +47,7 @@ impl Pool {
 
 /// The result for one recipient of one attempt.
 #[derive(Debug, Clone)]
-enum Outcome {
+enum RecipientResult {
     Delivered(Reply),
     /// Refused for good (5xx).
     Refused(Reply),
@@ -64,7 +64,7 @@ pub struct Delivery {
     dns: Option<Arc<crate::dns::Dns>>,
     pool: Pool,
     /// Which next hops answer: one connection at a time to those that do not.
-    pub health: Arc<super::health::Health>,
+    pub health: Arc<super::health::NextHops>,
 }
 
 /// Where a group of recipients goes.
@@ -171,32 +171,34 @@ impl Delivery {
 
     /// The servers to try for a route, in order; or the outcome for everyone when
     /// DNS says there is no server.
-    async fn targets(&self, route: &Route) -> Result<Vec<Target>, Outcome> {
+    async fn targets(&self, route: &Route) -> Result<Vec<Target>, RecipientResult> {
         let domain = match route {
             Route::Fixed(target) => return Ok(vec![target.clone()]),
             Route::Mx(domain) => domain,
         };
         let Some(dns) = &self.dns else {
-            return Err(Outcome::Deferred("no DNS resolver for MX lookups".into()));
+            return Err(RecipientResult::Deferred(
+                "no DNS resolver for MX lookups".into(),
+            ));
         };
         let hosts = match dns.mail_hosts(domain).await {
             Ok(MailHosts::Hosts(hosts)) => hosts,
             Ok(MailHosts::NullMx) => {
-                return Err(Outcome::Refused(Reply::new(
+                return Err(RecipientResult::Refused(Reply::new(
                     556,
                     "5.1.10",
                     format!("{domain} accepts no mail (null MX, RFC 7505)"),
                 )));
             }
             Err(DnsError::NotFound) => {
-                return Err(Outcome::Refused(Reply::new(
+                return Err(RecipientResult::Refused(Reply::new(
                     550,
                     "5.1.2",
                     format!("{domain}: no such domain, or no mail server for it"),
                 )));
             }
             Err(DnsError::Temporary(why)) => {
-                return Err(Outcome::Deferred(format!(
+                return Err(RecipientResult::Deferred(format!(
                     "DNS lookup of {domain} failed: {why}"
                 )));
             }
@@ -219,7 +221,7 @@ impl Delivery {
             }
         }
         if targets.is_empty() {
-            return Err(Outcome::Deferred(format!(
+            return Err(RecipientResult::Deferred(format!(
                 "no MX host of {domain} has an address"
             )));
         }
@@ -298,15 +300,15 @@ impl Delivery {
                     .metrics
                     .delivered(outcome.name(), started.elapsed());
                 match outcome {
-                    Outcome::Delivered(reply) => {
+                    RecipientResult::Delivered(reply) => {
                         rcpt.status = RecipientStatus::Delivered;
                         rcpt.last_reply = reply.to_string();
                     }
-                    Outcome::Refused(reply) => {
+                    RecipientResult::Refused(reply) => {
                         rcpt.last_reply = reply.to_string();
                         failures.push(failure(rcpt, &reply, Some(&relay)));
                     }
-                    Outcome::Deferred(why) => rcpt.last_reply = why,
+                    RecipientResult::Deferred(why) => rcpt.last_reply = why,
                 }
             }
         }
@@ -406,11 +408,13 @@ impl Delivery {
         envelope: &Envelope,
         indices: &[usize],
         message: &[u8],
-    ) -> (String, Vec<Outcome>) {
+    ) -> (String, Vec<RecipientResult>) {
         let mut last = Vec::new();
         for target in targets {
             let outcomes = self.send(target, envelope, indices, message).await;
-            let unreachable = outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_)));
+            let unreachable = outcomes
+                .iter()
+                .all(|o| matches!(o, RecipientResult::Deferred(_)));
             if !unreachable || targets.len() == 1 {
                 return (target.address.clone(), outcomes);
             }
@@ -428,7 +432,7 @@ impl Delivery {
         envelope: &Envelope,
         indices: &[usize],
         message: &[u8],
-    ) -> Vec<Outcome> {
+    ) -> Vec<RecipientResult> {
         let rcpts: Vec<&str> = indices
             .iter()
             .map(|&i| envelope.recipients[i].address.as_str())
@@ -443,7 +447,7 @@ impl Delivery {
                 Some(conn) => conn,
                 None => match self.connect(target).await {
                     Ok(conn) => conn,
-                    Err(e) => return vec![Outcome::Deferred(e.0); rcpts.len()],
+                    Err(e) => return vec![RecipientResult::Deferred(e.0); rcpts.len()],
                 },
             };
             match self.transaction(&mut conn, envelope, &rcpts, message).await {
@@ -451,12 +455,12 @@ impl Delivery {
                     self.pool.give(&target.address, conn);
                     return outcomes;
                 }
-                Err(Stage::BeforeMail(e)) if attempt < tries => {
+                Err(FailedAt::BeforeMail(e)) if attempt < tries => {
                     tracing::debug!(error = %e, "pooled connection failed; reconnecting");
                 }
-                Err(Stage::BeforeMail(e)) | Err(Stage::During(e)) => {
+                Err(FailedAt::BeforeMail(e)) | Err(FailedAt::During(e)) => {
                     self.hop_failed(target, &e.0);
-                    return vec![Outcome::Deferred(e.0); rcpts.len()];
+                    return vec![RecipientResult::Deferred(e.0); rcpts.len()];
                 }
             }
         }
@@ -527,7 +531,7 @@ impl Delivery {
         envelope: &Envelope,
         rcpts: &[&str],
         message: &[u8],
-    ) -> Result<Vec<Outcome>, Stage> {
+    ) -> Result<Vec<RecipientResult>, FailedAt> {
         let mut params = String::new();
         if envelope.eight_bit && conn.supports_8bitmime() {
             params.push_str(" BODY=8BITMIME");
@@ -539,39 +543,45 @@ impl Delivery {
                     "5.6.7",
                     "next hop does not support SMTPUTF8, which this message needs",
                 );
-                return Ok(vec![Outcome::Refused(reply); rcpts.len()]);
+                return Ok(vec![RecipientResult::Refused(reply); rcpts.len()]);
             }
             params.push_str(" SMTPUTF8");
         }
         let mail = conn
             .command(format!("MAIL FROM:<{}>{params}", envelope.sender))
             .await
-            .map_err(Stage::BeforeMail)?;
+            .map_err(FailedAt::BeforeMail)?;
         if !mail.is_positive() {
             let _ = conn.command("RSET".into()).await;
             return Ok(vec![refused_or_deferred(mail); rcpts.len()]);
         }
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(rcpts.len());
+        let mut outcomes: Vec<Option<RecipientResult>> = Vec::with_capacity(rcpts.len());
         for rcpt in rcpts {
             let reply = conn
                 .command(format!("RCPT TO:<{rcpt}>"))
                 .await
-                .map_err(Stage::During)?;
+                .map_err(FailedAt::During)?;
             outcomes.push((!reply.is_positive()).then(|| refused_or_deferred(reply)));
         }
         if outcomes.iter().all(Option::is_some) {
-            let _ = conn.command("RSET".into()).await.map_err(Stage::During)?;
+            let _ = conn
+                .command("RSET".into())
+                .await
+                .map_err(FailedAt::During)?;
             return Ok(outcomes.into_iter().flatten().collect());
         }
-        let data = conn.command("DATA".into()).await.map_err(Stage::During)?;
+        let data = conn
+            .command("DATA".into())
+            .await
+            .map_err(FailedAt::During)?;
         let final_reply = if data.code == 354 {
-            conn.data(message).await.map_err(Stage::During)?
+            conn.data(message).await.map_err(FailedAt::During)?
         } else {
             data
         };
         let accepted = |_: ()| {
             if final_reply.is_positive() {
-                Outcome::Delivered(final_reply.clone())
+                RecipientResult::Delivered(final_reply.clone())
             } else {
                 refused_or_deferred(final_reply.clone())
             }
@@ -584,17 +594,17 @@ impl Delivery {
 }
 
 /// Where in the transaction a connection failed.
-enum Stage {
+enum FailedAt {
     /// Before anything of this message was accepted: safe to retry on a new connection.
     BeforeMail(ClientError),
     During(ClientError),
 }
 
-fn refused_or_deferred(reply: Reply) -> Outcome {
+fn refused_or_deferred(reply: Reply) -> RecipientResult {
     if reply.is_permanent() {
-        Outcome::Refused(reply)
+        RecipientResult::Refused(reply)
     } else {
-        Outcome::Deferred(reply.to_string())
+        RecipientResult::Deferred(reply.to_string())
     }
 }
 
@@ -611,26 +621,26 @@ fn failure(rcpt: &QueuedRecipient, reply: &Reply, remote: Option<&str>) -> Failu
     }
 }
 
-impl Outcome {
+impl RecipientResult {
     /// As logs and metrics name it.
     fn name(&self) -> &'static str {
         match self {
-            Outcome::Delivered(_) => "sent",
-            Outcome::Refused(_) => "bounced",
-            Outcome::Deferred(_) => "deferred",
+            RecipientResult::Delivered(_) => "sent",
+            RecipientResult::Refused(_) => "bounced",
+            RecipientResult::Deferred(_) => "deferred",
         }
     }
 }
 
-fn log_outcome(id: &str, to: &str, relay: &str, outcome: &Outcome) {
+fn log_outcome(id: &str, to: &str, relay: &str, outcome: &RecipientResult) {
     match outcome {
-        Outcome::Delivered(reply) => {
+        RecipientResult::Delivered(reply) => {
             tracing::info!(queue_id = %id, to, relay, status = "sent", reply = %reply, "delivered")
         }
-        Outcome::Refused(reply) => {
+        RecipientResult::Refused(reply) => {
             tracing::info!(queue_id = %id, to, relay, status = "bounced", reply = %reply, "refused by next hop")
         }
-        Outcome::Deferred(why) => {
+        RecipientResult::Deferred(why) => {
             tracing::info!(queue_id = %id, to, relay, status = "deferred", reply = %why, "will retry")
         }
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use super::scheduler::Scheduler;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum HopState {
     /// Never tried since start: one connection at a time until one works.
     Unknown,
     Healthy,
@@ -23,7 +23,7 @@ enum State {
 
 #[derive(Debug)]
 struct Hop {
-    state: State,
+    state: HopState,
     /// A new connection to it is being made now (outside the healthy state).
     probing: bool,
     /// A background probe is running for it.
@@ -38,22 +38,22 @@ pub enum Admission {
     /// Connect, as the one probe; report how it went.
     Probe,
     /// Another delivery is probing the hop now: wait for how that goes
-    /// ([`Health::changed`]), then ask again.
+    /// ([`NextHops::changed`]), then ask again.
     AwaitProbe,
     /// Do not connect: defer the mail; it goes when the hop answers again.
     Wait,
 }
 
-pub struct Health {
+pub struct NextHops {
     hops: Mutex<HashMap<String, Hop>>,
     scheduler: Arc<Scheduler>,
     /// Told whenever a probe ends, well or badly.
     changed: tokio::sync::Notify,
 }
 
-impl Health {
-    pub fn new(scheduler: Arc<Scheduler>) -> Health {
-        Health {
+impl NextHops {
+    pub fn new(scheduler: Arc<Scheduler>) -> NextHops {
+        NextHops {
             hops: Mutex::new(HashMap::new()),
             scheduler,
             changed: tokio::sync::Notify::new(),
@@ -68,19 +68,19 @@ impl Health {
     pub fn admit(&self, address: &str) -> Admission {
         let mut hops = self.lock();
         let hop = hops.entry(address.to_string()).or_insert(Hop {
-            state: State::Unknown,
+            state: HopState::Unknown,
             probing: false,
             prober: false,
         });
         match (hop.state, hop.probing) {
-            (State::Healthy, _) => Admission::Connect,
-            (State::Unknown, false) => {
+            (HopState::Healthy, _) => Admission::Connect,
+            (HopState::Unknown, false) => {
                 hop.probing = true;
                 Admission::Probe
             }
-            (State::Unknown, true) => Admission::AwaitProbe,
+            (HopState::Unknown, true) => Admission::AwaitProbe,
             // Failing: the background probe is the one connection.
-            (State::Failing, _) => Admission::Wait,
+            (HopState::Failing, _) => Admission::Wait,
         }
     }
 
@@ -90,18 +90,18 @@ impl Health {
         let was = {
             let mut hops = self.lock();
             let hop = hops.entry(address.to_string()).or_insert(Hop {
-                state: State::Unknown,
+                state: HopState::Unknown,
                 probing: false,
                 prober: false,
             });
             let was = hop.state;
-            hop.state = State::Healthy;
+            hop.state = HopState::Healthy;
             hop.probing = false;
             was
         };
         self.changed.notify_waiters();
-        if was != State::Healthy {
-            if was == State::Failing {
+        if was != HopState::Healthy {
+            if was == HopState::Failing {
                 tracing::info!(
                     relay = address,
                     "next hop answers again; delivering what waited"
@@ -118,12 +118,12 @@ impl Health {
     pub fn failed(&self, address: &str, why: &str) -> bool {
         let mut hops = self.lock();
         let hop = hops.entry(address.to_string()).or_insert(Hop {
-            state: State::Unknown,
+            state: HopState::Unknown,
             probing: false,
             prober: false,
         });
-        let news = hop.state != State::Failing;
-        hop.state = State::Failing;
+        let news = hop.state != HopState::Failing;
+        hop.state = HopState::Failing;
         hop.probing = false;
         if news {
             tracing::warn!(
@@ -155,8 +155,8 @@ impl Health {
     /// connection again at once instead of waiting for its background probe.
     pub fn retry_now(&self) {
         for hop in self.lock().values_mut() {
-            if hop.state == State::Failing {
-                hop.state = State::Unknown;
+            if hop.state == HopState::Failing {
+                hop.state = HopState::Unknown;
                 hop.probing = false;
             }
         }
@@ -165,9 +165,9 @@ impl Health {
     /// Whether `address` is known to answer (for metrics and `status`).
     pub fn is_healthy(&self, address: &str) -> Option<bool> {
         self.lock().get(address).and_then(|hop| match hop.state {
-            State::Healthy => Some(true),
-            State::Failing => Some(false),
-            State::Unknown => None,
+            HopState::Healthy => Some(true),
+            HopState::Failing => Some(false),
+            HopState::Unknown => None,
         })
     }
 }
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn one_probe_until_a_hop_answers_then_everyone() {
-        let health = Health::new(Arc::new(Scheduler::default()));
+        let health = NextHops::new(Arc::new(Scheduler::default()));
         assert_eq!(health.admit("b:25"), Admission::Probe);
         assert_eq!(
             health.admit("b:25"),

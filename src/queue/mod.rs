@@ -60,7 +60,7 @@ pub struct Queue {
     pub spool: Arc<Spool>,
     pub scheduler: Arc<Scheduler>,
     /// Which next hops answer (delivery learns it; `queue flush` forgets failures).
-    pub health: Arc<health::Health>,
+    pub health: Arc<health::NextHops>,
     /// The metrics the queue and delivery count into (the server's, given).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// To the commit thread, which writes every new message and the journal of
@@ -112,7 +112,7 @@ impl Queue {
         let scheduler = Arc::new(Scheduler::default());
         Ok(Queue {
             spool,
-            health: Arc::new(health::Health::new(scheduler.clone())),
+            health: Arc::new(health::NextHops::new(scheduler.clone())),
             metrics,
             scheduler,
             commits,

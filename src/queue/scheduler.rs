@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use super::spool::QueueState;
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+struct Due {
     /// Unix milliseconds.
     due: u64,
     state: QueueState,
@@ -22,14 +22,14 @@ struct Entry {
 struct Inner {
     /// (due, id) of every waiting (not busy) message.
     waiting: BTreeSet<(u64, String)>,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Due>,
     stopped: bool,
 }
 
 impl Inner {
     /// Puts a message in line for `due`.
     fn wait(&mut self, id: &str, state: QueueState, due: u64) {
-        let entry = Entry {
+        let entry = Due {
             due,
             state,
             busy: false,

@@ -79,7 +79,7 @@ pub struct Spool {
     /// for new messages. ext4 slows down badly under a churn of creating and
     /// deleting files (each new inode is checked against every recently deleted
     /// one), so the spool recycles files instead.
-    spares: Mutex<Spares>,
+    spares: Mutex<SpareFiles>,
 }
 
 /// The journal of delivered messages and how far its removals have got.
@@ -99,7 +99,7 @@ const JOURNAL: &str = "delivered.log";
 
 /// The files in `spare/`, and the disk space they hold.
 #[derive(Debug, Default)]
-struct Spares {
+struct SpareFiles {
     names: Vec<String>,
     bytes: u64,
 }
@@ -160,7 +160,7 @@ impl Spool {
             })?;
         }
         fs::create_dir_all(root.join(SPARE))?;
-        let mut spares = Spares::default();
+        let mut spares = SpareFiles::default();
         for entry in fs::read_dir(root.join(SPARE))? {
             let entry = entry?;
             let size = entry.metadata()?.len();
@@ -293,7 +293,7 @@ impl Spool {
         Ok(Spool {
             root: root.to_path_buf(),
             journal: Mutex::new(Journal::default()),
-            spares: Mutex::new(Spares::default()),
+            spares: Mutex::new(SpareFiles::default()),
         })
     }
 

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::file::{Conditions, Mode, OneOrMany, RuleFile, RuleSpec};
-use super::pattern::{self, FieldBuilder, PatternId, Plain};
+use super::pattern::{self, FieldPatternsBuilder, PatternId, Plain};
 use super::{Action, AuthCheck, Cond, CondSet, FieldKey, Rewrite, Rule, RuleSet, Stage};
 use crate::reply::Reply;
 use crate::sender_auth::{AuthResult, DmarcPolicy};
@@ -21,7 +21,7 @@ pub type RuleError = crate::file_error::FileError;
 #[derive(Default)]
 pub struct Compiler {
     rules: Vec<Rule>,
-    fields: HashMap<FieldKey, FieldBuilder>,
+    fields: HashMap<FieldKey, FieldPatternsBuilder>,
     next_id: PatternId,
     /// For each pattern, the rules whose `when` uses it.
     gates: Vec<Vec<u32>>,

@@ -2,7 +2,7 @@
 //! pattern of a field in one pass), which rules could match, and what the
 //! matching ones decide — early at MAIL and RCPT, in full at the end of DATA.
 
-use super::pattern::{Field, PatternId};
+use super::pattern::{FieldPatterns, PatternId};
 use super::*;
 use crate::mime::edit::{HeaderEdit, Removal};
 
@@ -29,7 +29,7 @@ fn domain_of(address: &str) -> &str {
 }
 
 impl RuleSet {
-    fn field(&self, key: &FieldKey) -> Option<&Field> {
+    fn field(&self, key: &FieldKey) -> Option<&FieldPatterns> {
         self.fields
             .binary_search_by(|(k, _)| k.cmp(key))
             .ok()

@@ -128,13 +128,13 @@ impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
-        enum Raw {
+        enum ListOrOne {
             Number(usize),
             Text(String),
         }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(Size(n)),
-            Raw::Text(text) => parse_size(&text).map(Size).ok_or_else(|| {
+        match ListOrOne::deserialize(d)? {
+            ListOrOne::Number(n) => Ok(Size(n)),
+            ListOrOne::Text(text) => parse_size(&text).map(Size).ok_or_else(|| {
                 serde::de::Error::custom(format!(
                     "'{text}' is not a size; write bytes (10000) or \"10KB\", \"5MB\""
                 ))

@@ -26,7 +26,7 @@ use crate::mime::edit::{HeaderEdit, Removal};
 use crate::mime::{Content, Limits, extension};
 use crate::reply::Reply;
 use crate::verdict::{DecidedBy, Decision, Outcome, Peer};
-use pattern::{Field, PatternId};
+use pattern::{FieldPatterns, PatternId};
 
 /// When a rule can be decided, from what it looks at: MAIL (client and sender
 /// only), RCPT (recipients too) or DATA (the message).
@@ -388,7 +388,7 @@ pub struct Refused {
 /// A compiled set of rules.
 pub struct RuleSet {
     rules: Vec<Rule>,
-    fields: Vec<(FieldKey, Field)>,
+    fields: Vec<(FieldKey, FieldPatterns)>,
     /// Pattern → rules whose `when` uses it.
     gates: Vec<Vec<u32>>,
     /// Rules evaluated for every message (no patterns in `when`).

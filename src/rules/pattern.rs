@@ -91,14 +91,14 @@ pub fn glob_to_regex(glob: &str) -> String {
 
 /// All patterns of one field, from every rule.
 #[derive(Default)]
-pub struct FieldBuilder {
+pub struct FieldPatternsBuilder {
     exact: HashMap<String, Vec<PatternId>>,
     suffixes: HashMap<String, Vec<PatternId>>,
     substrings: Vec<(String, PatternId)>,
     regexes: Vec<(String, PatternId)>,
 }
 
-impl FieldBuilder {
+impl FieldPatternsBuilder {
     pub fn add(&mut self, pattern: Pattern, id: PatternId) {
         match pattern {
             Pattern::Exact(value) => self.exact.entry(value).or_default().push(id),
@@ -108,7 +108,7 @@ impl FieldBuilder {
         }
     }
 
-    pub fn build(self) -> Result<Field, String> {
+    pub fn build(self) -> Result<FieldPatterns, String> {
         let substrings = if self.substrings.is_empty() {
             None
         } else {
@@ -128,7 +128,7 @@ impl FieldBuilder {
                 .map_err(|e| e.to_string())?;
             Some((set, self.regexes.into_iter().map(|(_, id)| id).collect()))
         };
-        Ok(Field {
+        Ok(FieldPatterns {
             exact: self.exact,
             suffixes: self.suffixes,
             substrings,
@@ -139,14 +139,14 @@ impl FieldBuilder {
 
 /// The compiled patterns of one field.
 #[derive(Default)]
-pub struct Field {
+pub struct FieldPatterns {
     exact: HashMap<String, Vec<PatternId>>,
     suffixes: HashMap<String, Vec<PatternId>>,
     substrings: Option<(AhoCorasick, Vec<PatternId>)>,
     regexes: Option<(RegexSet, Vec<PatternId>)>,
 }
 
-impl Field {
+impl FieldPatterns {
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty()
             && self.suffixes.is_empty()
@@ -186,15 +186,15 @@ impl Field {
 mod tests {
     use super::*;
 
-    fn field(patterns: &[(&str, Plain)]) -> Field {
-        let mut builder = FieldBuilder::default();
+    fn field(patterns: &[(&str, Plain)]) -> FieldPatterns {
+        let mut builder = FieldPatternsBuilder::default();
         for (i, (text, plain)) in patterns.iter().enumerate() {
             builder.add(parse(text, *plain).unwrap(), i as PatternId);
         }
         builder.build().unwrap()
     }
 
-    fn hits(field: &Field, value: &str) -> Vec<PatternId> {
+    fn hits(field: &FieldPatterns, value: &str) -> Vec<PatternId> {
         let mut hits = Vec::new();
         field.matches(value, &mut hits);
         hits.sort();

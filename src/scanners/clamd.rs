@@ -2,29 +2,9 @@
 //! over TCP or a unix socket; the answer is `stream: OK`, `stream: NAME FOUND`
 //! or an error such as `INSTREAM size limit exceeded. ERROR`.
 
-use std::path::PathBuf;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Where clamd listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    Tcp(String),
-    Unix(PathBuf),
-}
-
-impl Address {
-    /// "127.0.0.1:3310", "clamav.internal:3310" or "unix:/run/clamav/clamd.ctl".
-    pub fn parse(text: &str) -> Option<Address> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            return path
-                .starts_with('/')
-                .then(|| Address::Unix(PathBuf::from(path)));
-        }
-        let (host, port) = text.rsplit_once(':')?;
-        (!host.is_empty() && port.parse::<u16>().is_ok()).then(|| Address::Tcp(text.to_string()))
-    }
-}
+pub use crate::config::ClamdAddress as Address;
 
 /// What clamd said about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]

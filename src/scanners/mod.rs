@@ -67,7 +67,7 @@ impl Scanners {
         };
         let spam = async {
             let (endpoint, config) = self.rspamd.as_ref()?;
-            let request = rspamd::Request {
+            let request = rspamd::CheckRequest {
                 ip: peer.ip,
                 helo: peer.helo(),
                 sender,

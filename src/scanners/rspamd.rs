@@ -7,27 +7,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Where rspamd's normal worker listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// host:port
-    pub address: String,
-}
-
-impl Endpoint {
-    /// "http://127.0.0.1:11333" (a path after it is ignored).
-    pub fn parse(text: &str) -> Option<Endpoint> {
-        let rest = text.strip_prefix("http://")?;
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let (host, port) = authority.rsplit_once(':')?;
-        (!host.is_empty() && port.parse::<u16>().is_ok()).then(|| Endpoint {
-            address: authority.to_string(),
-        })
-    }
-}
+pub use crate::config::RspamdEndpoint as Endpoint;
 
 /// What the envelope and the client were, as rspamd wants them.
-pub struct Request<'a> {
+pub struct CheckRequest<'a> {
     pub ip: std::net::IpAddr,
     pub helo: &'a str,
     pub sender: &'a str,
@@ -53,7 +36,7 @@ pub struct Score {
 /// Asks rspamd; an error says why there is no score.
 pub async fn check(
     endpoint: &Endpoint,
-    request: &Request<'_>,
+    request: &CheckRequest<'_>,
     message: &[u8],
 ) -> Result<Score, String> {
     let mut head = format!(

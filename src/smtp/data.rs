@@ -13,7 +13,7 @@ use crate::memory::{MemoryBudget, Reservation};
 use crate::reply::Reply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum ReadState {
     /// At the start of a line that followed a real CRLF.
     LineStart,
     /// A `.` at the start of a line.
@@ -40,7 +40,7 @@ pub struct Violations {
 
 /// Reads one message's data, chunk by chunk as it arrives.
 pub struct DataReader {
-    state: State,
+    state: ReadState,
     /// Octets of the current line as received, CRLF included.
     line_len: usize,
     line_limit: usize,
@@ -77,7 +77,7 @@ impl DataReader {
         prefix: Vec<u8>,
     ) -> Self {
         DataReader {
-            state: State::LineStart,
+            state: ReadState::LineStart,
             line_len: 0,
             line_limit,
             size_limit,
@@ -122,7 +122,7 @@ impl DataReader {
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
         let mut i = 0;
         while i < input.len() {
-            if self.state == State::Mid {
+            if self.state == ReadState::Mid {
                 // Fast path: copy up to the next byte that matters.
                 let rest = &input[i..];
                 let run = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
@@ -145,17 +145,17 @@ impl DataReader {
     /// One byte through the state machine; true at the end of data.
     fn step(&mut self, b: u8) -> bool {
         match self.state {
-            State::LineStart => {
+            ReadState::LineStart => {
                 self.line_len = 1;
                 match b {
-                    b'.' => self.state = State::Dot,
+                    b'.' => self.state = ReadState::Dot,
                     _ => self.in_line(b),
                 }
             }
-            State::Dot => {
+            ReadState::Dot => {
                 self.line_len += 1;
                 match b {
-                    b'\r' => self.state = State::DotCr,
+                    b'\r' => self.state = ReadState::DotCr,
                     // Not an end: only CRLF.CRLF is. The dot stays as text.
                     b'\n' => {
                         self.emit(b".");
@@ -165,7 +165,7 @@ impl DataReader {
                     _ => self.in_line(b),
                 }
             }
-            State::DotCr => match b {
+            ReadState::DotCr => match b {
                 b'\n' => return true,
                 _ => {
                     self.emit(b".");
@@ -173,16 +173,16 @@ impl DataReader {
                     self.in_line(b);
                 }
             },
-            State::Mid => {
+            ReadState::Mid => {
                 self.line_len += 1;
                 self.in_line(b);
             }
-            State::Cr => match b {
+            ReadState::Cr => match b {
                 b'\n' => {
                     self.line_len += 1;
                     self.emit(b"\r\n");
                     self.end_line();
-                    self.state = State::LineStart;
+                    self.state = ReadState::LineStart;
                 }
                 _ => {
                     self.bare_cr();
@@ -197,15 +197,15 @@ impl DataReader {
     /// A byte inside a line (not the stuffing dot, not the LF of a CRLF).
     fn in_line(&mut self, b: u8) {
         match b {
-            b'\r' => self.state = State::Cr,
+            b'\r' => self.state = ReadState::Cr,
             b'\n' => self.bare_lf(),
             0 => {
                 self.violations.nul += 1;
-                self.state = State::Mid;
+                self.state = ReadState::Mid;
             }
             _ => {
                 self.emit(&[b]);
-                self.state = State::Mid;
+                self.state = ReadState::Mid;
             }
         }
     }
@@ -228,7 +228,7 @@ impl DataReader {
         }
         self.end_line();
         self.line_len = 0;
-        self.state = State::Mid;
+        self.state = ReadState::Mid;
     }
 
     fn end_line(&mut self) {

@@ -1,6 +1,7 @@
 //! The server side of SMTP: accepting connections, reading commands and data, and
 //! the session state machine.
 
+pub mod admission;
 pub mod command;
 pub mod connection;
 pub mod data;

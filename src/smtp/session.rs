@@ -20,9 +20,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::admission::{ConnectionLimits, Phase};
 use super::command::{self, Command};
 use super::connection::{Connection, Line, ReadError};
-use super::listener::{ConnectionLimits, Phase};
 use crate::config::Config;
 use crate::memory::MemoryBudget;
 use crate::pipeline::{Greeting, Kept, Pipeline, Transaction};

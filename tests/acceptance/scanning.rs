@@ -459,7 +459,7 @@ impl Rspamd {
         };
         // Ready when the normal worker answers a check (it takes ~10-30 s).
         let endpoint = mailmoat::scanners::rspamd::Endpoint::parse(&rspamd.url).unwrap();
-        let request = mailmoat::scanners::rspamd::Request {
+        let request = mailmoat::scanners::rspamd::CheckRequest {
             ip: "127.0.0.9".parse().unwrap(),
             helo: "ready.test",
             sender: "",

@@ -5,9 +5,9 @@ use super::{Flow, Session};
 use crate::pipeline::{Kept, Message};
 use crate::queue::spool::new_id;
 use crate::queue::trace::{self, Protocol};
+use crate::smtp::admission::Phase;
 use crate::smtp::connection::ReadError;
 use crate::smtp::data::{DataOutcome, DataReader};
-use crate::smtp::listener::Phase;
 use crate::verdict::{Decision, Stage};
 
 impl Session {

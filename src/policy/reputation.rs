@@ -109,7 +109,7 @@ fn refuse(check: &str, code: u16, status: &str, text: String, reason: String) ->
     Decision::refuse(check, Reply::new(code, status, text), reason)
 }
 
-pub struct Checks {
+pub struct Reputation {
     config: ChecksConfig,
     dns: Arc<Dns>,
     hostname: String,
@@ -127,8 +127,8 @@ type Listing = (Instant, u32, Vec<String>);
 const DNSBL_CACHE: Duration = Duration::from_secs(600);
 const DNSBL_CACHE_MAX: usize = 100_000;
 
-impl Checks {
-    pub fn new(config: &Config, dns: Arc<Dns>) -> anyhow::Result<Checks> {
+impl Reputation {
+    pub fn new(config: &Config, dns: Arc<Dns>) -> anyhow::Result<Reputation> {
         let c = &config.checks;
         let networks = |p: &Option<PathBuf>, key: &str| {
             p.as_deref()
@@ -142,7 +142,7 @@ impl Checks {
                 .transpose()
                 .context(Setting::new(&["checks", key]))
         };
-        Ok(Checks {
+        Ok(Reputation {
             config: c.clone(),
             dns,
             hostname: config.server.hostname.to_lowercase(),
@@ -387,7 +387,7 @@ mod tests {
         )
         .unwrap();
         let dns = Arc::new(Dns::new(&config.dns).unwrap());
-        let checks = Checks::new(&config, dns).unwrap();
+        let checks = Reputation::new(&config, dns).unwrap();
         let ip = "192.0.2.1".parse().unwrap();
         let refused = checks
             .client_name_deny(ip, Some("host-1.dynamic.test"))

@@ -23,7 +23,10 @@ struct Window {
 
 /// A counter per key (network, sender, recipient, body hash).
 struct Counter {
+    /// The check name its refusals carry (`mailbomb.messages`).
     name: &'static str,
+    /// The limit's name, for the metrics (`messages`).
+    limit: &'static str,
     max: u32,
     window: Duration,
     entries: Mutex<HashMap<String, Window>>,
@@ -34,6 +37,7 @@ impl Counter {
     fn new(name: &'static str, max: u32, window: Duration, max_tracked: usize) -> Counter {
         Counter {
             name,
+            limit: name.trim_start_matches("mailbomb."),
             max,
             window,
             entries: Mutex::new(HashMap::new()),
@@ -115,6 +119,21 @@ fn slow_down(check: &str, text: String, reason: String) -> Decision {
 }
 
 impl MailBomb {
+    /// The limit whose refusals carry this check name, if one of these does.
+    pub fn limit_named(&self, check: &str) -> Option<&'static str> {
+        [
+            &self.connections,
+            &self.messages,
+            &self.recipients,
+            &self.senders,
+            &self.mailbox,
+            &self.bodies,
+        ]
+        .into_iter()
+        .find(|counter| counter.name == check)
+        .map(|counter| counter.limit)
+    }
+
     pub fn new(config: &MailBombConfig, shared: Arc<SharedState>) -> MailBomb {
         let hour = Duration::from_secs(3600);
         let n = config.max_tracked.max(1);
