@@ -4,7 +4,7 @@
 #
 #   bench/throughput.sh [--msgs N] [--reps N] [--no-postfix] [--csv FILE]
 #                       [--baseline BIN] [--settings "S BYTES,..."] [--throughput-only]
-#                       [--sender-auth] [--scanners] [--metrics] [--instances]
+#                       [--sender-auth] [--lossy-dns SHARE] [--scanners] [--metrics] [--instances]
 #
 # --baseline BIN runs a second mailmoat binary (an older build) beside this one,
 # alternating with it at every setting, so a change is measured against what was
@@ -15,6 +15,12 @@
 # 127.0.0.1:5353 (SPF and DMARC records for the sender's domain, example.org):
 # "untrusted" (sender authentication off) and "auth" (SPF, DKIM, DMARC, ARC on,
 # results cached), so what verification costs per message is the difference.
+# --lossy-dns SHARE (with --sender-auth) adds "auth-lossy" (2625 -> 2626): the
+# same as "auth", resolving through bench/lossy-dns.py on 127.0.0.1:5300, which
+# drops SHARE of the queries (0.5: half) in front of the dnsmasq. Both auth
+# instances serve metrics (127.0.0.1:9195, :9196); the DNS queries each sent per
+# message are printed, and bench/mail_from_latency.py times 200 MAIL FROMs from
+# outside during each lossy run.
 # --scanners adds an instance ("scanners", 2575 -> 2576) that asks a clamd
 # (a one-line signature database: nothing to download) and an rspamd, both
 # started here on loopback ports, about every message. --metrics adds an
@@ -42,7 +48,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 HARNESS="$REPO/bench/harness"
-MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0; METRICS=0; INSTANCES=0
+MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0; METRICS=0; INSTANCES=0; LOSSY=""
 SETTINGS_ARG="1 5120,10 5120,50 5120,50 102400"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,10 +60,11 @@ while [ $# -gt 0 ]; do
     --settings) SETTINGS_ARG="$2"; shift 2;;
     --throughput-only) ONLY_THROUGHPUT=1; shift;;
     --sender-auth) SENDER_AUTH=1; shift;;
+    --lossy-dns) LOSSY="$2"; shift 2;;
     --scanners) SCANNERS=1; shift;;
     --metrics) METRICS=1; shift;;
     --instances) INSTANCES=1; shift;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0;;
     *) echo "unknown argument: $1" >&2; exit 2;;
   esac
 done
@@ -80,10 +87,10 @@ ulimit -n 65536 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 BIN="$REPO/target/release/mailmoat"
 WORK="$(mktemp -d /tmp/mailmoat-bench.XXXXXX)"
 [ -n "$CSV" ] || CSV="$WORK/results.csv"
-MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; DNS_PID=""; SC_PID=""; CLAMD_PID=""; RSPAMD_PID=""; MT_PID=""; SCRAPER_PID=""; REDIS_PID=""; LOCAL_PID=""; SHARED_PID=""; PAIR_PID=""
+MM_PID=""; BL_PID=""; UT_PID=""; SA_PID=""; SL_PID=""; LOSSY_PID=""; DNS_PID=""; SC_PID=""; CLAMD_PID=""; RSPAMD_PID=""; MT_PID=""; SCRAPER_PID=""; REDIS_PID=""; LOCAL_PID=""; SHARED_PID=""; PAIR_PID=""
 cleanup() {
   [ -n "$PAIR_PID" ] && pkill -P "$PAIR_PID" 2>/dev/null || true
-  for pid in "$UT_PID" "$SA_PID" "$DNS_PID" "$SC_PID" "$CLAMD_PID" "$RSPAMD_PID" "$MT_PID" "$SCRAPER_PID" "$LOCAL_PID" "$SHARED_PID" "$PAIR_PID" "$REDIS_PID"; do
+  for pid in "$UT_PID" "$SA_PID" "$SL_PID" "$LOSSY_PID" "$DNS_PID" "$SC_PID" "$CLAMD_PID" "$RSPAMD_PID" "$MT_PID" "$SCRAPER_PID" "$LOCAL_PID" "$SHARED_PID" "$PAIR_PID" "$REDIS_PID"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
   done
   [ -n "$MM_PID" ] && kill "$MM_PID" 2>/dev/null && wait "$MM_PID" 2>/dev/null || true
@@ -140,21 +147,22 @@ start_baseline() {
 # An instance of the same configuration in its own folder on ports PORT ->
 # PORT+1, with the client untrusted and names from the dnsmasq; AUTH says whether
 # sender authentication is on. Prints its PID.
-start_outside() { # name port auth
-  local name="$1" port="$2" auth="$3" dir="$WORK/$1"
+start_outside() { # name port auth [dns-server [metrics-port]]
+  local name="$1" port="$2" auth="$3" dns="${4:-127.0.0.1:5353}" metrics="${5:-}" dir="$WORK/$1"
   mkdir -p "$dir"
   sed -e "s/127.0.0.1:2535/127.0.0.1:$port/" -e "s/127.0.0.1:2536/127.0.0.1:$((port + 1))/" \
     -e 's/^\[relay\]$/[relay]\ntrusted_networks = ["127.0.0.9\/32"]/' \
     "$WORK/mailmoat.toml" > "$dir/mailmoat.toml"
   cat >> "$dir/mailmoat.toml" <<EXTRA
 [dns]
-servers = ["127.0.0.1:5353"]
+servers = ["$dns"]
 [sender_auth]
 spf = $auth
 dkim = $auth
 dmarc = $auth
 arc = $auth
 EXTRA
+  [ -z "$metrics" ] || printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$metrics" >> "$dir/mailmoat.toml"
   cp "$WORK/recipients.txt" "$dir/"
   "$BIN" --config "$dir/mailmoat.toml" serve >> "$dir/mailmoat.log" 2>&1 &
   local pid=$!
@@ -273,8 +281,22 @@ if [ "$SENDER_AUTH" = 1 ]; then
     > "$WORK/dnsmasq.log" 2>&1 &
   DNS_PID=$!
   UT_PID=$(start_outside untrusted 2555 false)
-  SA_PID=$(start_outside auth 2565 true)
+  SA_PID=$(start_outside auth 2565 true 127.0.0.1:5353 9195)
+  if [ -n "$LOSSY" ]; then
+    python3 "$REPO/bench/lossy-dns.py" --listen 127.0.0.1:5300 --upstream 127.0.0.1:5353 \
+      --drop "$LOSSY" --delay-ms 1 --seconds 86400 > "$WORK/lossy-dns.log" 2>&1 &
+    LOSSY_PID=$!
+    SL_PID=$(start_outside auth-lossy 2625 true 127.0.0.1:5300 9196)
+  fi
 fi
+# The DNS queries an instance sent so far (its metrics on PORT).
+dns_queries() { # port
+  python3 -c "
+import re, urllib.request
+text = urllib.request.urlopen('http://127.0.0.1:$1/metrics', timeout=5).read().decode()
+m = re.search(r'^mailmoat_dns_resolver_total\{event=\"queries\"\} (\S+)', text, re.M)
+print(int(float(m.group(1))) if m else 0)"
+}
 if [ "$SCANNERS" = 1 ]; then
   mkdir -p "$WORK/clamd/db" "$WORK/rspamd/conf/local.d" "$WORK/rspamd/db" "$WORK/rspamd/run"
   printf 'BenchSig:0:*:%s\n' "$(printf 'MAILMOAT-BENCH-VIRUS' | xxd -p | tr -d '\n')" > "$WORK/clamd/db/bench.ndb"
@@ -325,7 +347,21 @@ for rep in $(seq 1 "$REPS"); do
     fi
     if [ "$SENDER_AUTH" = 1 ]; then
       run_one untrusted 127.0.0.1:2555 2556 "$s" "$l" --server-pid "$UT_PID"
+      before=$(dns_queries 9195)
       run_one auth 127.0.0.1:2565 2566 "$s" "$l" --server-pid "$SA_PID"
+      after=$(dns_queries 9195)
+      python3 -c "print('auth c=$s ${l}B: %.3f DNS queries per message' % (($after - $before) / $MSGS))"
+      if [ -n "$LOSSY" ]; then
+        before=$(dns_queries 9196)
+        python3 "$REPO/bench/mail_from_latency.py" --target 127.0.0.1:2625 \
+          --sender "probe$rep$s@example.org" -n 200 > "$WORK/mail-from.txt" 2>&1 &
+        PROBE_PID=$!
+        run_one auth-lossy 127.0.0.1:2625 2626 "$s" "$l" --server-pid "$SL_PID"
+        wait "$PROBE_PID" || true
+        after=$(dns_queries 9196)
+        python3 -c "print('auth-lossy c=$s ${l}B: %.3f DNS queries per message' % (($after - $before) / $MSGS))"
+        sed "s/^/auth-lossy c=$s ${l}B: /" "$WORK/mail-from.txt"
+      fi
     fi
     if [ "$SCANNERS" = 1 ]; then
       run_one scanners 127.0.0.1:2575 2576 "$s" "$l" --server-pid "$SC_PID"

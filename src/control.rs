@@ -48,6 +48,8 @@ pub struct Context {
     pub config: Arc<crate::config::Config>,
     pub reloader: Arc<crate::reload::Reloader>,
     pub greylist: Arc<crate::policy::greylist::Greylist>,
+    /// Its figures for `status`.
+    pub dns: Arc<crate::dns::Dns>,
     pub shared: Arc<crate::shared_state::SharedState>,
     pub started: std::time::Instant,
 }
@@ -129,6 +131,7 @@ impl Context {
                 if let Some(shared) = self.shared.describe() {
                     text.push_str(&format!("shared state: {shared}\n"));
                 }
+                text.push_str(&dns_line(&self.dns));
                 let top = metrics.top_refusals(5);
                 if top.is_empty() {
                     text.push_str("refusals in the last hour: none");
@@ -235,6 +238,30 @@ pub async fn greylist_command(
             ok(format!("{removed} stale triplet(s) removed"))
         }
     }
+}
+
+/// One line about DNS: the servers asked and what the engine has done.
+fn dns_line(dns: &crate::dns::Dns) -> String {
+    let f = dns.figures();
+    let servers: Vec<String> = dns.servers().iter().map(ToString::to_string).collect();
+    let hit_share = if f.lookups == 0 {
+        0.0
+    } else {
+        100.0 * f.cache_hits as f64 / f.lookups as f64
+    };
+    format!(
+        "dns {}: {} lookups ({:.0}% from the cache, {} joined one in flight), {} queries, \
+         {} answers, {} attempts timed out ({:.1}% of queries lost), {} lookups failed\n",
+        servers.join(", "),
+        f.lookups,
+        hit_share,
+        f.joined,
+        f.queries,
+        f.answers,
+        f.timeouts,
+        f.lost_percent(),
+        f.failures
+    )
 }
 
 /// `mailmoat quarantine …`: a release through the pipeline, the rest on the

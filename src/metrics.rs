@@ -4,7 +4,8 @@
 //! configuration (outcomes, stages, checks, rules, queue states), never from
 //! what clients send, so the number of series stays bounded.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -49,6 +50,10 @@ pub struct Metrics {
     rule_reloads: Family<Labels, Counter>,
     dns_lookups: Family<Labels, Counter>,
     dns_failures: Family<Labels, Counter>,
+    /// The DNS engine's own counts, by event; the last values seen, to add
+    /// only what is new at each scrape.
+    dns_engine: Family<Labels, Counter>,
+    dns_engine_seen: Mutex<HashMap<&'static str, u64>>,
     eod_latency: Histogram,
     batch_size: Histogram,
     flush_seconds: Histogram,
@@ -227,6 +232,14 @@ impl Metrics {
             "DNS lookups without an answer (timeouts, SERVFAIL; not: no such name), by kind",
             Family::<Labels, Counter>::default(),
         );
+        let dns_engine = registered(
+            &mut registry,
+            "dns_resolver",
+            "The DNS engine under every lookup, by event: lookups, cache_hits, joined (waited \
+             for the same lookup in flight), queries sent, answers received, timeouts of one \
+             attempt, failures (no answer within the budget)",
+            Family::<Labels, Counter>::default(),
+        );
         let seconds = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let eod_latency = registered(
             &mut registry,
@@ -288,6 +301,8 @@ impl Metrics {
             rule_reloads,
             dns_lookups,
             dns_failures,
+            dns_engine,
+            dns_engine_seen: Mutex::new(HashMap::new()),
             eod_latency,
             batch_size,
             flush_seconds,
@@ -438,6 +453,20 @@ impl Metrics {
         self.dns_lookups.get_or_create(&label("kind", kind)).inc();
         if failed {
             self.dns_failures.get_or_create(&label("kind", kind)).inc();
+        }
+    }
+
+    /// The DNS engine's counts as they are now (`event`, total since start).
+    pub fn dns_engine(&self, totals: &[(&'static str, u64)]) {
+        let mut seen = self
+            .dns_engine_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for &(event, total) in totals {
+            let before = seen.insert(event, total).unwrap_or(0);
+            self.dns_engine
+                .get_or_create(&label("event", event))
+                .inc_by(total.saturating_sub(before));
         }
     }
 

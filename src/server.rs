@@ -157,6 +157,7 @@ impl Server {
             config: config.clone(),
             reloader,
             greylist,
+            dns: dns.clone(),
             shared: loaded.shared.clone(),
             started: std::time::Instant::now(),
         })
@@ -184,6 +185,7 @@ impl Server {
                 .with_context(|| format!("cannot serve metrics on {address}"))?;
             let health = Arc::new(ServerHealth {
                 queue: queue.clone(),
+                dns: dns.clone(),
                 backend: config.backend.address.clone(),
                 phase: shutdown_rx.clone(),
             });
@@ -358,6 +360,7 @@ async fn listen(
 /// spool takes a write.
 struct ServerHealth {
     queue: Arc<Queue>,
+    dns: Arc<crate::dns::Dns>,
     backend: String,
     phase: watch::Receiver<Phase>,
 }
@@ -377,6 +380,7 @@ impl crate::metrics::HealthCheck for ServerHealth {
 
     fn refresh(&self, metrics: &crate::metrics::Metrics) {
         metrics.queue(&self.queue.census());
+        metrics.dns_engine(&self.dns.figures().totals());
         // Unknown (nothing sent yet) counts as up: only a failure says down.
         metrics.backend(self.queue.health.is_healthy(&self.backend) != Some(false));
     }

@@ -14,11 +14,25 @@ use super::Network;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
-    /// Name servers, `ip:port`. Empty: the system's (/etc/resolv.conf).
+    /// Name servers, `ip:port`. Empty: the system's (/etc/resolv.conf). A local
+    /// caching resolver (Unbound on the gateway) is what the deployment guide
+    /// asks for.
     pub servers: Vec<SocketAddr>,
-    /// Wait for one answer.
+    /// The budget of one lookup: past it, a temporary failure.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long one attempt waits before the next goes to the next server (the
+    /// earlier may still answer).
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// How long a negative answer (no such name, no such record) is kept when
+    /// its SOA says less or nothing; and at most.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl_max: Duration,
+    /// Answers kept at most.
+    pub cache_entries: usize,
 }
 
 impl Default for DnsConfig {
@@ -26,6 +40,10 @@ impl Default for DnsConfig {
         DnsConfig {
             servers: Vec::new(),
             timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_millis(400),
+            negative_ttl_min: Duration::from_secs(60),
+            negative_ttl_max: Duration::from_secs(3600),
+            cache_entries: 100_000,
         }
     }
 }
@@ -246,6 +264,58 @@ impl AuthConfig {
             return Err(invalid(
                 &[&["auth", "source"]],
                 "auth.source = \"users\" needs auth.users_file = \"users.txt\" (mailmoat passwd add NAME fills it)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DnsConfig {
+    /// The name servers asked: `servers`, or the system's (resolv.conf).
+    pub fn servers_in_force(&self) -> Result<Vec<SocketAddr>, String> {
+        if !self.servers.is_empty() {
+            return Ok(self.servers.clone());
+        }
+        let (system, _) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?;
+        let mut found: Vec<SocketAddr> = Vec::new();
+        for server in system.name_servers() {
+            let address = SocketAddr::new(server.ip, 53);
+            if !found.contains(&address) {
+                found.push(address);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether a name server in force runs on this host (a local caching
+    /// resolver, as the deployment guide asks for).
+    pub fn has_local_resolver(&self) -> bool {
+        self.servers_in_force()
+            .is_ok_and(|list| list.iter().any(|s| s.ip().is_loopback()))
+    }
+
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.attempt_timeout.is_zero() || self.attempt_timeout > self.timeout {
+            return Err(invalid(
+                &[&["dns", "attempt_timeout"], &["dns", "timeout"]],
+                format!(
+                    "dns.attempt_timeout = {}: give a wait between 0 and dns.timeout ({}), such as \"400ms\"",
+                    humantime::format_duration(self.attempt_timeout),
+                    humantime::format_duration(self.timeout)
+                ),
+            ));
+        }
+        if self.negative_ttl_min > self.negative_ttl_max {
+            return Err(invalid(
+                &[&["dns", "negative_ttl_min"], &["dns", "negative_ttl_max"]],
+                "dns.negative_ttl_min must not be longer than dns.negative_ttl_max",
+            ));
+        }
+        if self.cache_entries == 0 {
+            return Err(invalid(
+                &[&["dns", "cache_entries"]],
+                "dns.cache_entries = 0: keep at least some answers, such as 100000",
             ));
         }
         Ok(())

@@ -268,6 +268,7 @@ impl Config {
         self.server.validate()?;
         self.limits.validate()?;
         self.shared.validate()?;
+        self.dns.validate()?;
         self.queue.validate()?;
         self.backend.validate()?;
         self.outbound.validate()?;
@@ -323,6 +324,15 @@ impl Config {
         if self.relay.hosted_domains.is_empty() {
             warnings.push(
                 "relay.hosted_domains is empty: no inbound mail will be accepted".to_string(),
+            );
+        }
+        if !self.checks.dnsbl.is_empty() && !self.dns.has_local_resolver() {
+            warnings.push(
+                "checks.dnsbl is set but no name server is on this host (dns.servers, or \
+                 /etc/resolv.conf): blocklists refuse queries that come through public \
+                 resolvers, and a shared resolver drops queries under load; run a local \
+                 caching resolver such as Unbound (the deployment guide says how)"
+                    .to_string(),
             );
         }
         for (old, new) in self.rules.deprecated_keys() {

@@ -268,11 +268,17 @@ reply = "550 5.7.23 SPF says no"
 /// A verifier as the backend (or anyone after mailmoat) would run it, reading
 /// the test's name server.
 fn verifier(dns: &DnsServer) -> MessageAuthenticator {
-    let config = mailmoat::config::DnsConfig {
-        servers: vec![dns.addr],
-        timeout: std::time::Duration::from_secs(2),
-    };
-    MessageAuthenticator(mailmoat::dns::Dns::new(&config).unwrap().resolver())
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+    let mut server = NameServerConfig::udp_and_tcp(dns.addr.ip());
+    for connection in &mut server.connections {
+        connection.port = dns.addr.port();
+    }
+    let mut builder = hickory_resolver::TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![server]),
+        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+    );
+    builder.options_mut().ndots = 0;
+    MessageAuthenticator(builder.build().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

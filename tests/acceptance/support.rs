@@ -730,6 +730,8 @@ struct DnsZone {
     silent: Vec<String>,
     /// Every question asked: (name, type).
     asked: Vec<(String, String)>,
+    /// The SOA minimum that negative answers carry, if they carry an SOA.
+    negative_minimum: Option<u32>,
 }
 
 fn dns_name(name: &str) -> hickory_proto::rr::Name {
@@ -787,6 +789,22 @@ impl DnsServer {
                         }
                     } else {
                         response.metadata.response_code = ResponseCode::NXDomain;
+                        if let Some(minimum) = zone.negative_minimum {
+                            let soa = hickory_proto::rr::rdata::SOA::new(
+                                dns_name("ns.test"),
+                                dns_name("hostmaster.test"),
+                                1,
+                                3600,
+                                600,
+                                86400,
+                                minimum,
+                            );
+                            response.add_authority(Record::from_rdata(
+                                dns_name("test"),
+                                3600,
+                                hickory_proto::rr::RData::SOA(soa),
+                            ));
+                        }
                     }
                 }
                 let _ = socket.send_to(&response.to_vec().unwrap(), peer).await;
@@ -858,6 +876,11 @@ impl DnsServer {
 
     pub fn servfail(&self, name: &str) {
         self.zone.lock().unwrap().servfail.push(name.to_lowercase());
+    }
+
+    /// Negative answers carry an SOA with this minimum (RFC 2308's negative TTL).
+    pub fn negative_minimum(&self, seconds: u32) {
+        self.zone.lock().unwrap().negative_minimum = Some(seconds);
     }
 
     /// Never answers for `name`, as a dead or filtered name server.

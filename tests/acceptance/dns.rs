@@ -1,0 +1,200 @@
+//! DNS that a lossy resolver cannot stall: many sessions asking the same name
+//! make one query; a negative answer is kept for its SOA's minimum; a server
+//! that never answers costs an attempt, not the budget, while another server
+//! answers — and a lookup no server answers ends within the budget.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A name server that reads every query and answers none, counting them.
+struct BlackHole {
+    addr: SocketAddr,
+    queries: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    async fn start() -> BlackHole {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let counted = queries.clone();
+        let task = tokio::spawn(async move {
+            let mut buffer = [0u8; 4096];
+            while socket.recv_from(&mut buffer).await.is_ok() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        BlackHole {
+            addr,
+            queries,
+            task,
+        }
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const SPF_ON: (&str, &str) = ("[sender_auth]\nspf = false", "[sender_auth]\nspf = true");
+const SENDER_DOMAIN_ON: (&str, &str) = (
+    "sender_domain_exists = false",
+    "sender_domain_exists = true",
+);
+
+/// A proxy resolving through `servers` with `dns` settings, the base
+/// configuration otherwise, with `changes` (from, to) made to it.
+async fn proxy_with(
+    backend: &Backend,
+    servers: &[SocketAddr],
+    dns: &str,
+    changes: &[(&str, &str)],
+) -> Proxy {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    let mut text = base_config(backend.addr, "trusted_networks = [\"127.0.0.9/32\"]", "").replace(
+        "servers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"",
+        &format!("servers = [{}]\n{dns}", list.join(", ")),
+    );
+    for (from, to) in changes {
+        assert!(text.contains(from), "no {from:?} in the base configuration");
+        text = text.replace(from, to);
+    }
+    assert!(text.contains(&list[0]), "not a base configuration");
+    Proxy::start_with_text(&text).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sessions_from_one_domain_make_one_spf_query() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    dns.txt("remote.test", "v=spf1 ip4:127.0.0.0/8 -all");
+    let proxy = proxy_with(&backend, &[dns.addr], "timeout = \"5s\"", &[SPF_ON]).await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(proxy.client().await);
+    }
+    // Every MAIL FROM at once.
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client.command("MAIL FROM:<news@remote.test>").await.codes()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "250 2.1.0");
+    }
+    assert_eq!(
+        dns.asked("remote.test", "TXT"),
+        1,
+        "one query for fifty lookups"
+    );
+    // What the engine did, as `mailmoat status` shows it.
+    let status = mailmoat::control::send(
+        &proxy.queue_dir().join("control.sock"),
+        &mailmoat::control::Request::Status,
+    )
+    .await
+    .unwrap()
+    .text;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("dns {}: ", dns.addr)))
+        .unwrap_or_else(|| panic!("{status}"));
+    let queries: u64 = line
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" queries"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let lookups: u64 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(lookups >= 1 && queries == 1, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_answer_is_kept_for_its_soa_minimum() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    dns.negative_minimum(2);
+    let proxy = proxy_with(
+        &backend,
+        &[dns.addr],
+        "timeout = \"5s\"\nnegative_ttl_min = \"1s\"",
+        &[SENDER_DOMAIN_ON],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    let refused = |reply: Reply| assert_eq!(reply.code, 550, "{reply:?}");
+    let first = Instant::now();
+    refused(client.command("MAIL FROM:<a@missing.test>").await);
+    refused(client.command("MAIL FROM:<b@missing.test>").await);
+    let asked = || dns.asked("missing.test", "MX");
+    assert_eq!(asked(), 1, "the second lookup is answered from the cache");
+    // Asked again once the two seconds of the SOA minimum have passed.
+    while asked() == 1 {
+        refused(client.command("MAIL FROM:<c@missing.test>").await);
+        poll_pause().await;
+    }
+    let kept = first.elapsed();
+    assert!(
+        kept >= Duration::from_secs(2),
+        "asked again after {kept:?}, before the SOA minimum"
+    );
+    assert_eq!(asked(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_costs_an_attempt_and_the_next_is_asked() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    let hole = BlackHole::start().await;
+    let budget = Duration::from_secs(4);
+    let proxy = proxy_with(
+        &backend,
+        &[hole.addr, dns.addr],
+        "timeout = \"4s\"\nattempt_timeout = \"200ms\"",
+        &[SENDER_DOMAIN_ON],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    for n in 0..6 {
+        let domain = format!("d{n}.test");
+        dns.mx(&domain, 10, &format!("mx.{domain}"));
+        let started = Instant::now();
+        let reply = client.command(&format!("MAIL FROM:<a@{domain}>")).await;
+        let took = started.elapsed();
+        assert_eq!(reply.codes(), "250 2.1.0", "{domain}");
+        assert!(
+            took < budget / 2,
+            "{domain}: {took:?}, not an attempt's wait"
+        );
+        client.command("RSET").await;
+    }
+    assert!(
+        hole.queries.load(Ordering::Relaxed) >= 1,
+        "the dead server was asked first for some names"
+    );
+    // No server answers: the lookup ends within its budget, as a temporary
+    // failure.
+    dns.silent("gone.test");
+    let started = Instant::now();
+    let reply = client.command("MAIL FROM:<a@gone.test>").await;
+    let took = started.elapsed();
+    assert_eq!(reply.code, 450, "{reply:?}");
+    assert!(took < budget + Duration::from_secs(1), "{took:?}");
+}
