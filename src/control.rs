@@ -114,11 +114,7 @@ impl Context {
                     .await
                     .unwrap_or_default();
                 let backend = &self.config.backend.address;
-                let answering = match self.queue.health.is_healthy(backend) {
-                    Some(true) => "answering",
-                    Some(false) => "NOT answering (deliveries wait for a probe)",
-                    None => "not tried yet",
-                };
+                let answering = hop_line(&self.queue.health, backend, &self.config);
                 let metrics = &self.metrics;
                 let mut text = format!(
                     "mailmoat {}, up {}\nconnections: {} open\nqueue: {}\nbackend {backend}: {answering}\nrules: {} loaded\n",
@@ -171,6 +167,33 @@ pub fn census_line(census: &[(&str, usize, Option<u64>)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// How a next hop is doing, for `status`.
+fn hop_line(
+    hops: &crate::queue::health::NextHops,
+    address: &str,
+    config: &crate::config::Config,
+) -> String {
+    use crate::queue::health::Answering;
+    let in_flight = hops.in_flight(address);
+    let concurrency = config.queue.destination_concurrency();
+    match hops.answering(address) {
+        Answering::Unknown => "not tried yet".into(),
+        Answering::Yes => {
+            format!("answering ({in_flight} of at most {concurrency} deliveries at once)")
+        }
+        Answering::No { why, since } => {
+            let unix = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "NOT answering since {}: {why}; one probe every {}, {in_flight} attempt(s) open",
+                crate::local_time::local(unix),
+                humantime::format_duration(config.backend.probe_interval)
+            )
+        }
+    }
 }
 
 /// "2d 3h", "1h 20m", "5m 2s", "40s"

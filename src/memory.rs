@@ -5,12 +5,25 @@
 //! message being received gets `451 4.3.1` instead of more memory, and the queue
 //! reads the next message back from disk instead of keeping it, so a flood of
 //! large messages costs a bounded amount, whatever the clients send.
+//!
+//! The same reservations count the spool's free space for messages being
+//! received ([`Budget`] is what both are).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Memory is taken in steps of this much, so sessions rarely touch the counter.
 const STEP: u64 = 256 * 1024;
+
+/// Something shared that reservations take from and give back to: the memory
+/// for message data, the spool's free space.
+pub trait Budget: Send + Sync + std::fmt::Debug {
+    /// Takes `bytes` when there is room for them; false otherwise.
+    fn take(&self, bytes: u64) -> bool;
+    fn give_back(&self, bytes: u64);
+    /// Counts `bytes` held already, room or not.
+    fn force(&self, bytes: u64);
+}
 
 /// The shared budget.
 #[derive(Debug)]
@@ -31,7 +44,9 @@ impl MemoryBudget {
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
+}
 
+impl Budget for MemoryBudget {
     fn take(&self, bytes: u64) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -43,17 +58,21 @@ impl MemoryBudget {
     fn give_back(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
+
+    fn force(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
 }
 
-/// What one message holds of the budget; given back when dropped.
+/// What one message holds of a budget; given back when dropped.
 #[derive(Debug, Default)]
 pub struct Reservation {
-    budget: Option<Arc<MemoryBudget>>,
+    budget: Option<Arc<dyn Budget>>,
     bytes: u64,
 }
 
 impl Reservation {
-    pub fn new(budget: Arc<MemoryBudget>) -> Reservation {
+    pub fn new(budget: Arc<dyn Budget>) -> Reservation {
         Reservation {
             budget: Some(budget),
             bytes: 0,
@@ -81,19 +100,24 @@ impl Reservation {
     /// Exactly `bytes`, when the budget has room for them (a message kept as it
     /// is: not rounded up to steps, which for small messages would cost fifty
     /// times their size).
-    pub fn exact(budget: &Arc<MemoryBudget>, bytes: u64) -> Option<Reservation> {
+    pub fn exact(budget: &Arc<dyn Budget>, bytes: u64) -> Option<Reservation> {
         budget.take(bytes).then(|| Reservation {
             budget: Some(budget.clone()),
             bytes,
         })
     }
 
+    /// Bytes held now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Counts `bytes` that are held already, whether or not the budget has room:
     /// a message delivery has read back still occupies memory, and while it does,
     /// sessions get less.
-    pub fn count(budget: Option<&Arc<MemoryBudget>>, bytes: u64) -> Reservation {
+    pub fn count(budget: Option<&Arc<dyn Budget>>, bytes: u64) -> Reservation {
         if let Some(budget) = budget {
-            budget.used.fetch_add(bytes, Ordering::AcqRel);
+            budget.force(bytes);
         }
         Reservation {
             budget: budget.cloned(),
@@ -149,7 +173,8 @@ mod tests {
     #[test]
     fn memory_held_already_is_counted_even_past_the_limit() {
         let budget = MemoryBudget::new(2 * STEP);
-        let read_back = Reservation::count(Some(&budget), 3 * STEP);
+        let shared: Arc<dyn Budget> = budget.clone();
+        let read_back = Reservation::count(Some(&shared), 3 * STEP);
         assert_eq!(budget.used(), 3 * STEP);
         let mut session = Reservation::new(budget.clone());
         assert!(!session.grow_to(1), "sessions get nothing while it is held");

@@ -14,6 +14,7 @@ use crate::memory::MemoryBudget;
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::queue::delivery::Delivery;
+use crate::queue::health::Answering;
 use crate::queue::spool::Spool;
 use crate::reload::Reloader;
 use crate::services::Services;
@@ -167,6 +168,7 @@ impl Server {
         let limits = ConnectionLimits::new(
             config.server.max_connections,
             config.server.max_connections_per_ip,
+            config.limits.stress_threshold,
         );
         let shared = Arc::new(Shared {
             pipeline,
@@ -382,6 +384,7 @@ impl crate::metrics::HealthCheck for ServerHealth {
         metrics.queue(&self.queue.census());
         metrics.dns_engine(&self.dns.figures().totals());
         // Unknown (nothing sent yet) counts as up: only a failure says down.
-        metrics.backend(self.queue.health.is_healthy(&self.backend) != Some(false));
+        let answering = self.queue.health.answering(&self.backend);
+        metrics.backend(!matches!(answering, Answering::No { .. }));
     }
 }

@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
@@ -30,7 +31,13 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// For the greeting and the EHLO reply of a new connection.
     pub greeting_timeout: Duration,
+    /// For the reply to MAIL, RCPT and the other commands.
     pub command_timeout: Duration,
+    /// For the `354` after DATA, for each block of data to be taken, and for
+    /// the reply to the end of data (RFC 5321 4.5.3.2).
+    pub data_start_timeout: Duration,
+    pub data_block_timeout: Duration,
+    pub data_end_timeout: Duration,
 }
 
 impl Target {
@@ -53,6 +60,9 @@ impl Target {
             connect_timeout: config.connect_timeout,
             greeting_timeout: config.greeting_timeout,
             command_timeout: config.command_timeout,
+            data_start_timeout: config.data_start_timeout,
+            data_block_timeout: config.data_block_timeout,
+            data_end_timeout: config.data_end_timeout,
         })
     }
 
@@ -80,10 +90,19 @@ impl std::error::Error for ClientError {}
 /// An open SMTP session with the next hop.
 pub struct Client {
     conn: AsyncSmtpConnection,
-    timeout: Duration,
+    timeouts: Timeouts,
     /// When the last transaction finished, for the idle limit of the pool.
     pub idle_since: Instant,
     pub encrypted: bool,
+}
+
+/// How long each kind of reply may take.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    command: Duration,
+    data_start: Duration,
+    data_block: Duration,
+    data_end: Duration,
 }
 
 /// A command line as lettre sends it (any `Display`).
@@ -114,7 +133,13 @@ impl Client {
         let greet = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello);
         let mut conn = tokio::time::timeout(target.greeting_timeout, greet)
             .await
-            .map_err(|_| ClientError(format!("{}: no greeting in time", target.address)))?
+            .map_err(|_| {
+                ClientError(format!(
+                    "{}: no greeting within {}",
+                    target.address,
+                    humantime::format_duration(target.greeting_timeout)
+                ))
+            })?
             .map_err(|e| ClientError(format!("{}: {e}", target.address)))?;
         let mut encrypted = false;
         let wants_tls = match target.starttls {
@@ -131,7 +156,12 @@ impl Client {
         }
         Ok(Client {
             conn,
-            timeout: target.command_timeout,
+            timeouts: Timeouts {
+                command: target.command_timeout,
+                data_start: target.data_start_timeout,
+                data_block: target.data_block_timeout,
+                data_end: target.data_end_timeout,
+            },
             idle_since: Instant::now(),
             encrypted,
         })
@@ -140,20 +170,87 @@ impl Client {
     /// Sends one command line (without CRLF) and returns the server's reply, positive
     /// or negative. Errors mean the connection is no longer usable.
     pub async fn command(&mut self, line: String) -> Result<Reply, ClientError> {
+        let timeout = if line.eq_ignore_ascii_case("DATA") {
+            self.timeouts.data_start
+        } else {
+            self.timeouts.command
+        };
+        let verb = verb_of(&line).to_string();
         let sent = self.conn.command(CommandLine(line));
-        to_reply(tokio::time::timeout(self.timeout, sent).await)
+        to_reply(tokio::time::timeout(timeout, sent).await).map_err(|e| e.after(&verb, timeout))
     }
 
     /// Sends message content after a 354 and returns the final reply. `message` is the
     /// unstuffed content; lettre stuffs dots and adds the terminating `.` line.
-    pub async fn data(&mut self, message: &[u8]) -> Result<Reply, ClientError> {
+    /// Each block must be taken within the data block timeout and the reply come
+    /// within the end-of-data timeout; `late` is told once when the reply has
+    /// taken longer than the command timeout (the hop is then called not
+    /// answering, while this attempt waits on).
+    pub async fn data(
+        &mut self,
+        message: &[u8],
+        late: impl FnOnce(&str),
+    ) -> Result<Reply, ClientError> {
         // lettre writes `\r\n.\r\n` after the content, so content that already ends in
         // CRLF would gain an empty line: give it without its last CRLF.
         let content = message.strip_suffix(b"\r\n").unwrap_or(message);
         // In pieces: lettre stuffs each into a buffer of its own, so a whole message
         // given at once would be copied whole (and grown past its size) per delivery.
-        let sent = self.conn.message_iter(content.chunks(STUFFING_PIECE));
-        to_reply(tokio::time::timeout(self.timeout, sent).await)
+        // lettre asks for the next piece when the last is written: that is the
+        // progress the block timeout watches.
+        let progress = Arc::new(Progress::default());
+        let pieces = Pieces {
+            pieces: content.chunks(STUFFING_PIECE),
+            progress: progress.clone(),
+        };
+        let sent = self.conn.message_iter(pieces);
+        tokio::pin!(sent);
+        let timeouts = self.timeouts;
+        let mut late = Some(late);
+        loop {
+            let (since, ended) = progress.read();
+            let limit = if ended {
+                timeouts.data_end
+            } else {
+                timeouts.data_block
+            };
+            let mut until = since + limit;
+            let warn_at = since + timeouts.command;
+            if ended && late.is_some() && warn_at < until {
+                until = warn_at;
+            }
+            let timed_out = tokio::select! {
+                done = &mut sent => {
+                    return to_reply(Ok(done)).map_err(|e| e.after("the end of data", limit));
+                }
+                () = progress.changed.notified() => false,
+                () = tokio::time::sleep_until(until.into()) => true,
+            };
+            match timed_out {
+                false => {}
+                true if progress.read() != (since, ended) => {}
+                true if ended && until == warn_at && late.is_some() => {
+                    if let Some(late) = late.take() {
+                        late(&format!(
+                            "no answer to the end of data within {}",
+                            humantime::format_duration(timeouts.command)
+                        ));
+                    }
+                }
+                true if ended => {
+                    return Err(ClientError(format!(
+                        "no answer to the end of data within {}",
+                        humantime::format_duration(limit)
+                    )));
+                }
+                true => {
+                    return Err(ClientError(format!(
+                        "the message data was not taken: no progress within {}",
+                        humantime::format_duration(limit)
+                    )));
+                }
+            }
+        }
     }
 
     pub async fn quit(mut self) {
@@ -170,6 +267,62 @@ impl Client {
         self.conn
             .server_info()
             .supports_feature(lettre::transport::smtp::extension::Extension::SmtpUtfEight)
+    }
+}
+
+/// How far lettre has written the message: when it last asked for a piece, and
+/// whether the pieces are all out (then it sends the end and waits).
+#[derive(Debug)]
+struct Progress {
+    at: std::sync::Mutex<(Instant, bool)>,
+    changed: tokio::sync::Notify,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            at: std::sync::Mutex::new((Instant::now(), false)),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl Progress {
+    fn read(&self) -> (Instant, bool) {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn moved(&self, ended: bool) {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), ended);
+        self.changed.notify_one();
+    }
+}
+
+/// The message's pieces, noting each time lettre takes one.
+struct Pieces<'a> {
+    pieces: std::slice::Chunks<'a, u8>,
+    progress: Arc<Progress>,
+}
+
+impl<'a> Iterator for Pieces<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let piece = self.pieces.next();
+        self.progress.moved(piece.is_none());
+        piece
+    }
+}
+
+/// What a command is called in an error: `MAIL FROM`, `RCPT TO`, `DATA` (never
+/// an argument, which may be a credential).
+fn verb_of(line: &str) -> &str {
+    let end = line.find([':', ' ']).unwrap_or(line.len());
+    let verb = &line[..end];
+    match verb.to_ascii_uppercase().as_str() {
+        "MAIL" => "MAIL FROM",
+        "RCPT" => "RCPT TO",
+        _ => verb,
     }
 }
 
@@ -192,10 +345,27 @@ type Sent = Result<
     tokio::time::error::Elapsed,
 >;
 
+impl ClientError {
+    /// Names what the failure came after: a timeout as "no answer to MAIL FROM
+    /// within 5m", a lost connection as "connection lost after MAIL FROM: …".
+    fn after(self, what: &str, timeout: Duration) -> ClientError {
+        if self.0 == TIMED_OUT {
+            ClientError(format!(
+                "no answer to {what} within {}",
+                humantime::format_duration(timeout)
+            ))
+        } else {
+            ClientError(format!("connection lost after {what}: {}", self.0))
+        }
+    }
+}
+
+const TIMED_OUT: &str = "timed out waiting for a reply";
+
 /// lettre reports negative replies as errors; here they are replies like any other.
 fn to_reply(sent: Sent) -> Result<Reply, ClientError> {
     match sent {
-        Err(_) => Err(ClientError("timed out waiting for a reply".into())),
+        Err(_) => Err(ClientError(TIMED_OUT.into())),
         Ok(Ok(response)) => {
             let code = response.code().to_string().parse().unwrap_or(0);
             let lines: Vec<&str> = response.message().collect();

@@ -37,12 +37,26 @@ pub struct BackendConfig {
     /// takes TCP but never speaks is given up on after this.
     #[serde(with = "humantime_serde")]
     pub greeting_timeout: Duration,
-    /// Wait for each reply of the backend.
+    /// Wait for each reply of the backend to MAIL, RCPT and the other commands.
+    /// A reply to the end of data later than this makes the hop count as not
+    /// answering (the attempt itself waits `data_end_timeout`).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// While a next hop (the backend, a relay host, an MX host) is failing, one
-    /// connection at a time tries it, this often; the moment it answers, the mail
-    /// waiting for it goes at full speed.
+    /// Wait for the `354` after DATA (RFC 5321 4.5.3.2.3: 2 minutes).
+    #[serde(with = "humantime_serde")]
+    pub data_start_timeout: Duration,
+    /// Wait for the next hop to take each block of message data (RFC 5321
+    /// 4.5.3.2.4: 3 minutes).
+    #[serde(with = "humantime_serde")]
+    pub data_block_timeout: Duration,
+    /// Wait for the reply to the end of data (RFC 5321 4.5.3.2.6: 10 minutes; a
+    /// content filter may take its time, and giving up early can deliver the
+    /// message twice).
+    #[serde(with = "humantime_serde")]
+    pub data_end_timeout: Duration,
+    /// While a next hop (the backend, a relay host, an MX host) does not answer,
+    /// one delivery (a probe) tries it this often; the moment one works, the
+    /// mail waiting for it goes.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
     /// How long an idle connection to the backend is kept for reuse.
@@ -61,6 +75,9 @@ impl Default for BackendConfig {
             greeting_timeout: Duration::from_secs(60),
             probe_interval: Duration::from_secs(5),
             command_timeout: Duration::from_secs(300),
+            data_start_timeout: Duration::from_secs(120),
+            data_block_timeout: Duration::from_secs(180),
+            data_end_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(10),
         }
     }
@@ -119,6 +136,11 @@ pub struct QueueConfig {
     pub flush: FlushMode,
     /// Messages delivered at the same time.
     pub delivery_workers: usize,
+    /// Deliveries at once to any one next hop (the backend, the relay host, each
+    /// MX host), so one that hangs holds only its share of the workers
+    /// (Postfix's `default_destination_concurrency_limit`). Unset: half of
+    /// `delivery_workers`.
+    pub destination_concurrency: Option<usize>,
     /// First retry after a temporary failure; each later one waits twice as long.
     #[serde(with = "humantime_serde")]
     pub min_backoff: Duration,
@@ -139,6 +161,7 @@ impl Default for QueueConfig {
             path: "var/queue".into(),
             flush: FlushMode::Syncfs,
             delivery_workers: 16,
+            destination_concurrency: None,
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
             max_lifetime: Duration::from_secs(5 * 24 * 3600),
@@ -163,8 +186,18 @@ impl Default for StoreConfig {
 }
 
 impl QueueConfig {
+    /// `destination_concurrency` in force.
+    pub fn destination_concurrency(&self) -> usize {
+        self.destination_concurrency
+            .unwrap_or(self.delivery_workers / 2)
+            .max(1)
+    }
+
     pub(super) fn validate(&self) -> Result<(), Invalid> {
         at_least_one(["queue", "delivery_workers"], self.delivery_workers)?;
+        if let Some(n) = self.destination_concurrency {
+            at_least_one(["queue", "destination_concurrency"], n)?;
+        }
         if self.min_backoff > self.max_backoff {
             return Err(invalid(
                 &[&["queue", "min_backoff"], &["queue", "max_backoff"]],

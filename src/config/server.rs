@@ -95,6 +95,11 @@ pub struct LimitsConfig {
     /// byte at a time is closed all the same.
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// After the first `data_timeout` of a message's data, it must keep coming at
+    /// this many bytes a second on average (Postfix's `smtpd_min_data_rate`), so a
+    /// client sending a whole line every few seconds cannot hold a session for an
+    /// hour. 0 turns it off.
+    pub min_data_rate: u64,
     /// How long one session may last in all.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
@@ -120,6 +125,7 @@ impl Default for LimitsConfig {
             junk_command_limit: 100,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            min_data_rate: 500,
             session_timeout: Duration::from_secs(3600),
             stress_threshold: 0.8,
             stress_timeout: Duration::from_secs(10),

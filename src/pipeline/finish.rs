@@ -168,10 +168,11 @@ impl Pipeline {
                 verdict.recipients.clone(),
             )
         };
-        match into {
-            Into::Delivery => queue.enqueue(envelope, bytes).await,
-            Into::Hold => queue.enqueue_held(envelope, bytes).await,
-        }
+        let state = match into {
+            Into::Delivery => crate::queue::spool::QueueState::Active,
+            Into::Hold => crate::queue::spool::QueueState::Hold,
+        };
+        queue.enqueue_in(envelope, bytes, state, message.room).await
     }
 
     /// The end of a message written to signed release addresses: each item is

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use keep::Kept;
-pub use transaction::{Message, Transaction};
+pub use transaction::{MailParams, Message, Transaction};
 
 use crate::address::Path;
 use crate::config::Config;
@@ -351,6 +351,10 @@ struct Judging<'a> {
     authentication: Option<Authentication>,
     /// What clamd and rspamd said, at DATA.
     scan: Option<crate::scanners::ScanFacts>,
+    /// At MAIL: the size the client declared (SIZE=), and the room on the spool
+    /// reserved for it.
+    declared_size: u64,
+    room: Option<crate::memory::Reservation>,
 }
 
 impl<'a> Judging<'a> {
@@ -396,6 +400,8 @@ impl<'a> Judging<'a> {
             spared: None,
             authentication: None,
             scan: None,
+            declared_size: 0,
+            room: None,
         }
     }
 }
@@ -569,16 +575,17 @@ impl Pipeline {
         peer: &Peer,
         rules: &RuleSet,
         sender: Path,
-        eight_bit: bool,
-        smtputf8: bool,
+        params: MailParams,
     ) -> Judgement<Transaction> {
         let text = sender.to_string();
         let mut judging = Judging::new(Stage::Mail, peer, rules);
         judging.sender = &text;
         judging.sender_domain = sender.mailbox().and_then(|m| m.domain_name());
+        judging.declared_size = params.size.unwrap_or(0) as u64;
         let result = self.run(&mut judging).await;
-        let mut transaction = Transaction::new(sender.clone(), eight_bit, smtputf8);
+        let mut transaction = Transaction::new(sender.clone(), params.eight_bit, params.smtputf8);
         transaction.spf = judging.spf.take().map(|s| s.into_owned());
+        transaction.room = judging.room.take().unwrap_or_default();
         let judged = self.judged(judging, result, |_| ());
         transaction.shadow.add(&judged.matched);
         Judgement {

@@ -80,6 +80,7 @@ impl Pipeline {
             id: queue_id.clone(),
             bytes,
             trace_len,
+            room: Default::default(),
         };
         let spared = match &record.decided_by {
             DecidedBy::Rule(rule) => Spared::Rule(rule.clone()),

@@ -84,7 +84,7 @@ impl Pipeline {
                     ));
                 }
             }
-            Step::SpoolSpace => self.spool_space()?,
+            Step::SpoolSpace => j.room = Some(self.spool_space(j.declared_size)?),
             Step::SenderDeny => self.reputation.sender_deny(j.sender_domain)?,
             Step::SenderDomain => self.reputation.sender_domain(j.sender_domain).await?,
             Step::MessageRate => self.mailbomb.message(ip, j.sender).await?,
@@ -277,25 +277,30 @@ impl Pipeline {
     }
 
     /// New mail only while the spool has room for it (Postfix's
-    /// `queue_minfree`): refused early, at MAIL FROM, not after the whole body.
-    fn spool_space(&self) -> Result<(), Decision> {
+    /// `queue_minfree`) beside every message being received: refused early, at
+    /// MAIL FROM, not after the whole body. The room the client declared (SIZE=)
+    /// is reserved for it.
+    fn spool_space(&self, declared: u64) -> Result<crate::memory::Reservation, Decision> {
+        let Some(queue) = self.queue() else {
+            return Ok(crate::memory::Reservation::default());
+        };
+        queue
+            .room
+            .reserve(self.config.min_free_space(), declared)
+            .map_err(no_room)
+    }
+
+    /// At DATA, before the `354`: the room reserved at MAIL may have been
+    /// overtaken by messages written since.
+    pub fn room_for_data(&self) -> Result<(), Decision> {
         let Some(queue) = self.queue() else {
             return Ok(());
         };
         let minimum = self.config.min_free_space();
-        match queue.free_space() {
-            Ok(free) if free >= minimum => Ok(()),
-            Ok(free) => Err(Decision::refuse(
-                "queue.free_space",
-                Reply::new(452, "4.3.1", "Insufficient system storage; try again later"),
-                format!("{free} bytes free on the spool, less than min_free_space = {minimum}"),
-            )),
-            Err(e) => Err(Decision::refuse(
-                "queue.free_space",
-                Reply::new(452, "4.3.1", "Insufficient system storage; try again later"),
-                format!("cannot tell the spool's free space: {e}"),
-            )),
+        if queue.room.fits(minimum, 0) {
+            return Ok(());
         }
+        Err(no_room(queue.room.no_room(minimum, 0)))
     }
 
     /// One reading of the MIME structure and of what is attached: a message that
@@ -557,6 +562,15 @@ fn internal_error(step: Step, stage: Stage, panic: &Box<dyn std::any::Any + Send
         "internal",
         Reply::new(451, "4.3.0", "Error: internal error; try again later"),
         format!("step {step:?} failed: {what}"),
+    )
+}
+
+/// `452 4.3.1`: the spool has no room for the message.
+fn no_room(why: crate::queue::room::NoRoom) -> Decision {
+    Decision::refuse(
+        "queue.free_space",
+        Reply::new(452, "4.3.1", "Insufficient system storage; try again later"),
+        why.to_string(),
     )
 }
 

@@ -28,6 +28,20 @@ pub struct Transaction {
     pub smtputf8: bool,
     /// The shadow rules that matched on the way, logged when it ends.
     pub shadow: ShadowLog,
+    /// Room on the spool held for the message: the declared size, then what has
+    /// been read of it.
+    pub room: crate::memory::Reservation,
+}
+
+/// What MAIL FROM declared beside the sender: the parameters mailmoat
+/// announces (RFC 1870, 6152, 6531).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailParams {
+    /// The size the client declared (SIZE=), if it did.
+    pub size: Option<usize>,
+    /// BODY=8BITMIME.
+    pub eight_bit: bool,
+    pub smtputf8: bool,
 }
 
 impl Transaction {
@@ -40,6 +54,7 @@ impl Transaction {
             eight_bit,
             smtputf8,
             shadow: ShadowLog::default(),
+            room: crate::memory::Reservation::default(),
         }
     }
 
@@ -57,6 +72,9 @@ pub struct Message {
     pub bytes: Vec<u8>,
     /// Octets of the trace header at the start of `bytes`.
     pub trace_len: usize,
+    /// The room on the spool held for it while it was received; given back
+    /// the moment the queue counts it as written.
+    pub room: crate::memory::Reservation,
 }
 
 impl Message {

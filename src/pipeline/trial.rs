@@ -103,7 +103,7 @@ pub async fn run(pipeline: &Pipeline, rules: &RuleSet, input: &TrialInput<'_>) -
         }
     };
     let (mail, transaction) = pipeline
-        .mail(&peer, rules, sender, false, false)
+        .mail(&peer, rules, sender, super::MailParams::default())
         .await
         .split();
     trial.mail = Some(mail);
@@ -119,6 +119,7 @@ pub async fn run(pipeline: &Pipeline, rules: &RuleSet, input: &TrialInput<'_>) -
             id: "trial".into(),
             bytes: input.message.to_vec(),
             trace_len: 0,
+            room: Default::default(),
         };
         let data = pipeline
             .data(&peer, rules, &mut transaction, &message)

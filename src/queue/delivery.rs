@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::Queue;
 use super::dsn::{self, Failure};
 use super::envelope::{Envelope, QueuedRecipient, RecipientStatus};
-use super::health::Admission;
+use super::health::{Admission, Slot};
 use super::scheduler::{backoff, now_millis};
 use super::spool::{QueueState, new_id};
 use crate::address::Mailbox;
@@ -38,6 +38,14 @@ impl Pool {
         None
     }
 
+    /// Closes the idle connections to a hop that failed.
+    fn clear(&self, address: &str) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(address);
+    }
+
     fn give(&self, address: &str, mut client: Client) {
         client.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -53,6 +61,10 @@ enum RecipientResult {
     Refused(Reply),
     /// Try again later (4xx, or no conversation possible).
     Deferred(String),
+    /// Not tried: the next hop had no slot free, or the attempt was given up
+    /// (the hop answered another delivery, or the queue was flushed). Not an
+    /// attempt: the message is due again within `.1` (sooner when woken).
+    Wait(String, Duration),
 }
 
 pub struct Delivery {
@@ -63,9 +75,13 @@ pub struct Delivery {
     /// For MX lookups of outbound mail.
     dns: Option<Arc<crate::dns::Dns>>,
     pool: Pool,
-    /// Which next hops answer: one connection at a time to those that do not.
+    /// Each next hop's share of the deliveries, and whether it answers.
     pub health: Arc<super::health::NextHops>,
 }
+
+/// How long a delivery waits for a slot at a busy next hop before its message
+/// steps aside for others (it is made due again when a slot frees).
+const SLOT_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Where a group of recipients goes.
 #[derive(Debug, Clone)]
@@ -100,6 +116,10 @@ impl Delivery {
             }
             _ => None,
         };
+        queue.health.configure(
+            config.queue.destination_concurrency(),
+            config.backend.probe_interval,
+        );
         Ok(Delivery {
             pool: Pool {
                 idle: Mutex::new(HashMap::new()),
@@ -231,7 +251,7 @@ impl Delivery {
     /// One delivery attempt of one message. Returns when and where to try again, or
     /// `None` when the message is done (or gone).
     async fn attempt(&self, id: &str, state: QueueState) -> io::Result<Option<(QueueState, u64)>> {
-        let (mut envelope, message, _memory) = match self.queue.take_fresh(id) {
+        let (mut envelope, message, memory) = match self.queue.take_fresh(id) {
             Some(fresh) => fresh,
             None => {
                 let spool = self.queue.spool.clone();
@@ -284,6 +304,12 @@ impl Delivery {
             }
         }
         let mut failures = Vec::new();
+        // Recipients not tried (their hop had no slot, or the attempt was given
+        // up): the soonest they go again; and whether anything was tried and
+        // deferred, or changed.
+        let mut waiting: Option<Duration> = None;
+        let mut deferred = false;
+        let mut changed = false;
         for (route, indices) in by_route.values() {
             let started = std::time::Instant::now();
             let (relay, outcomes) = match self.targets(route).await {
@@ -296,6 +322,10 @@ impl Delivery {
             for (&i, outcome) in indices.iter().zip(outcomes) {
                 let rcpt = &mut envelope.recipients[i];
                 log_outcome(&envelope.id, &rcpt.address, &relay, &outcome);
+                if let RecipientResult::Wait(_, within) = outcome {
+                    waiting = Some(waiting.map_or(within, |w| w.min(within)));
+                    continue;
+                }
                 self.queue
                     .metrics
                     .delivered(outcome.name(), started.elapsed());
@@ -303,12 +333,18 @@ impl Delivery {
                     RecipientResult::Delivered(reply) => {
                         rcpt.status = RecipientStatus::Delivered;
                         rcpt.last_reply = reply.to_string();
+                        changed = true;
                     }
                     RecipientResult::Refused(reply) => {
                         rcpt.last_reply = reply.to_string();
                         failures.push(failure(rcpt, &reply, Some(&relay)));
+                        changed = true;
                     }
-                    RecipientResult::Deferred(why) => rcpt.last_reply = why,
+                    RecipientResult::Deferred(why) => {
+                        rcpt.last_reply = why;
+                        deferred = true;
+                    }
+                    RecipientResult::Wait(..) => unreachable!("handled above"),
                 }
             }
         }
@@ -353,12 +389,26 @@ impl Delivery {
             tracing::info!(queue_id = %envelope.id, "removed");
             return Ok(None);
         }
+        if let Some(within) = waiting
+            && !deferred
+        {
+            // Not an attempt: nothing was tried and deferred, so nothing counts.
+            if changed {
+                let (spool, written) = (spool.clone(), envelope.clone());
+                tokio::task::spawn_blocking(move || spool.update_envelope(state, &written))
+                    .await
+                    .map_err(io::Error::other)??;
+            }
+            self.queue.keep_fresh(envelope, message, memory);
+            return Ok(Some((state, now_millis() + within.as_millis() as u64)));
+        }
         envelope.attempts += 1;
         let wait = backoff(
             envelope.attempts,
             self.config.queue.min_backoff,
             self.config.queue.max_backoff,
         );
+        let wait = waiting.map_or(wait, |within| wait.min(within));
         let due_ms = now_millis() + wait.as_millis() as u64;
         envelope.next_attempt = due_ms.div_ceil(1000);
         let next_state = QueueState::Deferred;
@@ -425,7 +475,8 @@ impl Delivery {
         (tried.join(","), last)
     }
 
-    /// One SMTP transaction to one next hop for the given recipients.
+    /// One SMTP transaction to one next hop for the given recipients, in one of
+    /// the hop's delivery slots.
     async fn send(
         &self,
         target: &Target,
@@ -433,100 +484,91 @@ impl Delivery {
         indices: &[usize],
         message: &[u8],
     ) -> Vec<RecipientResult> {
+        let n = indices.len();
+        let address = &target.address;
+        let slot = match self.health.slot(address, SLOT_PATIENCE).await {
+            Admission::Go(slot) => slot,
+            Admission::Busy => {
+                self.health.wait_for(address, &envelope.id);
+                let why = format!("{address}: every delivery slot in use");
+                return vec![RecipientResult::Wait(why, self.config.backend.probe_interval); n];
+            }
+            Admission::Failing(why) => {
+                self.health.wait_for(address, &envelope.id);
+                let why =
+                    format!("{address}: not answering ({why}); waiting for it to answer a probe");
+                return vec![RecipientResult::Deferred(why); n];
+            }
+        };
         let rcpts: Vec<&str> = indices
             .iter()
             .map(|&i| envelope.recipients[i].address.as_str())
             .collect();
+        tokio::select! {
+            outcomes = self.converse(&slot, target, envelope, &rcpts, message) => outcomes,
+            () = slot.abandoned() => {
+                let why = format!("{address}: attempt given up, to be tried again at once");
+                vec![RecipientResult::Wait(why, Duration::ZERO); n]
+            }
+        }
+    }
+
+    /// The conversation itself, on a pooled connection or a new one; tells the
+    /// slot how it went.
+    async fn converse(
+        &self,
+        slot: &Slot,
+        target: &Target,
+        envelope: &Envelope,
+        rcpts: &[&str],
+        message: &[u8],
+    ) -> Vec<RecipientResult> {
+        let address = &target.address;
         // A pooled connection may have been closed by the server meanwhile: if the
         // first command on it fails, start over once on a new connection.
-        let pooled = self.pool.take(&target.address);
+        let pooled = self.pool.take(address);
         let tries = if pooled.is_some() { 2 } else { 1 };
         let mut client = pooled;
+        let mut failure = None;
         for attempt in 1..=tries {
             let mut conn = match client.take() {
                 Some(conn) => conn,
-                None => match self.connect(target).await {
+                None => match Client::connect(target).await {
                     Ok(conn) => conn,
-                    Err(e) => return vec![RecipientResult::Deferred(e.0); rcpts.len()],
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 },
             };
-            match self.transaction(&mut conn, envelope, &rcpts, message).await {
+            match self
+                .transaction(slot, &mut conn, envelope, rcpts, message)
+                .await
+            {
                 Ok(outcomes) => {
-                    self.pool.give(&target.address, conn);
+                    slot.succeeded();
+                    self.pool.give(address, conn);
                     return outcomes;
                 }
                 Err(FailedAt::BeforeMail(e)) if attempt < tries => {
                     tracing::debug!(error = %e, "pooled connection failed; reconnecting");
                 }
                 Err(FailedAt::BeforeMail(e)) | Err(FailedAt::During(e)) => {
-                    self.hop_failed(target, &e.0);
-                    return vec![RecipientResult::Deferred(e.0); rcpts.len()];
-                }
-            }
-        }
-        unreachable!("the last try always returns")
-    }
-
-    /// A new connection, if the next hop's health allows one now.
-    async fn connect(&self, target: &Target) -> Result<Client, ClientError> {
-        // While another delivery probes the hop, wait for its answer rather than
-        // defer: mail queued behind a first connection goes with it.
-        let patience = target.connect_timeout + target.greeting_timeout;
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            let changed = self.health.changed();
-            match self.health.admit(&target.address) {
-                Admission::Connect | Admission::Probe => break,
-                Admission::AwaitProbe if tokio::time::Instant::now() < deadline => {
-                    let _ = tokio::time::timeout_at(deadline, changed).await;
-                }
-                Admission::AwaitProbe | Admission::Wait => {
-                    return Err(ClientError(format!(
-                        "{}: not answering; waiting until it answers a probe",
-                        target.address
-                    )));
-                }
-            }
-        }
-        match Client::connect(target).await {
-            Ok(conn) => {
-                self.health.succeeded(&target.address);
-                Ok(conn)
-            }
-            Err(e) => {
-                self.hop_failed(target, &e.0);
-                Err(e)
-            }
-        }
-    }
-
-    /// A next hop failed: one connection at a time tries it from now on, every
-    /// `probe_interval`, until it answers.
-    fn hop_failed(&self, target: &Target, why: &str) {
-        if !self.health.failed(&target.address, why) {
-            return;
-        }
-        let health = self.health.clone();
-        let target = target.clone();
-        let interval = self.config.backend.probe_interval;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(interval).await;
-                if health.is_healthy(&target.address) == Some(true) {
-                    break;
-                }
-                if let Ok(conn) = Client::connect(&target).await {
-                    conn.quit().await;
-                    health.succeeded(&target.address);
+                    failure = Some(e);
                     break;
                 }
             }
-            health.prober_ended(&target.address);
-        });
+        }
+        let e = failure.expect("the last try fails or returns");
+        slot.failed(&e.0);
+        self.pool.clear(address);
+        self.health.wait_for(address, &envelope.id);
+        vec![RecipientResult::Deferred(e.0); rcpts.len()]
     }
 
     async fn transaction(
         &self,
+        slot: &Slot,
         conn: &mut Client,
         envelope: &Envelope,
         rcpts: &[&str],
@@ -575,7 +617,9 @@ impl Delivery {
             .await
             .map_err(FailedAt::During)?;
         let final_reply = if data.code == 354 {
-            conn.data(message).await.map_err(FailedAt::During)?
+            conn.data(message, |why| slot.stalled(why))
+                .await
+                .map_err(FailedAt::During)?
         } else {
             data
         };
@@ -627,7 +671,7 @@ impl RecipientResult {
         match self {
             RecipientResult::Delivered(_) => "sent",
             RecipientResult::Refused(_) => "bounced",
-            RecipientResult::Deferred(_) => "deferred",
+            RecipientResult::Deferred(_) | RecipientResult::Wait(..) => "deferred",
         }
     }
 }
@@ -642,6 +686,9 @@ fn log_outcome(id: &str, to: &str, relay: &str, outcome: &RecipientResult) {
         }
         RecipientResult::Deferred(why) => {
             tracing::info!(queue_id = %id, to, relay, status = "deferred", reply = %why, "will retry")
+        }
+        RecipientResult::Wait(why, _) => {
+            tracing::debug!(queue_id = %id, to, relay, reason = %why, "waits for its next hop")
         }
     }
 }

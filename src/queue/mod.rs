@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod dsn;
 pub mod envelope;
 pub mod health;
+pub mod room;
 pub mod scheduler;
 pub mod spool;
 pub mod trace;
@@ -14,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex, mpsc};
 
-use crate::memory::{MemoryBudget, Reservation};
+use crate::memory::{Budget, MemoryBudget, Reservation};
 use envelope::Envelope;
 use scheduler::{Scheduler, now_millis};
 use spool::{FlushMode, QueueState, Spool};
@@ -68,9 +69,9 @@ pub struct Queue {
     commits: mpsc::Sender<Job>,
     fresh: Mutex<Fresh>,
     /// What [`Fresh`] holds counts against the sessions' memory for message data.
-    memory: Option<Arc<MemoryBudget>>,
-    /// The last look at the spool's free space.
-    free_space: Mutex<Option<(std::time::Instant, u64)>>,
+    memory: Option<Arc<dyn Budget>>,
+    /// Room on the spool for new mail.
+    pub room: Arc<room::SpoolRoom>,
     /// Delivered messages whose files are not removed yet.
     removals_pending: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -111,6 +112,7 @@ impl Queue {
             })?;
         let scheduler = Arc::new(Scheduler::default());
         Ok(Queue {
+            room: Arc::new(room::SpoolRoom::new(spool.clone())),
             spool,
             health: Arc::new(health::NextHops::new(scheduler.clone())),
             metrics,
@@ -118,7 +120,6 @@ impl Queue {
             commits,
             fresh: Mutex::new(Fresh::default()),
             memory: None,
-            free_space: Mutex::new(None),
             removals_pending,
         })
     }
@@ -132,31 +133,35 @@ impl Queue {
     /// Writes a message durably and schedules it. Returns once the message and its
     /// envelope are on stable storage.
     pub async fn enqueue(&self, envelope: Envelope, message: Vec<u8>) -> io::Result<()> {
-        self.enqueue_in(envelope, message, QueueState::Active).await
+        self.enqueue_in(
+            envelope,
+            message,
+            QueueState::Active,
+            Reservation::default(),
+        )
+        .await
     }
 
     /// As [`enqueue`], but into `hold`: kept for review, not delivered until
     /// released.
     pub async fn enqueue_held(&self, envelope: Envelope, message: Vec<u8>) -> io::Result<()> {
-        self.enqueue_in(envelope, message, QueueState::Hold).await
+        self.enqueue_in(envelope, message, QueueState::Hold, Reservation::default())
+            .await
     }
 
-    async fn enqueue_in(
+    /// Writes a message into `state`; `room` is what its session reserved of
+    /// the spool's room, given back as the write is counted.
+    pub async fn enqueue_in(
         &self,
         mut envelope: Envelope,
         message: Vec<u8>,
         state: QueueState,
+        room: Reservation,
     ) -> io::Result<()> {
         envelope.size = message.len() as u64;
         envelope.message_crc32 = envelope::message_checksum(&message);
-        if let Some((_, free)) = self
-            .free_space
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
-            *free = free.saturating_sub(message.len() as u64 + 4096);
-        }
+        self.room.written(message.len() as u64 + 4096);
+        drop(room);
         let id = envelope.id.clone();
         let message = Arc::new(message);
         let (done, result) = oneshot::channel();
@@ -187,7 +192,16 @@ impl Queue {
             },
             None => Reservation::default(),
         };
+        self.keep_fresh(envelope, message, memory);
+    }
+
+    /// Keeps a message in memory for its next attempt (one that stepped aside
+    /// for a busy next hop goes again soon).
+    pub fn keep_fresh(&self, envelope: Envelope, message: Arc<Vec<u8>>, memory: Reservation) {
         let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh.messages.contains_key(&envelope.id) {
+            return;
+        }
         fresh.bytes += message.len();
         fresh.order.push_back(envelope.id.clone());
         fresh
@@ -239,21 +253,6 @@ impl Queue {
                 (state.folder(), ids.len(), oldest)
             })
             .collect()
-    }
-
-    /// Bytes free on the spool's file system, looked up at most once a second
-    /// (a statvfs per MAIL FROM would cost little; none at all costs less) and
-    /// lowered by every message written since, so a burst cannot outrun it.
-    pub fn free_space(&self) -> io::Result<u64> {
-        let mut cached = self.free_space.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, free)) = *cached
-            && at.elapsed() < std::time::Duration::from_secs(1)
-        {
-            return Ok(free);
-        }
-        let free = self.spool.free_space()?;
-        *cached = Some((std::time::Instant::now(), free));
-        Ok(free)
     }
 
     /// Waits until nothing is being delivered and nothing is due (see

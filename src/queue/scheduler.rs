@@ -16,6 +16,8 @@ struct Due {
     state: QueueState,
     /// A worker is delivering it now.
     busy: bool,
+    /// Made due while busy: due again at once when its worker is done.
+    again: bool,
 }
 
 #[derive(Default)]
@@ -33,6 +35,7 @@ impl Inner {
             due,
             state,
             busy: false,
+            again: false,
         };
         self.entries.insert(id.to_string(), entry);
         self.waiting.insert((due, id.to_string()));
@@ -119,6 +122,29 @@ impl Scheduler {
         count
     }
 
+    /// Makes one message due now (its next hop has room, or answers again); one
+    /// being delivered is due again at once when its worker is done. False when
+    /// it is not in the schedule (delivered, deleted).
+    pub fn make_due(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.entries.get_mut(id) else {
+            return false;
+        };
+        if entry.busy {
+            entry.again = true;
+            return true;
+        }
+        let entry = *entry;
+        let now = now_millis();
+        if entry.due > now {
+            inner.waiting.remove(&(entry.due, id.to_string()));
+            inner.wait(id, entry.state, now);
+        }
+        drop(inner);
+        self.wake.notify_waiters();
+        true
+    }
+
     /// Waits for the next due message and marks it busy. `None` once stopped.
     pub async fn next_due(&self) -> Option<(String, QueueState)> {
         loop {
@@ -152,7 +178,9 @@ impl Scheduler {
     /// A worker is done with a message: `next` reschedules it, `None` forgets it.
     pub fn finish(&self, id: &str, next: Option<(QueueState, u64)>) {
         let mut inner = self.lock();
+        let again = inner.entries.get(id).is_some_and(|e| e.again);
         match next {
+            Some((state, due)) if again => inner.wait(id, state, due.min(now_millis())),
             Some((state, due)) => inner.wait(id, state, due),
             None => {
                 inner.entries.remove(id);

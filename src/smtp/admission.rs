@@ -37,6 +37,11 @@ pub struct ConnectionLimits {
     /// A tenth of the connections is kept for other networks: no one network may
     /// hold more than this, whatever `max_connections_per_ip` says.
     max_per_network: usize,
+    /// Above this share of `max_total` open, the server is under stress.
+    stress_threshold: f64,
+    /// Whether it is: sessions watch it, so waits going on when it begins are
+    /// cut short too, not only those that begin later.
+    stressed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Holds a connection's place in the counts until the session ends.
@@ -44,7 +49,7 @@ pub struct Slot {
     limits: Arc<ConnectionLimits>,
     ip: IpAddr,
     network: String,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 fn decrement<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: &K) {
@@ -61,12 +66,16 @@ impl Drop for Slot {
     fn drop(&mut self) {
         decrement(&self.limits.per_ip, &self.ip);
         decrement(&self.limits.per_network, &self.network);
+        drop(self.permit.take());
+        self.limits.note_stress();
     }
 }
 
 impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+    pub fn new(max_total: usize, max_per_ip: usize, stress_threshold: f64) -> Arc<Self> {
         Arc::new(ConnectionLimits {
+            stress_threshold,
+            stressed: tokio::sync::watch::Sender::new(false),
             total: Arc::new(Semaphore::new(max_total)),
             max_total,
             per_ip: Mutex::new(HashMap::new()),
@@ -81,9 +90,23 @@ impl ConnectionLimits {
         self.max_total - self.total.available_permits()
     }
 
-    /// Whether more than `threshold` (a share) of the connections are in use.
-    pub fn under_stress(&self, threshold: f64) -> bool {
-        self.open() as f64 > threshold * self.max_total as f64
+    /// Whether more than `stress_threshold` (a share) of the connections are in use.
+    pub fn under_stress(&self) -> bool {
+        self.open() as f64 > self.stress_threshold * self.max_total as f64
+    }
+
+    /// Tells the sessions when the server comes under stress, or out of it.
+    pub fn stress_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stressed.subscribe()
+    }
+
+    fn note_stress(&self) {
+        let now = self.under_stress();
+        self.stressed.send_if_modified(|was| {
+            let changed = *was != now;
+            *was = now;
+            changed
+        });
     }
 
     /// A place for a new connection, or the reply that refuses it.
@@ -120,11 +143,13 @@ impl ConnectionLimits {
         }
         *per_network.entry(network.clone()).or_insert(0) += 1;
         *per_ip.entry(ip).or_insert(0) += 1;
+        drop((per_network, per_ip));
+        self.note_stress();
         Ok(Slot {
             limits: self.clone(),
             ip,
             network,
-            _permit: permit,
+            permit: Some(permit),
         })
     }
 }

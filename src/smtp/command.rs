@@ -50,14 +50,7 @@ pub enum Mechanism {
     Other,
 }
 
-/// The MAIL FROM parameters mailmoat announces (RFC 1870, 6152, 6531).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MailParams {
-    /// The size the client declared, if it did.
-    pub size: Option<usize>,
-    pub eight_bit: bool,
-    pub smtputf8: bool,
-}
+pub use crate::pipeline::MailParams;
 
 /// A line that is not a usable command, with the reply it gets. (A matter of
 /// syntax: the session answers it; no check judged anything.)

@@ -39,7 +39,36 @@ pub enum ReadError {
     /// The client closed the connection.
     Closed,
     TimedOut,
+    /// Message data came slower than the minimum rate.
+    TooSlow,
     Io(io::Error),
+}
+
+/// Whether the server is under stress, and how long any wait for the client may
+/// last then: a wait that began before the stress is cut short too.
+pub struct Stress {
+    pub signal: tokio::sync::watch::Receiver<bool>,
+    pub timeout: Duration,
+}
+
+/// How fast message data must come, beyond a first allowance (Postfix's
+/// `smtpd_min_data_rate`): after `allowance`, each byte received buys
+/// `1 / bytes_per_second` seconds more.
+#[derive(Debug, Clone, Copy)]
+pub struct DataRate {
+    pub allowance: Duration,
+    pub bytes_per_second: u64,
+}
+
+impl DataRate {
+    /// By when the data must have ended, `received` bytes in.
+    fn deadline(&self, began: Instant, received: u64) -> Option<Instant> {
+        (self.bytes_per_second > 0).then(|| {
+            began
+                + self.allowance
+                + Duration::from_secs_f64(received as f64 / self.bytes_per_second as f64)
+        })
+    }
 }
 
 pub struct Connection {
@@ -53,6 +82,7 @@ pub struct Connection {
     pub local: SocketAddr,
     /// The connection is encrypted (implicit TLS or after STARTTLS).
     pub tls: bool,
+    stress: Option<Stress>,
 }
 
 impl Connection {
@@ -65,7 +95,14 @@ impl Connection {
             peer,
             local,
             tls: false,
+            stress: None,
         }
+    }
+
+    /// Cuts every wait for the client short while the server is under stress,
+    /// including a wait already going on when the stress begins.
+    pub fn watch_stress(&mut self, stress: Stress) {
+        self.stress = Some(stress);
     }
 
     /// Starts TLS on this connection (after `220 Ready to start TLS`). Whatever
@@ -136,11 +173,35 @@ impl Connection {
             self.input.drain(..self.start);
             self.start = 0;
         }
-        // read_buf appends to spare capacity, so a read cancelled by shutdown leaves
-        // the buffer as it was.
+        // read_buf appends to spare capacity, so a read cancelled by shutdown (or
+        // by stress beginning) leaves the buffer as it was.
         self.input.reserve(chunk);
-        let n = match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.input)).await
-        {
+        // Under stress, a wait lasts at most the stress timeout: from its start,
+        // or from the stress's if that began during the wait (the loop comes
+        // round again then).
+        let read = loop {
+            let stressed = self
+                .stress
+                .as_ref()
+                .map(|s| (*s.signal.borrow(), s.timeout));
+            let until = match stressed {
+                Some((true, patience)) => deadline.min(Instant::now() + patience),
+                _ => deadline,
+            };
+            let reading = tokio::time::timeout_at(until, self.stream.read_buf(&mut self.input));
+            match (&mut self.stress, stressed) {
+                (Some(stress), Some((false, _))) => tokio::select! {
+                    read = reading => break read,
+                    changed = stress.signal.changed() => {
+                        if changed.is_err() {
+                            self.stress = None;
+                        }
+                    }
+                },
+                _ => break reading.await,
+            }
+        };
+        let n = match read {
             Err(_) => return Err(ReadError::TimedOut),
             Ok(Err(e)) => return Err(ReadError::Io(e)),
             Ok(Ok(n)) => n,
@@ -177,16 +238,19 @@ impl Connection {
     }
 
     /// Feeds input to the DATA reader until it sees the end of the data. Each
-    /// line must arrive whole within `timeout` of the one before it, and all of it
-    /// by `last` (the session's own end).
+    /// line must arrive whole within `timeout` of the one before it, all of it by
+    /// `last` (the session's own end), and the whole at no less than `rate`.
     pub async fn read_data(
         &mut self,
         reader: &mut DataReader,
         timeout: Duration,
+        rate: DataRate,
         last: Instant,
     ) -> Result<(), ReadError> {
+        let began = Instant::now();
+        let mut received: u64 = 0;
         let mut lines = reader.lines();
-        let mut deadline = (Instant::now() + timeout).min(last);
+        let mut line_deadline = (Instant::now() + timeout).min(last);
         loop {
             let pending = &self.input[self.start..];
             if !pending.is_empty() {
@@ -195,14 +259,24 @@ impl Connection {
                         self.start += used;
                         return Ok(());
                     }
-                    None => self.start = self.input.len(),
+                    None => {
+                        received += pending.len() as u64;
+                        self.start = self.input.len();
+                    }
                 }
                 if reader.lines() != lines {
                     lines = reader.lines();
-                    deadline = (Instant::now() + timeout).min(last);
+                    line_deadline = (Instant::now() + timeout).min(last);
                 }
             }
-            self.fill(deadline, DATA_CHUNK).await?;
+            let rate_deadline = rate.deadline(began, received);
+            let deadline = rate_deadline.map_or(line_deadline, |d| d.min(line_deadline));
+            match self.fill(deadline, DATA_CHUNK).await {
+                Err(ReadError::TimedOut) if rate_deadline.is_some_and(|d| d < line_deadline) => {
+                    return Err(ReadError::TooSlow);
+                }
+                other => other?,
+            }
         }
     }
 

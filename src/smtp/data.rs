@@ -36,6 +36,21 @@ pub struct Violations {
     pub oversize: bool,
     /// The memory budget for message data ran out while reading it.
     pub no_memory: bool,
+    /// The spool has no room for it beside the other messages being received.
+    pub no_room: bool,
+}
+
+impl Violations {
+    /// The check a refusal for these is logged under.
+    pub fn check(&self) -> &'static str {
+        if self.no_room {
+            "queue.free_space"
+        } else if self.no_memory {
+            "limits.data_memory"
+        } else {
+            "framing"
+        }
+    }
 }
 
 /// Reads one message's data, chunk by chunk as it arrives.
@@ -55,6 +70,9 @@ pub struct DataReader {
     lines: usize,
     /// What `message` holds of the memory budget.
     reservation: Reservation,
+    /// What it holds of the room on the spool: what was declared, then what was
+    /// read.
+    room: Reservation,
 }
 
 /// How the DATA phase ended.
@@ -87,7 +105,20 @@ impl DataReader {
             violations: Violations::default(),
             lines: 0,
             reservation: Reservation::default(),
+            room: Reservation::default(),
         }
+    }
+
+    /// Holds room on the spool as the message grows (`room` starts with what
+    /// MAIL declared): past it, the message is refused with `452 4.3.1`.
+    pub fn with_room(mut self, room: Reservation) -> Self {
+        self.room = room;
+        self
+    }
+
+    /// The room on the spool the message holds, to keep until it is queued.
+    pub fn take_room(&mut self) -> Reservation {
+        self.room.take()
     }
 
     /// Holds the message against a memory budget: past it, the message is
@@ -240,13 +271,20 @@ impl DataReader {
 
     fn emit(&mut self, bytes: &[u8]) {
         self.size += bytes.len();
-        if self.violations.oversize || self.violations.no_memory {
+        if self.violations.oversize || self.violations.no_memory || self.violations.no_room {
             return;
         }
         if self.size > self.size_limit {
             self.violations.oversize = true;
             self.message = Vec::new();
             self.reservation.release();
+            return;
+        }
+        if !self.room.grow_to(self.size as u64) {
+            self.violations.no_room = true;
+            self.message = Vec::new();
+            self.reservation.release();
+            self.room.release();
             return;
         }
         let needed = self.message.len() + bytes.len();
@@ -271,7 +309,13 @@ impl DataReader {
         }
         let v = self.violations;
         let reject_bare = self.mode == BareLineEndings::Reject;
-        let refusal = if v.no_memory {
+        let refusal = if v.no_room {
+            Some(Reply::new(
+                452,
+                "4.3.1",
+                "Insufficient system storage; try again later",
+            ))
+        } else if v.no_memory {
             Some(Reply::new(
                 451,
                 "4.3.1",

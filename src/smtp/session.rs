@@ -95,6 +95,11 @@ pub async fn run(conn: Connection, shared: Arc<Shared>) {
         .pipeline
         .peer(conn.peer.ip(), conn.local.ip(), conn.tls, None)
         .await;
+    let mut conn = conn;
+    conn.watch_stress(crate::smtp::connection::Stress {
+        signal: shared.connections.stress_signal(),
+        timeout: shared.config.limits.stress_timeout,
+    });
     let mut session = Session {
         ends: Instant::now() + shared.config.limits.session_timeout,
         rules: shared.rules.current(),
@@ -135,11 +140,7 @@ impl Session {
     /// stress timeout while most connections are in use.
     fn patience(&self, normal: Duration) -> Duration {
         let limits = &self.config().limits;
-        if self
-            .shared
-            .connections
-            .under_stress(limits.stress_threshold)
-        {
+        if self.shared.connections.under_stress() {
             normal.min(limits.stress_timeout)
         } else {
             normal
@@ -316,7 +317,7 @@ impl Session {
                     Flow::Continue
                 }
                 Err(ReadError::Closed) => return "client closed",
-                Err(ReadError::TimedOut) => {
+                Err(ReadError::TimedOut | ReadError::TooSlow) => {
                     self.timed_out();
                     return "timeout";
                 }

@@ -120,6 +120,29 @@ async fn memory_stays_within_data_memory_under_a_flood_of_large_messages() {
     daemon.terminate();
 }
 
+/// A server that takes connections and never says a word.
+struct Mute {
+    addr: std::net::SocketAddr,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Mute {
+    async fn start() -> Mute {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 512];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Mute { addr, _task: task }
+    }
+}
+
 /// Small messages queued faster than they are delivered: each kept copy counts
 /// its own size against `data_memory`, not a whole step of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +258,7 @@ async fn a_session_ends_after_session_timeout_however_busy() {
 }
 
 #[tokio::test]
-async fn under_stress_an_idle_client_waits_only_the_stress_timeout() {
+async fn under_stress_every_idle_client_waits_only_the_stress_timeout() {
     let backend = Backend::start(DataEnd::Strict).await;
     let text = base_config(backend.addr, UNTRUSTED, "")
         .replace(
@@ -250,17 +273,24 @@ async fn under_stress_an_idle_client_waits_only_the_stress_timeout() {
     // One connection: no stress, the client may think for a while.
     let mut calm = proxy.client().await;
     assert!(calm.try_reply(Duration::from_millis(1500)).await.is_none());
-    // Three of four in use: over half, the server waits only a second.
+    // Three of four in use: over half, the server waits only a second — for
+    // the newcomers, and for the calm client whose wait began before the stress.
     let second = proxy.client().await;
     let mut third = proxy.client().await;
     let started = Instant::now();
-    let reply = third
-        .try_reply(Duration::from_secs(5))
-        .await
-        .expect("closed");
-    assert_eq!(reply.codes(), "421 4.4.2", "{reply:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
-    drop((calm, second));
+    for (name, client) in [("third", &mut third), ("calm", &mut calm)] {
+        let reply = client
+            .try_reply(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{name}: not closed"));
+        assert_eq!(reply.codes(), "421 4.4.2", "{name}: {reply:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{name}: closed after {:?}",
+            started.elapsed()
+        );
+    }
+    drop(second);
 }
 
 #[tokio::test]
@@ -372,8 +402,13 @@ async fn a_full_spool_refuses_new_mail_at_mail_from_and_loses_nothing() {
     let mut accepted = Vec::new();
     let mut full = false;
     for n in 0..20 {
+        let line = format!("{}\r\n", "z".repeat(998));
+        let body = format!("Subject: fill {n}\r\n\r\n{}", line.repeat(300));
         let mut client = proxy.client().await;
-        let mail = client.command("MAIL FROM:<s@remote.test>").await;
+        // Declared as MTAs declare it: the spool's room for it is known at MAIL.
+        let mail = client
+            .command(&format!("MAIL FROM:<s@remote.test> SIZE={}", body.len()))
+            .await;
         if mail.code == 452 {
             assert_eq!(mail.codes(), "452 4.3.1", "{mail:?}");
             assert!(
@@ -386,16 +421,11 @@ async fn a_full_spool_refuses_new_mail_at_mail_from_and_loses_nothing() {
         assert_eq!(mail.codes(), "250 2.1.0");
         client.expect("RCPT TO:<alice@example.test>", "250").await;
         client.expect("DATA", "354").await;
-        let line = format!("{}\r\n", "z".repeat(998));
-        let body = format!("Subject: fill {n}\r\n\r\n{}", line.repeat(300));
         client.send(stuff(body.as_bytes()).as_slice()).await;
         client.send(b".\r\n").await;
         let reply = client.reply().await;
-        match reply.code {
-            250 => accepted.push(body),
-            451 => assert_eq!(reply.codes(), "451 4.3.0", "{reply:?}"),
-            _ => panic!("{reply:?}"),
-        }
+        assert_eq!(reply.code, 250, "{reply:?}");
+        accepted.push(body);
     }
     assert!(full, "MAIL was never refused; {} accepted", accepted.len());
     assert!(!accepted.is_empty());
@@ -420,104 +450,6 @@ async fn a_full_spool_refuses_new_mail_at_mail_from_and_loses_nothing() {
     .await;
     assert_eq!(received.len(), accepted.len(), "delivered once each");
     drop(backend);
-}
-
-/// A server that takes connections and never says a word; it counts how many are
-/// open at once and how many it took in all.
-struct Mute {
-    addr: std::net::SocketAddr,
-    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Mute {
-    async fn start() -> Mute {
-        use std::sync::atomic::Ordering::SeqCst;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (o, m, t) = (open.clone(), most.clone(), taken.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                t.fetch_add(1, SeqCst);
-                let now = o.fetch_add(1, SeqCst) + 1;
-                m.fetch_max(now, SeqCst);
-                let o = o.clone();
-                tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut buf = [0u8; 512];
-                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-                    o.fetch_sub(1, SeqCst);
-                });
-            }
-        });
-        Mute {
-            addr,
-            most,
-            taken,
-            task,
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_that_never_answers_gets_one_connection_and_its_mail_the_moment_it_answers() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let mute = Mute::start().await;
-    let text = base_config(mute.addr, UNTRUSTED, "")
-        .replace(
-            "command_timeout = \"5s\"",
-            "command_timeout = \"2s\"\ngreeting_timeout = \"1s\"\nprobe_interval = \"300ms\"",
-        )
-        .replace("delivery_workers = 4", "delivery_workers = 8")
-        .replace("min_backoff = \"1s\"", "min_backoff = \"1h\"")
-        .replace("max_backoff = \"2s\"", "max_backoff = \"2h\"");
-    let proxy = Proxy::start_with_text(&text).await;
-    let mut client = proxy.client().await;
-    for n in 0..6 {
-        let reply = client
-            .send_mail(
-                "s@remote.test",
-                &["alice@example.test"],
-                format!("Subject: waits {n}\r\n\r\nx\r\n").as_bytes(),
-            )
-            .await;
-        assert_eq!(reply.codes(), "250 2.0.0");
-    }
-    // The hop is probed again and again, one connection at a time.
-    eventually("three probes", || mute.taken.load(SeqCst) >= 4).await;
-    assert_eq!(
-        mute.most.load(SeqCst),
-        1,
-        "more than one connection waited at once"
-    );
-    // It answers again: everything goes within seconds, not at the next retry an
-    // hour later.
-    mute.task.abort();
-    let addr = mute.addr;
-    drop(mute);
-    let backend = loop {
-        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
-            drop(listener);
-            break Backend::start_on(addr, DataEnd::Strict).await;
-        }
-        poll_pause().await;
-    };
-    let started = Instant::now();
-    let received = backend.wait_for(6).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert_eq!(received.len(), 6);
-    let _ = proxy;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,4 +492,187 @@ async fn after_queue_flush_every_message_for_a_returning_hop_goes_with_the_first
     assert_eq!(received.len(), 6);
     proxy.wait_idle().await;
     assert!(proxy.queue_files("deferred").is_empty());
+}
+
+/// Sends `lines` whole lines of message data, each `pause` after the last,
+/// then the end; returns the reply and when it came, counted from DATA. A
+/// reply before the end (the server closing) ends it early.
+async fn paced_data(
+    client: &mut Client,
+    line: &str,
+    lines: usize,
+    pause: Duration,
+) -> (Reply, Duration) {
+    client.expect("MAIL FROM:<slow@remote.test>", "250").await;
+    client.expect("RCPT TO:<alice@example.test>", "250").await;
+    client.expect("DATA", "354").await;
+    let started = Instant::now();
+    client.send(b"Subject: paced\r\n\r\n").await;
+    for _ in 0..lines {
+        client.send(format!("{line}\r\n").as_bytes()).await;
+        if let Some(reply) = client.try_reply(pause).await {
+            return (reply, started.elapsed());
+        }
+    }
+    client.send(b".\r\n").await;
+    (client.reply().await, started.elapsed())
+}
+
+/// `[limits] data_timeout` is per line: what keeps a client sending a whole
+/// line every few seconds from holding the session for an hour is the minimum
+/// data rate (500 bytes a second after the first data_timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_line_every_four_seconds_is_closed_at_the_minimum_data_rate() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "").replace(
+        "data_timeout = \"10s\"",
+        "data_timeout = \"6s\"\nmin_data_rate = 500",
+    );
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    let line = "a line of text, as any message has, sent whole and then nothing for a while";
+    let (reply, took) = paced_data(&mut client, line, 10, Duration::from_secs(4)).await;
+    assert_eq!(reply.codes(), "421 4.4.2", "{reply:?}");
+    assert!(reply.text.contains("too slowly"), "{reply:?}");
+    // Past the first data_timeout (the allowance) plus what its few lines bought.
+    assert!(
+        took > Duration::from_secs(6) && took < Duration::from_secs(8),
+        "closed after {took:?}"
+    );
+    assert!(client.closed().await);
+    proxy.wait_idle().await;
+    assert!(backend.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_a_kilobyte_a_second_is_not_closed() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let text = base_config(backend.addr, UNTRUSTED, "").replace(
+        "data_timeout = \"10s\"",
+        "data_timeout = \"3s\"\nmin_data_rate = 500",
+    );
+    let proxy = Proxy::start_with_text(&text).await;
+    let mut client = proxy.client().await;
+    // 998 characters and CRLF a second, for well past the allowance.
+    let line = "k".repeat(998);
+    let (reply, took) = paced_data(&mut client, &line, 9, Duration::from_secs(1)).await;
+    assert_eq!(reply.codes(), "250 2.0.0", "{reply:?}");
+    assert!(took >= Duration::from_secs(9));
+    backend.wait_for(1).await;
+}
+
+/// Free space on a file system, in bytes.
+fn available(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df gives the free space")
+}
+
+/// Four clients at once, each with a 6 MiB message (declaring its size or
+/// not), on a spool with 20 MiB free above `min_free_space`. Returns each
+/// client's refusal (None when accepted) and what the spool kept.
+async fn four_large_messages_at_once(declare: bool) -> Option<(Vec<Option<Reply>>, usize)> {
+    let disk = SmallDisk::mount("40m")?;
+    let queue = disk.path.join("queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let minimum = available(&disk.path) - 20 * 1024 * 1024;
+    // The backend is down: what is accepted stays in the spool.
+    let nobody = unused_addr().await;
+    let text = base_config(nobody, UNTRUSTED, "").replace(
+        "path = \"queue\"",
+        &format!("path = \"{}\"\nmin_free_space = {minimum}", queue.display()),
+    );
+    let proxy = Proxy::start_with_text(&text).await;
+    let line = format!("{}\r\n", "z".repeat(998));
+    let body = format!(
+        "Subject: large\r\n\r\n{}",
+        line.repeat(6 * 1024 * 1024 / 1000)
+    );
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = proxy.addr;
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                client.hello().await;
+                let size = if declare {
+                    format!(" SIZE={}", body.len())
+                } else {
+                    String::new()
+                };
+                let mail = client
+                    .command(&format!("MAIL FROM:<big@remote.test>{size}"))
+                    .await;
+                if mail.code != 250 {
+                    return Some(("MAIL", mail));
+                }
+                client.expect("RCPT TO:<alice@example.test>", "250").await;
+                let data = client.command("DATA").await;
+                if data.code != 354 {
+                    return Some(("DATA", data));
+                }
+                client.send(&stuff(body.as_bytes())).await;
+                client.send(b".\r\n").await;
+                let end = client.reply().await;
+                (end.code != 250).then_some(("end of data", end))
+            })
+        })
+        .collect();
+    let mut refusals = Vec::new();
+    for client in clients {
+        let refused = client.await.unwrap();
+        if let Some((at, reply)) = &refused {
+            assert_eq!(reply.codes(), "452 4.3.1", "at {at}: {reply:?}");
+            if declare {
+                assert_eq!(*at, "MAIL", "refused before the data: {reply:?}");
+            }
+        }
+        refusals.push(refused.map(|(_, reply)| reply));
+    }
+    proxy.wait_idle().await;
+    let kept = ["active", "deferred"]
+        .iter()
+        .map(|state| list_files(&queue.join(state)).len())
+        .sum();
+    assert!(
+        available(&disk.path) >= minimum,
+        "the spool went below min_free_space"
+    );
+    drop(proxy);
+    Some((refusals, kept))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_messages_that_declare_their_size_are_refused_at_mail_when_they_would_not_fit()
+ {
+    let Some((refusals, kept)) = four_large_messages_at_once(true).await else {
+        return;
+    };
+    let accepted = refusals.iter().filter(|r| r.is_none()).count();
+    assert_eq!(accepted, 3, "three of 6 MiB fit in 20: {refusals:?}");
+    assert_eq!(
+        kept,
+        2 * accepted,
+        "message and envelope of each accepted one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_messages_of_unknown_size_are_refused_with_452_never_a_failed_write() {
+    let Some((refusals, kept)) = four_large_messages_at_once(false).await else {
+        return;
+    };
+    let accepted = refusals.iter().filter(|r| r.is_none()).count();
+    assert!(
+        (2..=3).contains(&accepted),
+        "as many as fit, and not four: {refusals:?}"
+    );
+    assert_eq!(kept, 2 * accepted);
 }

@@ -15,6 +15,7 @@ mod fixtures;
 mod instances;
 mod metrics;
 mod mime;
+mod next_hops;
 mod parts;
 mod pipeline;
 mod protocol;

@@ -182,7 +182,11 @@ action = "reject"
         [
             "connections: 1 open",
             "queue: active 0, deferred 0, hold 0",
-            &format!("backend {}: answering", backend.addr),
+            // delivery_workers = 4: half of them at most for one next hop.
+            &format!(
+                "backend {}: answering (0 of at most 2 deliveries at once)",
+                backend.addr
+            ),
             "rules: 1 loaded",
             // No check of this test asks DNS.
             "dns 127.0.0.1:9: 0 lookups (0% from the cache, 0 joined one in flight), 0 queries, \

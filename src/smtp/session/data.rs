@@ -6,7 +6,7 @@ use crate::pipeline::{Kept, Message};
 use crate::queue::spool::new_id;
 use crate::queue::trace::{self, Protocol};
 use crate::smtp::admission::Phase;
-use crate::smtp::connection::ReadError;
+use crate::smtp::connection::{DataRate, ReadError};
 use crate::smtp::data::{DataOutcome, DataReader};
 use crate::verdict::{Decision, Stage};
 
@@ -18,6 +18,12 @@ impl Session {
         };
         if transaction.recipients.is_empty() && transaction.releases.is_empty() {
             self.reply(554, "5.5.1", "Error: no valid recipients");
+            return Flow::Continue;
+        }
+        if let Err(decision) = self.pipeline().room_for_data() {
+            let recipients = transaction.recipients.clone();
+            self.transaction = Some(transaction);
+            self.refuse(Stage::Data, decision, &recipients).await;
             return Flow::Continue;
         }
         let config = self.shared.config.clone();
@@ -40,11 +46,16 @@ impl Session {
             config.limits.bare_line_endings,
             received,
         )
-        .with_budget(self.shared.memory.clone());
+        .with_budget(self.shared.memory.clone())
+        .with_room(transaction.room.take());
         let patience = self.patience(config.limits.data_timeout);
+        let rate = DataRate {
+            allowance: config.limits.data_timeout,
+            bytes_per_second: config.limits.min_data_rate,
+        };
         let mut shutdown = self.shared.shutdown.clone();
         let read = tokio::select! {
-            read = self.conn.read_data(&mut reader, patience, self.ends) => read,
+            read = self.conn.read_data(&mut reader, patience, rate, self.ends) => read,
             // Past the grace period of a shutdown: the client hears why.
             _ = shutdown.wait_for(|phase| *phase == Phase::Closing) => {
                 self.reply(
@@ -63,6 +74,18 @@ impl Session {
                 tracing::info!(queue_id = %id, client = %self.peer.ip, "timeout during DATA; nothing queued");
                 return Flow::Close;
             }
+            Err(ReadError::TooSlow) => {
+                self.reply(
+                    421,
+                    "4.4.2",
+                    format!(
+                        "{} Error: message data arrives too slowly (under {} bytes a second)",
+                        config.server.hostname, config.limits.min_data_rate
+                    ),
+                );
+                tracing::info!(queue_id = %id, client = %self.peer.ip, min_data_rate = config.limits.min_data_rate, "data too slow; nothing queued");
+                return Flow::Close;
+            }
             Err(_) => {
                 tracing::info!(queue_id = %id, client = %self.peer.ip, "connection lost during DATA; nothing queued");
                 return Flow::Close;
@@ -70,6 +93,7 @@ impl Session {
         }
         // Held until the message is queued or refused.
         let _memory = reader.take_reservation();
+        let room = reader.take_room();
         let end_of_data = std::time::Instant::now();
         self.conn.shrink();
         let sender = transaction.sender_text();
@@ -90,7 +114,11 @@ impl Session {
                         id: Some(&id),
                         sender: &sender,
                         recipients: &transaction.recipients,
-                        decision: Decision::refuse("framing", reply, format!("{violations:?}")),
+                        decision: Decision::refuse(
+                            violations.check(),
+                            reply,
+                            format!("{violations:?}"),
+                        ),
                         message: original,
                         received: read.get(..trace_len),
                         size,
@@ -115,6 +143,7 @@ impl Session {
             id,
             bytes,
             trace_len,
+            room,
         };
         let judged = pipeline
             .data(&self.peer, &self.rules, &mut transaction, &message)

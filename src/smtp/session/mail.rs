@@ -37,13 +37,7 @@ impl Session {
         }
         let judged = self
             .pipeline()
-            .mail(
-                &self.peer,
-                &self.rules,
-                sender.clone(),
-                params.eight_bit,
-                params.smtputf8,
-            )
+            .mail(&self.peer, &self.rules, sender.clone(), params)
             .await;
         match judged.result {
             Ok(transaction) => {
