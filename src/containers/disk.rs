@@ -80,8 +80,11 @@ impl<'a> Disk<'a> {
             let count = bytes.le32(512 + 80).unwrap_or(0).min(1024) as u64;
             let size = bytes.le32(512 + 84).unwrap_or(128) as u64;
             for i in 0..count {
-                let at = (table * SECTOR as u64 + i * size) as usize;
-                let Some(entry) = bytes.get(at..at + 128) else {
+                let at = table
+                    .saturating_mul(SECTOR as u64)
+                    .saturating_add(i.saturating_mul(size))
+                    .min(usize::MAX as u64) as usize;
+                let Some(entry) = bytes.get(at..at.saturating_add(128)) else {
                     break;
                 };
                 if entry[..16].iter().all(|&b| b == 0) {
@@ -109,8 +112,8 @@ impl<'a> Disk<'a> {
             if let Some(base) = extended {
                 let mut next = base;
                 for _ in 0..128 {
-                    let at = (next * SECTOR as u64) as usize;
-                    let Some(record) = bytes.get(at..at + SECTOR) else {
+                    let at = next.saturating_mul(SECTOR as u64).min(usize::MAX as u64) as usize;
+                    let Some(record) = bytes.get(at..at.saturating_add(SECTOR)) else {
                         break;
                     };
                     if record[510..512] != [0x55, 0xaa] {
@@ -172,7 +175,7 @@ impl<'a> Disk<'a> {
             3 => {
                 let header_at = footer.be64(16).unwrap_or(0) as usize;
                 let header = bytes
-                    .get(header_at..header_at + 1024)
+                    .get(header_at..header_at.saturating_add(1024))
                     .filter(|h| h.starts_with(b"cxsparse"))
                     .ok_or("damaged (no dynamic disk header)")?;
                 let table = header.be64(16).unwrap_or(0) as usize;
@@ -192,15 +195,17 @@ impl<'a> Disk<'a> {
                 let mut disk = vec![0u8; size];
                 let bitmap = (block / SECTOR).div_ceil(8).div_ceil(SECTOR) * SECTOR;
                 for i in 0..entries.min(size.div_ceil(block)) {
-                    let sector = bytes.be32(table + i * 4).unwrap_or(u32::MAX);
+                    let sector = bytes.be32(table.saturating_add(i * 4)).unwrap_or(u32::MAX);
                     if sector == u32::MAX {
                         continue;
                     }
-                    let from = sector as usize * SECTOR + bitmap;
+                    let from = (sector as usize)
+                        .saturating_mul(SECTOR)
+                        .saturating_add(bitmap);
                     let to = (i * block + block).min(size);
                     let want = to - i * block;
                     let data = bytes
-                        .get(from..from + want)
+                        .get(from..from.saturating_add(want))
                         .ok_or("damaged (a block past the end)")?;
                     disk[i * block..to].copy_from_slice(data);
                 }
