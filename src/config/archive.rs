@@ -20,6 +20,7 @@ pub struct ArchiveConfig {
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     /// Beyond this many bytes of archived messages, the oldest are removed.
+    #[serde(with = "super::types::bytes")]
     pub max_size: u64,
     /// Reports of archived mail go to this address, through the backend.
     pub backup_address: Option<String>,

@@ -422,6 +422,91 @@ mod tests {
         assert!(config.to_toml().contains("release_key = \"(hidden)\""));
     }
 
+    /// Every size key of the default configuration read back written either way
+    /// (`"10MB"` or a number of bytes), and every duration written as humantime.
+    #[test]
+    fn sizes_are_written_either_way_and_durations_as_humantime() {
+        fn leaves(
+            value: &toml::Value,
+            path: &mut Vec<String>,
+            out: &mut Vec<(Vec<String>, toml::Value)>,
+        ) {
+            match value {
+                toml::Value::Table(table) => {
+                    for (key, value) in table {
+                        path.push(key.clone());
+                        leaves(value, path, out);
+                        path.pop();
+                    }
+                }
+                leaf => out.push((path.clone(), leaf.clone())),
+            }
+        }
+        fn with(path: &[String], value: toml::Value) -> String {
+            let (key, tables) = path.split_last().unwrap();
+            let mut text = String::new();
+            if !tables.is_empty() {
+                text.push_str(&format!("[{}]\n", tables.join(".")));
+            }
+            text.push_str(&format!("{key} = {value}\n"));
+            text
+        }
+        let defaults: toml::Value = toml::from_str(&Config::default().to_toml()).unwrap();
+        let mut all = Vec::new();
+        leaves(&defaults, &mut Vec::new(), &mut all);
+        let (mut sizes, mut durations) = (0, 0);
+        for (path, value) in &all {
+            let toml::Value::String(text) = value else {
+                continue;
+            };
+            let name = path.join(".");
+            if let Some(size) = ByteSize::parse(text).filter(|_| text.ends_with('B')) {
+                let number = toml::Value::Integer(size.bytes() as i64);
+                for written in [number, value.clone()] {
+                    let config = parse(&with(path, written.clone()))
+                        .unwrap_or_else(|e| panic!("{name} = {written}: {e}"));
+                    let back: toml::Value = toml::from_str(&config.to_toml()).unwrap();
+                    let mut read = &back;
+                    for part in path {
+                        read = &read[part.as_str()];
+                    }
+                    assert_eq!(read, value, "{name} = {written}");
+                }
+                sizes += 1;
+            } else if let Ok(duration) = humantime::parse_duration(text) {
+                // The same wait in other units: humantime reads any.
+                let other = format!("{}ms", duration.as_millis());
+                parse(&with(path, toml::Value::String(other.clone())))
+                    .unwrap_or_else(|e| panic!("{name} = \"{other}\": {e}"));
+                durations += 1;
+            }
+        }
+        assert!(sizes >= 4, "{sizes} size keys found");
+        assert!(durations >= 30, "{durations} duration keys found");
+        // Sizes whose defaults are no whole number of kilobytes print as numbers;
+        // they take units all the same.
+        for (key, text) in [
+            (
+                "limits.message_size_limit",
+                "[limits]\nmessage_size_limit = \"10MB\"\n",
+            ),
+            (
+                "limits.line_length_limit",
+                "[limits]\nline_length_limit = \"1KB\"\n",
+            ),
+            ("archive.max_size", "[archive]\nmax_size = \"2GB\"\n"),
+        ] {
+            parse(text).unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
+        assert_eq!(
+            parse("[limits]\nmessage_size_limit = \"10MB\"\n")
+                .unwrap()
+                .limits
+                .message_size_limit,
+            10 << 20
+        );
+    }
+
     #[test]
     fn a_changed_redis_password_is_a_changed_setting() {
         let old = parse("[shared]\nredis = \"redis://:one@10.0.0.5\"\n").unwrap();

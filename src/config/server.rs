@@ -78,8 +78,10 @@ pub enum BareLineEndings {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest message accepted, in octets (announced with SIZE, RFC 1870).
+    #[serde(with = "super::types::bytes")]
     pub message_size_limit: usize,
     /// Longest line, CRLF included, in commands and in message text (RFC 5321 4.5.3.1.6).
+    #[serde(with = "super::types::bytes")]
     pub line_length_limit: usize,
     /// Recipients per message; more get `452 4.5.3`.
     pub recipient_limit: usize,

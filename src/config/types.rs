@@ -107,6 +107,26 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A size key kept as a plain number of bytes in the program, written either way
+/// in the file (`10485760` or `"10MB"`): `#[serde(with = "super::types::bytes")]`.
+pub mod bytes {
+    use super::ByteSize;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        let size = ByteSize::deserialize(d)?;
+        T::try_from(size.bytes())
+            .map_err(|_| serde::de::Error::custom(format!("{} bytes is too large", size.bytes())))
+    }
+
+    pub fn serialize<S: Serializer, T: Copy>(n: &T, s: S) -> Result<S::Ok, S::Error>
+    where
+        u64: TryFrom<T>,
+    {
+        ByteSize(u64::try_from(*n).unwrap_or(u64::MAX)).serialize(s)
+    }
+}
+
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let n = self.0;
