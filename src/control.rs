@@ -71,17 +71,29 @@ impl Context {
                     },
                 }
             }
-            Request::Queue(AdminCommand::Wait(seconds)) => {
+            Request::Queue(AdminCommand::Wait { seconds, deferred }) => {
                 let timeout = std::time::Duration::from_secs(seconds);
-                if self.queue.wait_idle(timeout).await {
+                let (settled, what) = if deferred {
+                    (
+                        self.queue.wait_empty(timeout).await,
+                        "the queue is empty: nothing waits (held mail aside)",
+                    )
+                } else {
+                    (
+                        self.queue.wait_idle(timeout).await,
+                        "the queue is idle: nothing is being delivered or due now",
+                    )
+                };
+                if settled {
                     AdminReply {
                         ok: true,
-                        text: "the queue is idle: nothing is being delivered or due now".into(),
+                        text: what.into(),
                     }
                 } else {
+                    let census = census_line(&self.queue.census());
                     AdminReply {
                         ok: false,
-                        text: format!("the queue is still busy after {seconds}s"),
+                        text: format!("the queue is still busy after {seconds}s: {census}"),
                     }
                 }
             }

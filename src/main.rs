@@ -210,6 +210,10 @@ enum QueueAction {
     Wait {
         #[arg(long, default_value = "60s")]
         timeout: String,
+        /// Wait until nothing waits in the queue at all: deferred mail too
+        /// (delivered at a later retry, or by a probe of a next hop that failed).
+        #[arg(long)]
+        deferred: bool,
     },
 }
 
@@ -371,13 +375,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .display()
                         .to_string(),
                 ),
-                QueueAction::Wait { timeout } => AdminCommand::Wait(
-                    humantime::parse_duration(&timeout)
+                QueueAction::Wait { timeout, deferred } => AdminCommand::Wait {
+                    seconds: humantime::parse_duration(&timeout)
                         .map_err(|e| {
                             anyhow::anyhow!("--timeout {timeout}: {e} (write \"30s\", \"5m\")")
                         })?
                         .as_secs(),
-                ),
+                    deferred,
+                },
             };
             answer(&config, Request::Queue(command))
         }

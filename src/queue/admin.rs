@@ -24,8 +24,13 @@ pub enum AdminCommand {
     Hold(String),
     Release(String),
     Flush,
-    /// Wait (at most this many seconds) until nothing is being delivered or due.
-    Wait(u64),
+    /// Wait (at most `seconds`) until nothing is being delivered or due; with
+    /// `deferred`, until nothing waits in the queue at all (every message
+    /// delivered or bounced; held ones aside).
+    Wait {
+        seconds: u64,
+        deferred: bool,
+    },
     /// The age distribution of waiting mail by recipient domain (Postfix's
     /// qshape).
     Shape,
@@ -62,7 +67,7 @@ pub fn execute(spool: &Spool, scheduler: Option<&Scheduler>, command: &AdminComm
         AdminCommand::Shape => shape(spool, super::scheduler::now_millis() / 1000),
         // A running server waits in the control socket's handler; offline nothing
         // is ever being delivered.
-        AdminCommand::Wait(_) => Ok(done("no server is running: nothing is being delivered")),
+        AdminCommand::Wait { .. } => Ok(done("no server is running: nothing is being delivered")),
         AdminCommand::Show(id) => with_message(spool, id, |state| show(spool, state, id)),
         AdminCommand::Delete(id) => with_message(spool, id, |state| {
             if let Some(s) = scheduler

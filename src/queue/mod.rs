@@ -276,6 +276,30 @@ impl Queue {
         }
     }
 
+    /// Waits until nothing waits in the queue (active or deferred; held mail
+    /// aside) and nothing is being delivered, at most `timeout`.
+    pub async fn wait_empty(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let spool = self.spool.clone();
+            let waiting = tokio::task::spawn_blocking(move || {
+                [QueueState::Active, QueueState::Deferred]
+                    .into_iter()
+                    .map(|state| spool.ids(state).map_or(0, |ids| ids.len()))
+                    .sum::<usize>()
+            })
+            .await
+            .unwrap_or(usize::MAX);
+            if waiting == 0 && self.wait_idle(std::time::Duration::ZERO).await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A message is delivered: recorded durably (with the next group commit), so
     /// a crash from now on does not deliver it again, then removed in the
     /// background.

@@ -636,3 +636,48 @@ fn generated_man_pages_render_without_warnings_and_completions_are_written() {
         );
     }
 }
+
+/// `queue wait` answers when nothing is due now; `--deferred` waits for what a
+/// later retry or a probe of a failed next hop will deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_wait_deferred_waits_until_deferred_mail_is_delivered() {
+    let addr = unused_addr().await;
+    let text = base_config(addr, "trusted_networks = [\"127.0.0.9/32\"]", "")
+        .replace("[backend]\n", "[backend]\nprobe_interval = \"300ms\"\n")
+        .replace("min_backoff = \"1s\"", "min_backoff = \"1h\"")
+        .replace("max_backoff = \"2s\"", "max_backoff = \"2h\"");
+    let proxy = Proxy::start_with_text(&text).await;
+    let config = proxy.config_path();
+    let mut client = proxy.client().await;
+    let reply = client
+        .send_mail(
+            "s@remote.test",
+            &["alice@example.test"],
+            b"Subject: later\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0");
+    eventually("deferred", || proxy.queue_files("deferred").len() == 2).await;
+    let idle = mailmoat(&config, &["queue", "wait", "--timeout", "5s"]);
+    assert!(idle.status.success(), "{}", stderr(&idle));
+    assert!(stdout(&idle).contains("idle"), "{}", stdout(&idle));
+    let busy = mailmoat(&config, &["queue", "wait", "--deferred", "--timeout", "1s"]);
+    assert!(!busy.status.success());
+    assert!(
+        stderr(&busy).contains("still busy after 1s: active 0, deferred 1"),
+        "{}",
+        stderr(&busy)
+    );
+    let backend = Backend::start_on(addr, DataEnd::Strict).await;
+    let empty = mailmoat(
+        &config,
+        &["queue", "wait", "--deferred", "--timeout", "20s"],
+    );
+    assert!(empty.status.success(), "{}", stderr(&empty));
+    assert!(
+        stdout(&empty).contains("the queue is empty"),
+        "{}",
+        stdout(&empty)
+    );
+    assert_eq!(backend.messages().len(), 1);
+}
