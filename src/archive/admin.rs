@@ -70,42 +70,61 @@ fn matches(record: &Record, command: &QuarantineCommand) -> bool {
 pub fn execute(archive: &Archive, command: &QuarantineCommand) -> AdminReply {
     match command {
         QuarantineCommand::List { .. } => {
-            let mut out = String::new();
-            let _ = writeln!(
-                out,
-                "{:<17} {:<26} {:<11} {:<28} Sender -> Recipients",
-                "Archive ID", "Time", "Outcome", "Rule/check"
-            );
-            let mut count = 0;
-            for record in archive.records().filter(|r| matches(r, command)) {
-                count += 1;
-                let time = crate::local_time::local(record.time);
-                let sender = if record.sender.is_empty() {
-                    "<>"
-                } else {
-                    &record.sender
-                };
-                let note = match (&record.released, record.has_message) {
-                    (Some(r), _) => format!("  [released to {}]", r.recipients.join(", ")),
-                    (None, true) => "  [message kept]".into(),
-                    (None, false) => String::new(),
-                };
-                let _ = writeln!(
-                    out,
-                    "{:<17} {:<26} {:<11} {:<28} {} -> {}{}",
-                    record.id,
-                    time,
-                    record.outcome,
-                    record.decided_by,
-                    sender,
-                    record.recipients.join(", "),
-                    note
-                );
-            }
-            if count == 0 {
+            let header = ["Archive ID", "Time", "Outcome", "Rule/check"];
+            let rows: Vec<([String; 4], String)> = archive
+                .records()
+                .filter(|r| matches(r, command))
+                .map(|record| {
+                    let sender = if record.sender.is_empty() {
+                        "<>"
+                    } else {
+                        &record.sender
+                    };
+                    let note = match (&record.released, record.has_message) {
+                        (Some(r), _) => format!("  [released to {}]", r.recipients.join(", ")),
+                        (None, true) => "  [message kept]".into(),
+                        (None, false) => String::new(),
+                    };
+                    (
+                        [
+                            record.id.clone(),
+                            crate::local_time::local(record.time),
+                            record.outcome.to_string(),
+                            record.decided_by.to_string(),
+                        ],
+                        format!("{sender} -> {}{note}", record.recipients.join(", ")),
+                    )
+                })
+                .collect();
+            if rows.is_empty() {
                 return reply(true, "The archive holds nothing that matches");
             }
-            let _ = writeln!(out, "-- {count} item(s)");
+            // Each column as wide as its widest cell: outcomes and rule names
+            // vary in length, and the columns stay lined up whatever they are.
+            let widths: Vec<usize> = (0..header.len())
+                .map(|i| {
+                    rows.iter()
+                        .map(|(cells, _)| cells[i].chars().count())
+                        .chain([header[i].len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |cells: &[&str], rest: &str| -> String {
+                let mut line = String::new();
+                for (cell, width) in cells.iter().zip(&widths) {
+                    let _ = write!(line, "{cell:<width$}  ");
+                }
+                line.push_str(rest);
+                line
+            };
+            let mut out = String::new();
+            let _ = writeln!(out, "{}", line(&header, "Sender -> Recipients"));
+            for (cells, rest) in &rows {
+                let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
+                let _ = writeln!(out, "{}", line(&cells, rest));
+            }
+            let _ = writeln!(out, "-- {} item(s)", rows.len());
             reply(true, out)
         }
         QuarantineCommand::Show { id } => {

@@ -362,6 +362,13 @@ async fn dialogue_refusals_are_listed_as_records() {
         "{list}"
     );
     assert!(!list.contains("[message kept]"), "{list}");
+    // The columns line up whatever the outcome and check names: every row's
+    // sender starts where the header's "Sender" does.
+    let rows: Vec<&str> = list.lines().filter(|l| !l.starts_with("--")).collect();
+    let column = rows[0].find("Sender").unwrap();
+    for row in &rows[1..] {
+        assert_eq!(row.find("s@remote.test"), Some(column), "{list}");
+    }
     let (ok, none) = cli(&proxy, &["quarantine", "list", "--rule", "no-such-rule"]);
     assert!(ok && none.contains("holds nothing"), "{none}");
 }
