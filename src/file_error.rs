@@ -97,7 +97,7 @@ fn hint(message: &str) -> Option<&'static str> {
     } else if message.starts_with("unknown variant") {
         Some("write one of those, in quotes")
     } else if message.starts_with("unknown field") {
-        Some("check the spelling; every key is listed in packaging/mailmoat.toml")
+        Some("check the spelling; mailmoat.toml(5) lists every key")
     } else {
         None
     }

@@ -398,11 +398,7 @@ fn generate_docs(out: &std::path::Path) -> anyhow::Result<ExitCode> {
         std::fs::write(&path, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     };
     let command = Cli::command();
-    let mut page = Vec::new();
-    clap_mangen::Man::new(command.clone())
-        .section("8")
-        .render(&mut page)?;
-    write("mailmoat.8", &page)?;
+    write("mailmoat.8", &mailmoat::manual::program_page(&command)?)?;
     write(
         "mailmoat.toml.5",
         mailmoat::manual::config_page().as_bytes(),

@@ -600,43 +600,6 @@ fn check_names_the_line_of_an_empty_backend_address_in_the_shipped_configuration
     );
 }
 
-#[test]
-fn generated_man_pages_render_without_warnings_and_completions_are_written() {
-    crate::support::ensure_package("command -v man", "man-db");
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["generate", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    for page in ["mailmoat.8", "mailmoat.toml.5", "mailmoat-rules.5"] {
-        let rendered = Command::new("man")
-            .args(["--warnings", "-l"])
-            .arg(dir.path().join(page))
-            .env("MANWIDTH", "80")
-            .output()
-            .unwrap();
-        assert!(rendered.status.success(), "{page}: {rendered:?}");
-        let warnings = String::from_utf8_lossy(&rendered.stderr);
-        assert!(warnings.trim().is_empty(), "{page}: {warnings}");
-        let text = String::from_utf8_lossy(&rendered.stdout);
-        assert!(text.contains("mailmoat"), "{page}: {text}");
-    }
-    let toml_page = std::fs::read_to_string(dir.path().join("mailmoat.toml.5")).unwrap();
-    assert!(
-        toml_page.contains(".SH [greylist]"),
-        "every section of the configuration"
-    );
-    for script in ["mailmoat.bash", "_mailmoat", "mailmoat.fish"] {
-        let text = std::fs::read_to_string(dir.path().join(script)).unwrap();
-        assert!(
-            text.contains("queue") && text.contains("greylist"),
-            "{script}"
-        );
-    }
-}
-
 /// `queue wait` answers when nothing is due now; `--deferred` waits for what a
 /// later retry or a probe of a failed next hop will deliver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -680,4 +643,91 @@ async fn queue_wait_deferred_waits_until_deferred_mail_is_delivered() {
         stdout(&empty)
     );
     assert_eq!(backend.messages().len(), 1);
+}
+
+/// The man pages as `man` renders them: no warnings; mailmoat(8) names only
+/// pages that exist; in mailmoat.toml(5) each key has its own description
+/// directly under it, and list items keep their lines.
+#[test]
+fn man_pages_render_without_warnings_each_key_with_its_description_and_completions() {
+    ensure_package("command -v man", "man-db");
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(BIN)
+        .args(["generate", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let render = |page: &str| -> String {
+        let out = Command::new("man")
+            .env("LC_ALL", "C.UTF-8")
+            .env("MANWIDTH", "100")
+            .args(["--warnings", "-l"])
+            .arg(dir.path().join(page))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{page}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{page}: warnings");
+        stdout(&out)
+    };
+    let program = render("mailmoat.8");
+    for section in ["COMMANDS", "EXIT STATUS", "SIGNALS", "FILES", "SEE ALSO"] {
+        assert!(
+            program.contains(&format!("\n{section}\n")),
+            "{section}:\n{program}"
+        );
+    }
+    assert!(program.contains("mailmoat queue wait"), "{program}");
+    let pages = ["mailmoat(8)", "mailmoat.toml(5)", "mailmoat-rules(5)"];
+    for word in program.split(|c: char| c.is_whitespace() || c == ',') {
+        if word.starts_with("mailmoat") && word.contains('(') {
+            let name = word.trim_end_matches(['.', ';']);
+            assert!(
+                pages.contains(&name),
+                "names a page that does not exist: {name}"
+            );
+        }
+    }
+    let config = render("mailmoat.toml.5");
+    // Words as man sets them, without the spaces justification adds.
+    let lines: Vec<String> = config
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for (key, description) in [
+        ("message_size_limit = 10485760", "Largest message in octets"),
+        ("min_data_rate = 500", "After the first data_timeout"),
+        (
+            "probe_interval = \"5s\"",
+            "A next hop (backend, relay host, MX) that fails",
+        ),
+    ] {
+        let at = lines
+            .iter()
+            .position(|l| l == key)
+            .unwrap_or_else(|| panic!("{key} not on a line of its own:\n{config}"));
+        assert!(
+            lines[at + 1].starts_with(description),
+            "{key} is followed by {:?}, not its description",
+            lines[at + 1]
+        );
+    }
+    // A list keeps its items, one per line.
+    let reject = lines
+        .iter()
+        .position(|l| l.starts_with("\"reject\""))
+        .unwrap();
+    assert!(lines[reject + 1].starts_with("\"normalize\""), "{config}");
+    assert!(
+        !config.contains("127.0.0.1:2525 only"),
+        "the page opens with its description, not the file's"
+    );
+    assert!(render("mailmoat-rules.5").contains("ACTIONS"));
+    for script in ["mailmoat.bash", "_mailmoat", "mailmoat.fish"] {
+        let text = std::fs::read_to_string(dir.path().join(script)).unwrap();
+        assert!(
+            text.contains("queue") && text.contains("greylist"),
+            "{script}"
+        );
+    }
 }
