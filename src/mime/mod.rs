@@ -264,7 +264,7 @@ impl Walk<'_, '_> {
                         self.leaf(&decoded, names, declared, &cut, depth);
                     } else {
                         let charset = e.media.param("charset").unwrap_or("us-ascii");
-                        self.body_text(&text_of(charset, &decoded));
+                        self.body_text(&rfc2047::decode_charset(charset, &decoded));
                     }
                     self.embedded(&decoded, e, bytes, &cut, depth);
                 } else {
@@ -505,13 +505,6 @@ impl Walk<'_, '_> {
 }
 
 /// Text in a charset, decoded as mail programs decode it.
-fn text_of(charset: &str, bytes: &[u8]) -> String {
-    match mail_parser::decoders::charsets::map::charset_decoder(charset.as_bytes()) {
-        Some(decode) => decode(bytes),
-        None => String::from_utf8_lossy(bytes).into_owned(),
-    }
-}
-
 fn part_type(e: &Entity<'_>) -> String {
     format!("{}/{}", e.media.kind, e.media.subtype)
 }

@@ -60,14 +60,21 @@ fn word(text: &str) -> Option<(String, usize)> {
     Some((decode_charset(&charset, &bytes), used))
 }
 
-/// Bytes in a charset to text: UTF-8 and ASCII as they are, Latin-1 byte for byte,
-/// anything else as UTF-8 where it is.
+/// Bytes in a charset to text, as mail readers decode them (mail-parser's
+/// tables); bytes that are all ASCII in a charset that keeps ASCII as it is —
+/// nearly all mail — and UTF-8 are taken as they are, without a table lookup
+/// per byte; an unknown charset as UTF-8 where it is.
 pub fn decode_charset(charset: &str, bytes: &[u8]) -> String {
-    match charset {
-        "iso-8859-1" | "latin1" | "iso8859-1" | "windows-1252" | "cp1252" => {
-            bytes.iter().map(|&b| b as char).collect()
-        }
-        _ => String::from_utf8_lossy(bytes).into_owned(),
+    let charset = charset.trim().to_ascii_lowercase();
+    let wide = ["utf-16", "utf-32", "utf-7", "ucs", "unicode"]
+        .iter()
+        .any(|w| charset.starts_with(w));
+    if charset == "utf-8" || charset == "utf8" || (!wide && bytes.is_ascii()) {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    match mail_parser::decoders::charsets::map::charset_decoder(charset.as_bytes()) {
+        Some(decode) => decode(bytes),
+        None => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
