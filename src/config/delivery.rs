@@ -160,7 +160,7 @@ impl Default for QueueConfig {
         QueueConfig {
             path: "var/queue".into(),
             flush: FlushMode::Syncfs,
-            delivery_workers: 16,
+            delivery_workers: 32,
             destination_concurrency: None,
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(3600),
