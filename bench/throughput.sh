@@ -4,7 +4,7 @@
 #
 #   bench/throughput.sh [--msgs N] [--reps N] [--no-postfix] [--csv FILE]
 #                       [--baseline BIN] [--settings "S BYTES,..."] [--throughput-only]
-#                       [--sender-auth] [--lossy-dns SHARE] [--scanners] [--metrics] [--instances]
+#                       [--sender-auth] [--lossy-dns SHARE] [--dns-ttl SECONDS] [--scanners] [--metrics] [--instances]
 #
 # --baseline BIN runs a second mailmoat binary (an older build) beside this one,
 # alternating with it at every setting, so a change is measured against what was
@@ -20,7 +20,9 @@
 # drops SHARE of the queries (0.5: half) in front of the dnsmasq. Both auth
 # instances serve metrics (127.0.0.1:9195, :9196); the DNS queries each sent per
 # message are printed, and bench/mail_from_latency.py times 200 MAIL FROMs from
-# outside during each lossy run.
+# outside during each lossy run. --dns-ttl SECONDS sets the TTL of those records
+# (default 300, as zones publish them; 1 makes them expire twice a run, so the
+# figure is of refreshing through the lossy resolver, not of a warm cache).
 # --scanners adds an instance ("scanners", 2575 -> 2576) that asks a clamd
 # (a one-line signature database: nothing to download) and an rspamd, both
 # started here on loopback ports, about every message. --metrics adds an
@@ -48,7 +50,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 HARNESS="$REPO/bench/harness"
-MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0; METRICS=0; INSTANCES=0; LOSSY=""
+MSGS=5000; REPS=3; POSTFIX=1; CSV=""; BASELINE=""; ONLY_THROUGHPUT=0; SENDER_AUTH=0; SCANNERS=0; METRICS=0; INSTANCES=0; LOSSY=""; DNS_TTL=300
 SETTINGS_ARG="1 5120,10 5120,50 5120,50 102400"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -61,6 +63,7 @@ while [ $# -gt 0 ]; do
     --throughput-only) ONLY_THROUGHPUT=1; shift;;
     --sender-auth) SENDER_AUTH=1; shift;;
     --lossy-dns) LOSSY="$2"; shift 2;;
+    --dns-ttl) DNS_TTL="$2"; shift 2;;
     --scanners) SCANNERS=1; shift;;
     --metrics) METRICS=1; shift;;
     --instances) INSTANCES=1; shift;;
@@ -272,9 +275,11 @@ run_one() { # system target sink-port pid-args... sessions size
 start_mailmoat
 [ -n "$BASELINE" ] && start_baseline
 if [ "$SENDER_AUTH" = 1 ]; then
-  # The sender's domain authorises loopback and publishes p=reject.
+  # The sender's domain authorises loopback and publishes p=reject, with the TTL
+  # of --dns-ttl (dnsmasq's own default for local records is 0: "use once, keep
+  # nowhere", which no published zone has and no resolver may cache).
   dnsmasq --no-daemon --no-resolv --no-hosts --port=5353 --listen-address=127.0.0.1 \
-    --bind-interfaces --local=/org/ --local=/com/ \
+    --bind-interfaces --local=/org/ --local=/com/ --local-ttl="$DNS_TTL" \
     --txt-record=example.org,"v=spf1 ip4:127.0.0.0/8 -all" \
     --txt-record=_dmarc.example.org,"v=DMARC1; p=reject" \
     --host-record=example.org,127.0.0.1 --host-record=client.example.org,127.0.0.1 \

@@ -7,10 +7,21 @@
 //!   such record) by their SOA's minimum as RFC 2308 says, clamped to
 //!   `[dns] negative_ttl_min`..`negative_ttl_max` (the floor when the answer
 //!   carries no SOA), at most `cache_entries` of them;
-//! - **short attempts inside a budget**: an attempt waits `attempt_timeout`, then
-//!   the next goes to the next server while the earlier ones may still answer;
-//!   a truncated answer is asked again over TCP; a lookup that spends the
-//!   `[dns] timeout` budget is a temporary failure, never longer.
+//! - **short attempts inside a budget**: an attempt waits as long as its server
+//!   usually takes to answer (RFC 6298's estimate from its answers so far, at
+//!   least `MIN_ATTEMPT`, at most `attempt_timeout`, doubled for each attempt
+//!   of the lookup gone unanswered), then the next goes to the next server while
+//!   the earlier ones may still answer: a lost query costs a fast resolver
+//!   milliseconds, not the whole `attempt_timeout`. A truncated answer is asked
+//!   again over TCP; a lookup that spends the `[dns] timeout` budget is a
+//!   temporary failure, never longer;
+//! - **prefetch**: a cached answer used in the last tenth of its time is asked
+//!   again at once in the background (as unbound's `prefetch`), so a name in
+//!   steady use never expires under the lookups that need it;
+//! - **stale answers** (RFC 8767): an answer past its time, by at most
+//!   `STALE_LIMIT`, is used while it is asked again in the background, and
+//!   whenever the servers do not answer: a lost refresh delays no check, and a
+//!   dead resolver refuses no mail whose names were known an hour ago.
 //!
 //! Counted for `mailmoat status` and the metrics: lookups, cache hits, queries
 //! sent, answers, timeouts.
@@ -26,6 +37,13 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{DNSClass, Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long past its TTL an answer may still serve while it is asked again.
+const STALE_LIMIT: Duration = Duration::from_secs(3600);
+
+/// The shortest wait for one attempt, however fast the server answered before:
+/// unbound's floor for its retransmission timer.
+const MIN_ATTEMPT: Duration = Duration::from_millis(50);
 
 /// What a lookup gives: the server's answer (NOERROR, with or without records,
 /// or NXDOMAIN), or why there is none.
@@ -119,6 +137,35 @@ struct Key {
     kind: RecordType,
 }
 
+/// How fast one server answers: RFC 6298's smoothed round trip and its
+/// variation.
+#[derive(Debug, Clone, Copy)]
+struct RoundTrip {
+    smoothed: Duration,
+    variation: Duration,
+}
+
+impl RoundTrip {
+    fn first(sample: Duration) -> RoundTrip {
+        RoundTrip {
+            smoothed: sample,
+            variation: sample / 2,
+        }
+    }
+
+    fn with(self, sample: Duration) -> RoundTrip {
+        let difference = self.smoothed.abs_diff(sample);
+        RoundTrip {
+            smoothed: self.smoothed * 7 / 8 + sample / 8,
+            variation: self.variation * 3 / 4 + difference / 4,
+        }
+    }
+
+    fn timeout(self) -> Duration {
+        self.smoothed + 4 * self.variation
+    }
+}
+
 struct Cached {
     answer: Arc<Message>,
     stored: Instant,
@@ -131,6 +178,7 @@ pub struct Engine {
     in_flight: Mutex<HashMap<Key, Shared<BoxFuture<'static, Answer>>>>,
     /// Where the next lookup's first attempt goes: the servers take turns.
     next_server: AtomicUsize,
+    round_trips: Mutex<HashMap<SocketAddr, RoundTrip>>,
     pub counts: Counts,
 }
 
@@ -141,6 +189,7 @@ impl Engine {
             cache: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             next_server: AtomicUsize::new(0),
+            round_trips: Mutex::new(HashMap::new()),
             counts: Counts::default(),
         }
     }
@@ -171,17 +220,30 @@ impl Engine {
             name: name.to_lowercase().to_ascii(),
             kind,
         };
-        if let Some(answer) = self.cached(&key) {
+        if let Some((answer, refresh)) = self.cached(&key) {
             self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
+            if refresh && let (asking, true) = self.ask(key) {
+                // Prefetch, as unbound does: a name still in use is asked
+                // again before it expires (or once it has, while the stale
+                // answer serves), so no lookup waits on its refresh.
+                tokio::spawn(asking);
+            }
             return Ok(answer);
         }
-        let shared = {
+        let (asking, started) = self.ask(key);
+        if !started {
+            self.counts.joined.fetch_add(1, Ordering::Relaxed);
+        }
+        asking.await
+    }
+
+    /// The servers' answer for `key`: the lookup in flight, or a new one (then
+    /// true: the caller started it).
+    fn ask(self: &Arc<Self>, key: Key) -> (Shared<BoxFuture<'static, Answer>>, bool) {
+        {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             match in_flight.get(&key) {
-                Some(shared) => {
-                    self.counts.joined.fetch_add(1, Ordering::Relaxed);
-                    shared.clone()
-                }
+                Some(shared) => (shared.clone(), false),
                 None => {
                     let engine = self.clone();
                     let asked = key.clone();
@@ -197,25 +259,28 @@ impl Engine {
                     .boxed()
                     .shared();
                     in_flight.insert(key, shared.clone());
-                    shared
+                    (shared, true)
                 }
             }
-        };
-        shared.await
+        }
     }
 
-    /// A cached answer, its TTLs lowered by the time it has been kept.
-    fn cached(&self, key: &Key) -> Option<Arc<Message>> {
+    /// A cached answer, its TTLs lowered by the time it has been kept, and
+    /// whether it is to be asked again now: in the last tenth of its time, or
+    /// past it (stale, then with TTLs of one second).
+    fn cached(&self, key: &Key) -> Option<(Arc<Message>, bool)> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let entry = cache.get(key)?;
         let now = Instant::now();
-        if entry.expires <= now {
+        if entry.expires + STALE_LIMIT <= now {
             cache.remove(key);
             return None;
         }
+        let kept = entry.expires.duration_since(entry.stored);
+        let refresh = now.duration_since(entry.stored) >= kept * 9 / 10;
         let aged = now.duration_since(entry.stored).as_secs() as u32;
         if aged == 0 {
-            return Some(entry.answer.clone());
+            return Some((entry.answer.clone(), refresh));
         }
         let mut answer = (*entry.answer).clone();
         for record in answer
@@ -226,7 +291,7 @@ impl Engine {
         {
             record.ttl = record.ttl.saturating_sub(aged).max(1);
         }
-        Some(Arc::new(answer))
+        Some((Arc::new(answer), refresh))
     }
 
     /// How long an answer may be kept: by its records' TTL, or for a negative
@@ -257,7 +322,7 @@ impl Engine {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= self.settings.cache_entries {
-            cache.retain(|_, entry| entry.expires > now);
+            cache.retain(|_, entry| entry.expires + STALE_LIMIT > now);
             if cache.len() >= self.settings.cache_entries {
                 // Still full: the half that expires soonest goes.
                 let mut expiries: Vec<Instant> = cache.values().map(|e| e.expires).collect();
@@ -276,8 +341,32 @@ impl Engine {
         );
     }
 
-    /// Asks the servers: an attempt every `attempt_timeout`, each to the next
-    /// server, earlier ones still listening, until an answer or the budget's end.
+    /// How long an attempt to `server` waits when `unanswered` attempts of the
+    /// same lookup went unanswered before it.
+    fn attempt_wait(&self, server: SocketAddr, unanswered: usize) -> Duration {
+        let most = self.settings.attempt_timeout;
+        let usual = self
+            .round_trips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&server)
+            .map_or(most, |rtt| rtt.timeout());
+        let wait = usual.max(MIN_ATTEMPT) * 2u32.saturating_pow(unanswered.min(16) as u32);
+        wait.min(most)
+    }
+
+    fn answered_in(&self, server: SocketAddr, took: Duration) {
+        let mut round_trips = self.round_trips.lock().unwrap_or_else(|p| p.into_inner());
+        let next = match round_trips.get(&server) {
+            Some(rtt) => rtt.with(took),
+            None => RoundTrip::first(took),
+        };
+        round_trips.insert(server, next);
+    }
+
+    /// Asks the servers: an attempt, each to the next server, whenever the one
+    /// before has waited its time (`attempt_wait`), earlier ones still
+    /// listening, until an answer or the budget's end.
     async fn resolve(&self, key: &Key) -> Answer {
         let servers = &self.settings.servers;
         if servers.is_empty() {
@@ -295,9 +384,13 @@ impl Engine {
                 break;
             }
             let server = servers[(first + sent) % servers.len()];
-            attempts.push(self.attempt(server, key));
+            let wait = self.attempt_wait(server, sent);
+            attempts.push(async move {
+                let started = tokio::time::Instant::now();
+                (server, started, self.attempt(server, key).await)
+            });
             sent += 1;
-            let next = (now + self.settings.attempt_timeout).min(deadline);
+            let next = (now + wait).min(deadline);
             // Wait for an answer until the next attempt is due.
             loop {
                 let done = tokio::select! {
@@ -309,7 +402,14 @@ impl Engine {
                         break;
                     }
                 };
-                match done {
+                match done.map(|(server, started, result)| {
+                    if result.is_ok() {
+                        // Each attempt has its own socket and id: the answer is
+                        // to this attempt, so its time is a true sample (Karn).
+                        self.answered_in(server, started.elapsed());
+                    }
+                    result
+                }) {
                     Some(Ok(answer)) => {
                         let answer = Arc::new(answer);
                         self.store(key, &answer);

@@ -1,7 +1,9 @@
 //! DNS that a lossy resolver cannot stall: many sessions asking the same name
 //! make one query; a negative answer is kept for its SOA's minimum; a server
 //! that never answers costs an attempt, not the budget, while another server
-//! answers — and a lookup no server answers ends within the budget.
+//! answers — and a lookup no server answers ends within the budget; a lost
+//! query costs the server's usual answer time; a name in use is asked again
+//! before it expires.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -145,15 +147,16 @@ async fn a_negative_answer_is_kept_for_its_soa_minimum() {
     refused(client.command("MAIL FROM:<b@missing.test>").await);
     let asked = || dns.asked("missing.test", "MX");
     assert_eq!(asked(), 1, "the second lookup is answered from the cache");
-    // Asked again once the two seconds of the SOA minimum have passed.
+    // Asked again in the last tenth of the SOA minimum's two seconds (the
+    // refresh of a name in use), not after the one-second floor.
     while asked() == 1 {
         refused(client.command("MAIL FROM:<c@missing.test>").await);
         poll_pause().await;
     }
     let kept = first.elapsed();
     assert!(
-        kept >= Duration::from_secs(2),
-        "asked again after {kept:?}, before the SOA minimum"
+        kept >= Duration::from_millis(1800),
+        "asked again after {kept:?}, before the last tenth of the SOA minimum"
     );
     assert_eq!(asked(), 2);
 }
@@ -197,4 +200,106 @@ async fn a_server_that_never_answers_costs_an_attempt_and_the_next_is_asked() {
     let took = started.elapsed();
     assert_eq!(reply.code, 450, "{reply:?}");
     assert!(took < budget + Duration::from_secs(1), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_query_costs_the_servers_usual_answer_time_not_the_attempt_timeout() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    dns.lose_every_other_query();
+    let attempt_timeout = Duration::from_secs(3);
+    let proxy = proxy_with(
+        &backend,
+        &[dns.addr],
+        "timeout = \"10s\"\nattempt_timeout = \"3s\"",
+        &[SENDER_DOMAIN_ON],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    for n in 0..6 {
+        let domain = format!("lossy{n}.test");
+        dns.mx(&domain, 10, &format!("mx.{domain}"));
+        let started = Instant::now();
+        let reply = client.command(&format!("MAIL FROM:<a@{domain}>")).await;
+        let took = started.elapsed();
+        assert_eq!(reply.codes(), "250 2.1.0", "{domain}");
+        assert_eq!(
+            dns.asked(&domain, "MX"),
+            2,
+            "{domain}: lost once, asked again"
+        );
+        // The first lookup knows nothing of the server and waits the whole
+        // attempt; later ones wait what its answers took (at least 50 ms).
+        if n > 0 {
+            assert!(
+                took < attempt_timeout / 3,
+                "{domain}: {took:?}, the whole attempt_timeout"
+            );
+        }
+        client.command("RSET").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_in_use_is_asked_again_before_it_expires() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    let ttl = Duration::from_secs(5);
+    dns.ttl(ttl.as_secs() as u32);
+    dns.mx("steady.test", 10, "mx.steady.test");
+    let proxy = proxy_with(
+        &backend,
+        &[dns.addr],
+        "timeout = \"5s\"",
+        &[SENDER_DOMAIN_ON],
+    )
+    .await;
+    let first = Instant::now();
+    let asked = || dns.asked("steady.test", "MX");
+    // Mail from the domain keeps coming, a session at a time: the answer is
+    // refreshed in its last tenth, while the cached one still serves.
+    while asked() < 2 {
+        let mut client = proxy.client().await;
+        let reply = client.command("MAIL FROM:<a@steady.test>").await;
+        assert_eq!(reply.codes(), "250 2.1.0");
+        client.command("QUIT").await;
+        poll_pause().await;
+    }
+    let refreshed = first.elapsed();
+    assert!(
+        refreshed >= ttl * 9 / 10 - Duration::from_millis(100) && refreshed < ttl,
+        "asked again after {refreshed:?}, not in the last tenth of {ttl:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_name_is_answered_from_its_stale_record_while_the_servers_are_silent() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    dns.ttl(1);
+    dns.mx("stale.test", 10, "mx.stale.test");
+    let budget = Duration::from_secs(5);
+    let proxy = proxy_with(
+        &backend,
+        &[dns.addr],
+        "timeout = \"5s\"",
+        &[SENDER_DOMAIN_ON],
+    )
+    .await;
+    let mut client = proxy.client().await;
+    let reply = client.command("MAIL FROM:<a@stale.test>").await;
+    assert_eq!(reply.codes(), "250 2.1.0");
+    client.command("RSET").await;
+    dns.silent("stale.test");
+    // Past the TTL the refreshes go unanswered; the checks go on with the
+    // record known, without waiting for the budget.
+    while dns.asked("stale.test", "MX") < 3 {
+        let started = Instant::now();
+        let reply = client.command("MAIL FROM:<a@stale.test>").await;
+        let took = started.elapsed();
+        assert_eq!(reply.codes(), "250 2.1.0");
+        assert!(took < budget / 5, "waited {took:?} for a silent server");
+        client.command("RSET").await;
+        poll_pause().await;
+    }
 }

@@ -732,6 +732,11 @@ struct DnsZone {
     asked: Vec<(String, String)>,
     /// The SOA minimum that negative answers carry, if they carry an SOA.
     negative_minimum: Option<u32>,
+    /// The TTL of every record answered (60 unless set).
+    ttl: Option<u32>,
+    /// Every other query goes unanswered, as through a lossy resolver.
+    lossy: bool,
+    received: usize,
 }
 
 fn dns_name(name: &str) -> hickory_proto::rr::Name {
@@ -771,7 +776,8 @@ impl DnsServer {
                     let mut zone = table.lock().unwrap();
                     zone.asked
                         .push((name.clone(), question.query_type().to_string()));
-                    if zone.silent.contains(&name) {
+                    zone.received += 1;
+                    if zone.silent.contains(&name) || (zone.lossy && zone.received % 2 == 1) {
                         continue;
                     }
                     if zone.servfail.contains(&name) {
@@ -783,7 +789,7 @@ impl DnsServer {
                         {
                             response.add_answer(Record::from_rdata(
                                 question.name().clone(),
-                                60,
+                                zone.ttl.unwrap_or(60),
                                 rdata.clone(),
                             ));
                         }
@@ -879,6 +885,16 @@ impl DnsServer {
     }
 
     /// Negative answers carry an SOA with this minimum (RFC 2308's negative TTL).
+    /// Records are answered with this TTL.
+    pub fn ttl(&self, seconds: u32) {
+        self.zone.lock().unwrap().ttl = Some(seconds);
+    }
+
+    /// The first query and every other one after it go unanswered.
+    pub fn lose_every_other_query(&self) {
+        self.zone.lock().unwrap().lossy = true;
+    }
+
     pub fn negative_minimum(&self, seconds: u32) {
         self.zone.lock().unwrap().negative_minimum = Some(seconds);
     }
