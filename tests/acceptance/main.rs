@@ -19,6 +19,7 @@ mod next_hops;
 mod parts;
 mod pipeline;
 mod protocol;
+mod readme;
 mod recipients;
 mod relay;
 mod rules;
