@@ -25,6 +25,11 @@ pub struct DnsConfig {
     /// earlier may still answer).
     #[serde(with = "humantime_serde")]
     pub attempt_timeout: Duration,
+    /// How long an answer with records is kept at least, whatever its TTL says
+    /// (unbound's cache-min-ttl): a zone publishing TTL 0 would otherwise make
+    /// every message ask again. Zero follows the TTLs exactly.
+    #[serde(with = "humantime_serde")]
+    pub positive_ttl_min: Duration,
     /// How long a negative answer (no such name, no such record) is kept when
     /// its SOA says less or nothing; and at most.
     #[serde(with = "humantime_serde")]
@@ -41,6 +46,7 @@ impl Default for DnsConfig {
             servers: Vec::new(),
             timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_millis(400),
+            positive_ttl_min: Duration::from_secs(10),
             negative_ttl_min: Duration::from_secs(60),
             negative_ttl_max: Duration::from_secs(3600),
             cache_entries: 100_000,
@@ -303,6 +309,15 @@ impl DnsConfig {
                     "dns.attempt_timeout = {}: give a wait between 0 and dns.timeout ({}), such as \"400ms\"",
                     humantime::format_duration(self.attempt_timeout),
                     humantime::format_duration(self.timeout)
+                ),
+            ));
+        }
+        if self.positive_ttl_min > Duration::from_secs(3600) {
+            return Err(invalid(
+                &[&["dns", "positive_ttl_min"]],
+                format!(
+                    "dns.positive_ttl_min = {}: keep answers at most an hour past what their zone says, such as \"10s\"",
+                    humantime::format_duration(self.positive_ttl_min)
                 ),
             ));
         }

@@ -3,7 +3,8 @@
 //!
 //! - **one query per name at a time**: lookups of the same name and type made
 //!   while one is in flight wait for it and share its answer, or its failure;
-//! - **a cache**: answers kept by their TTL, negative answers (NXDOMAIN, no
+//! - **a cache**: answers kept by their TTL (at least `[dns] positive_ttl_min`),
+//!   negative answers (NXDOMAIN, no
 //!   such record) by their SOA's minimum as RFC 2308 says, clamped to
 //!   `[dns] negative_ttl_min`..`negative_ttl_max` (the floor when the answer
 //!   carries no SOA), at most `cache_entries` of them;
@@ -73,6 +74,7 @@ pub struct Settings {
     pub servers: Vec<SocketAddr>,
     pub budget: Duration,
     pub attempt_timeout: Duration,
+    pub positive_ttl_min: Duration,
     pub negative_ttl_min: Duration,
     pub negative_ttl_max: Duration,
     pub cache_entries: usize,
@@ -310,7 +312,7 @@ impl Engine {
             )
         } else {
             let ttl = answer.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
-            Duration::from_secs(u64::from(ttl).min(86_400))
+            Duration::from_secs(u64::from(ttl).min(86_400)).max(self.settings.positive_ttl_min)
         };
         (!seconds.is_zero()).then_some(seconds)
     }

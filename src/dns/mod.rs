@@ -62,6 +62,7 @@ impl Dns {
                 .context(crate::config::Setting::new(&["dns", "servers"]))?,
             budget: config.timeout,
             attempt_timeout: config.attempt_timeout,
+            positive_ttl_min: config.positive_ttl_min,
             negative_ttl_min: config.negative_ttl_min,
             negative_ttl_max: config.negative_ttl_max,
             cache_entries: config.cache_entries,

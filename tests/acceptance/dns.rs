@@ -250,7 +250,7 @@ async fn a_name_in_use_is_asked_again_before_it_expires() {
     let proxy = proxy_with(
         &backend,
         &[dns.addr],
-        "timeout = \"5s\"",
+        "timeout = \"5s\"\npositive_ttl_min = \"0s\"",
         &[SENDER_DOMAIN_ON],
     )
     .await;
@@ -282,7 +282,7 @@ async fn a_known_name_is_answered_from_its_stale_record_while_the_servers_are_si
     let proxy = proxy_with(
         &backend,
         &[dns.addr],
-        "timeout = \"5s\"",
+        "timeout = \"5s\"\npositive_ttl_min = \"0s\"",
         &[SENDER_DOMAIN_ON],
     )
     .await;
@@ -302,4 +302,24 @@ async fn a_known_name_is_answered_from_its_stale_record_while_the_servers_are_si
         client.command("RSET").await;
         poll_pause().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_published_with_ttl_zero_is_kept_for_positive_ttl_min() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dns = DnsServer::start().await;
+    dns.ttl(0);
+    dns.mx("zero.test", 10, "mx.zero.test");
+    let proxy = proxy_with(&backend, &[dns.addr], "timeout = \"5s\"", &[SENDER_DOMAIN_ON]).await;
+    for _ in 0..20 {
+        let mut client = proxy.client().await;
+        let reply = client.command("MAIL FROM:<a@zero.test>").await;
+        assert_eq!(reply.codes(), "250 2.1.0");
+        client.command("QUIT").await;
+    }
+    assert_eq!(
+        dns.asked("zero.test", "MX"),
+        1,
+        "twenty sessions within the default positive_ttl_min (10s) ask once"
+    );
 }
