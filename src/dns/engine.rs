@@ -9,11 +9,14 @@
 //!   `[dns] negative_ttl_min`..`negative_ttl_max` (the floor when the answer
 //!   carries no SOA), at most `cache_entries` of them;
 //! - **short attempts inside a budget**: an attempt waits as long as its server
-//!   usually takes to answer (RFC 6298's estimate from its answers so far, at
-//!   least `MIN_ATTEMPT`, at most `attempt_timeout`, doubled for each attempt
-//!   of the lookup gone unanswered), then the next goes to the next server while
+//!   usually takes to answer (RFC 6298's estimate from its answers so far, a
+//!   quarter of `attempt_timeout` before the first; at least `MIN_ATTEMPT`, at
+//!   most `attempt_timeout`; from the third attempt of a lookup on, doubled
+//!   each time), then the next goes to the next server while
 //!   the earlier ones may still answer: a lost query costs a fast resolver
-//!   milliseconds, not the whole `attempt_timeout`. A truncated answer is asked
+//!   milliseconds, not the whole `attempt_timeout`. To a server that loses
+//!   more than one query in ten lately each attempt goes as two copies at
+//!   once. A truncated answer is asked
 //!   again over TCP; a lookup that spends the `[dns] timeout` budget is a
 //!   temporary failure, never longer;
 //! - **prefetch**: a cached answer used in the last tenth of its time is asked
@@ -181,6 +184,9 @@ pub struct Engine {
     /// Where the next lookup's first attempt goes: the servers take turns.
     next_server: AtomicUsize,
     round_trips: Mutex<HashMap<SocketAddr, RoundTrip>>,
+    /// The share of each server's attempts gone unanswered lately (a moving
+    /// average, one eighth per attempt).
+    losses: Mutex<HashMap<SocketAddr, f32>>,
     pub counts: Counts,
 }
 
@@ -192,6 +198,7 @@ impl Engine {
             in_flight: Mutex::new(HashMap::new()),
             next_server: AtomicUsize::new(0),
             round_trips: Mutex::new(HashMap::new()),
+            losses: Mutex::new(HashMap::new()),
             counts: Counts::default(),
         }
     }
@@ -345,6 +352,9 @@ impl Engine {
 
     /// How long an attempt to `server` waits when `unanswered` attempts of the
     /// same lookup went unanswered before it.
+    /// A server not heard from yet gets a quarter of `attempt_timeout`, then
+    /// twice that: at a start every session waits on the same first names, and
+    /// a lost query there should not cost them the whole attempt.
     fn attempt_wait(&self, server: SocketAddr, unanswered: usize) -> Duration {
         let most = self.settings.attempt_timeout;
         let usual = self
@@ -352,12 +362,36 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&server)
-            .map_or(most, |rtt| rtt.timeout());
-        let wait = usual.max(MIN_ATTEMPT) * 2u32.saturating_pow(unanswered.min(16) as u32);
+            .map_or(most / 4, |rtt| rtt.timeout());
+        // The second attempt waits as long as the first (a query lost on the
+        // way is the usual cause, not a slow server); later ones twice as long
+        // each, so a server in trouble is not flooded.
+        let backoff = 2u32.saturating_pow(unanswered.saturating_sub(1).min(16) as u32);
+        let wait = usual.max(MIN_ATTEMPT) * backoff;
         wait.min(most)
     }
 
+    /// How many copies of a query go to `server` at once: two while it loses
+    /// more than one query in ten lately (both lost is then the exception a
+    /// retry covers), else one.
+    fn copies(&self, server: SocketAddr) -> usize {
+        let lossy = self
+            .losses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&server)
+            .is_some_and(|share| *share > 0.1);
+        if lossy { 2 } else { 1 }
+    }
+
+    fn count_loss(&self, server: SocketAddr, lost: bool) {
+        let mut losses = self.losses.lock().unwrap_or_else(|p| p.into_inner());
+        let share = losses.entry(server).or_insert(0.0);
+        *share = *share * 7.0 / 8.0 + if lost { 1.0 / 8.0 } else { 0.0 };
+    }
+
     fn answered_in(&self, server: SocketAddr, took: Duration) {
+        self.count_loss(server, false);
         let mut round_trips = self.round_trips.lock().unwrap_or_else(|p| p.into_inner());
         let next = match round_trips.get(&server) {
             Some(rtt) => rtt.with(took),
@@ -386,20 +420,30 @@ impl Engine {
                 break;
             }
             let server = servers[(first + sent) % servers.len()];
-            let wait = self.attempt_wait(server, sent);
-            attempts.push(async move {
-                let started = tokio::time::Instant::now();
-                (server, started, self.attempt(server, key).await)
-            });
+            let unanswered = sent;
+            for _ in 0..self.copies(server) {
+                attempts.push(async move {
+                    let started = tokio::time::Instant::now();
+                    (server, started, self.attempt(server, key).await)
+                });
+            }
             sent += 1;
-            let next = (now + wait).min(deadline);
-            // Wait for an answer until the next attempt is due.
+            // Wait for an answer until the next attempt is due. When is looked
+            // at again every MIN_ATTEMPT: at a cold start the first answers of
+            // other lookups tell how fast the server is, and an attempt lost
+            // before any did need not wait the whole attempt_timeout.
             loop {
+                let next = (now + self.attempt_wait(server, unanswered)).min(deadline);
+                let look_again = (tokio::time::Instant::now() + MIN_ATTEMPT).min(next);
                 let done = tokio::select! {
                     done = attempts.next(), if !attempts.is_empty() => done,
-                    () = tokio::time::sleep_until(next) => {
+                    () = tokio::time::sleep_until(look_again) => {
+                        if look_again < next {
+                            continue;
+                        }
                         if !attempts.is_empty() {
                             self.counts.timeouts.fetch_add(1, Ordering::Relaxed);
+                            self.count_loss(server, true);
                         }
                         break;
                     }

@@ -463,6 +463,10 @@ async fn no_extractor_finds_a_program_in_what_is_delivered() {
     cases.extend(two_way_zips());
     cases.extend(disguised_names());
     cases.extend(carrier_cases());
+    println!(
+        "{} messages carrying a program or a blocked type",
+        cases.len()
+    );
     let (delivered, _proxy, _backend) = send_all(&cases).await;
     let found = leaks(&delivered);
     assert!(

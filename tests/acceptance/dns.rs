@@ -216,6 +216,7 @@ async fn a_lost_query_costs_the_servers_usual_answer_time_not_the_attempt_timeou
     )
     .await;
     let mut client = proxy.client().await;
+    let mut asked = 0;
     for n in 0..6 {
         let domain = format!("lossy{n}.test");
         dns.mx(&domain, 10, &format!("mx.{domain}"));
@@ -223,13 +224,9 @@ async fn a_lost_query_costs_the_servers_usual_answer_time_not_the_attempt_timeou
         let reply = client.command(&format!("MAIL FROM:<a@{domain}>")).await;
         let took = started.elapsed();
         assert_eq!(reply.codes(), "250 2.1.0", "{domain}");
-        assert_eq!(
-            dns.asked(&domain, "MX"),
-            2,
-            "{domain}: lost once, asked again"
-        );
-        // The first lookup knows nothing of the server and waits the whole
-        // attempt; later ones wait what its answers took (at least 50 ms).
+        asked += dns.asked(&domain, "MX");
+        // The first lookup knows nothing of the server and waits a quarter of
+        // the attempt; later ones wait what its answers took (at least 50 ms).
         if n > 0 {
             assert!(
                 took < attempt_timeout / 3,
@@ -238,6 +235,9 @@ async fn a_lost_query_costs_the_servers_usual_answer_time_not_the_attempt_timeou
         }
         client.command("RSET").await;
     }
+    // Queries were lost and asked again (as two copies at once while the
+    // server is seen to lose them).
+    assert!(asked > 6, "{asked} queries for six names: none lost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +310,13 @@ async fn a_record_published_with_ttl_zero_is_kept_for_positive_ttl_min() {
     let dns = DnsServer::start().await;
     dns.ttl(0);
     dns.mx("zero.test", 10, "mx.zero.test");
-    let proxy = proxy_with(&backend, &[dns.addr], "timeout = \"5s\"", &[SENDER_DOMAIN_ON]).await;
+    let proxy = proxy_with(
+        &backend,
+        &[dns.addr],
+        "timeout = \"5s\"",
+        &[SENDER_DOMAIN_ON],
+    )
+    .await;
     for _ in 0..20 {
         let mut client = proxy.client().await;
         let reply = client.command("MAIL FROM:<a@zero.test>").await;
