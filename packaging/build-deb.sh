@@ -1,12 +1,38 @@
 #!/usr/bin/env bash
-# packaging/build-deb.sh — builds target/debian/mailmoat_VERSION_ARCH.deb with
-# cargo-deb (installed here when missing): the binary, the systemd unit, the
-# configuration (paths under /var/lib/mailmoat) and the rules as conffiles,
-# man pages and completions, the example rules and their fixtures.
+# packaging/build-deb.sh [COMMIT] — builds target/debian/mailmoat_VERSION_ARCH.deb
+# with cargo-deb (installed here when missing): the binary, the systemd unit, the
+# configuration (paths under /var/lib/mailmoat) and the rules as conffiles, man
+# pages and completions, the example rules and their fixtures.
+#
+# The package is built from a commit (HEAD unless one is given), exported to a
+# directory of its own: local edits to the quick start's configuration or rules
+# never reach the package or its man page. The export shares ./target, so only
+# mailmoat itself is compiled again. Outside a git checkout (a source tarball)
+# the tree is used as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+top=$(pwd)
+mkdir -p target
+if git rev-parse --git-dir >/dev/null 2>&1; then
+    commit=$(git rev-parse --verify "${1:-HEAD}^{commit}")
+    if ! git diff --quiet "$commit" -- 2>/dev/null; then
+        echo "build-deb: building $(git rev-parse --short "$commit"); edits not in it are left out:" >&2
+        git diff --stat "$commit" -- | sed 's/^/  /' >&2
+    fi
+    src=$(mktemp -d "${TMPDIR:-/tmp}/mailmoat-deb.XXXXXX")
+    trap 'rm -rf "$src"' EXIT
+    git archive "$commit" | tar -x -C "$src"
+    ln -s "$top/target" "$src/target"
+    built_from=$(git rev-parse --short "$commit")
+    built_at=$(git log -1 --format=%ct "$commit")
+else
+    src=$top
+    built_from=source
+    built_at=$(date +%s)
+fi
+cd "$src"
 cargo build --release --locked
 stage=target/debian-stage
 rm -rf "$stage" && mkdir -p "$stage"
@@ -27,8 +53,8 @@ done
 version=$(./target/release/mailmoat --version | cut -d' ' -f2)
 maintainer=$(sed -n 's/^maintainer = "\(.*\)"$/\1/p' Cargo.toml)
 printf 'mailmoat (%s-1) unstable; urgency=medium\n\n  * Built from %s.\n\n -- %s  %s\n' \
-    "$version" "$(git rev-parse --short HEAD 2>/dev/null || echo source)" "$maintainer" \
-    "$(date -R -u -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")" | gzip -9n > "$stage/changelog.gz"
-# The release profile keeps line tables for backtraces; the package does not.
-cargo deb --no-build --locked --strip "$@"
-ls target/debian/*.deb
+    "$version" "$built_from" "$maintainer" "$(date -R -u -d "@$built_at")" \
+    | gzip -9n > "$stage/changelog.gz"
+# The package strips the symbols too (Debian policy; lintian).
+cargo deb --no-build --locked --strip
+ls "$top"/target/debian/*.deb
