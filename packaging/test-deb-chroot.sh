@@ -21,6 +21,7 @@ mkdir -p "$cache"
 if [ ! -s "$cache/bookworm.tar" ]; then
     echo "== debootstrap bookworm (once)"
     base=$(mktemp -d "$PWD/$cache/base.XXXXXX")
+    chmod 755 "$base"
     debootstrap --variant=minbase bookworm "$base" "$mirror" >/dev/null
     tar -C "$base" -cf "$cache/bookworm.tar" .
     rm -rf "$base"
@@ -29,6 +30,8 @@ passed=0
 for run in $(seq 1 "$runs"); do
     root=$(mktemp -d "$PWD/$cache/run.XXXXXX")
     tar -C "$root" -xf "$cache/bookworm.tar"
+    # mktemp makes folders 0700: the chroot's / must let the mailmoat user through.
+    chmod 755 "$root"
     mkdir -p "$root/test/packaging"
     cp packaging/test-deb.sh "$root/test/packaging/"
     cp "$deb" "$root/test/"
