@@ -1,13 +1,14 @@
 //! Reloading a running server (SIGHUP, `systemctl reload`, `mailmoat reload`):
-//! the rules and the TLS certificate are read again; any other changed setting is
-//! named as needing a restart.
+//! the rules, the TLS certificate and the relay networks are read again; any
+//! other changed setting is named as needing a restart.
 
 use std::sync::Arc;
 
 use crate::config::Config;
 
-/// What a reload (SIGHUP, `systemctl reload`, `mailmoat reload`) does: the rules
-/// and the TLS certificate are read again and take effect; list and recipients
+/// What a reload (SIGHUP, `systemctl reload`, `mailmoat reload`) does: the rules,
+/// the TLS certificate and `[relay] trusted_networks` / `never_relay_networks`
+/// are read again and take effect; list and recipients
 /// files are read again whenever they change anyway; any other setting changed in
 /// the configuration file is named as needing a restart. A file with an error
 /// changes nothing: what is in force stays.
@@ -16,6 +17,7 @@ pub struct Reloader {
     pub running: Arc<Config>,
     pub rules: Arc<crate::rules::RulesHandle>,
     pub tls: Arc<crate::smtp::tls::Certificates>,
+    pub relay: Arc<crate::policy::relay::RelayNetworks>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -64,11 +66,16 @@ impl Reloader {
                 ));
             }
         }
+        if self.relay.replace(&config.relay) {
+            tracing::info!(why, "relay networks reloaded");
+            report.push("relay: trusted_networks and never_relay_networks reloaded".into());
+        }
+        const RELOADED: [&str; 2] = ["relay.trusted_networks", "relay.never_relay_networks"];
         let restart: Vec<String> = self
             .running
             .changed_settings(&config)
             .into_iter()
-            .filter(|key| !key.starts_with("tls."))
+            .filter(|key| !key.starts_with("tls.") && !RELOADED.contains(&key.as_str()))
             .collect();
         if !restart.is_empty() {
             tracing::warn!(settings = %crate::logging::list(&restart), why, "changed settings take effect only after a restart");

@@ -118,6 +118,7 @@ impl Server {
             running: config.clone(),
             rules: rules.clone(),
             tls: tls.clone(),
+            relay: loaded.pipeline.relay_networks.clone(),
             metrics: metrics.clone(),
         });
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

@@ -304,6 +304,8 @@ impl<T> Judgement<T> {
 /// Everything that judges, and where refusals and accepted mail go.
 pub struct Pipeline {
     pub config: Arc<Config>,
+    /// Who may relay, as the last reload left it.
+    pub relay_networks: Arc<crate::policy::relay::RelayNetworks>,
     /// SPF, DKIM, DMARC and ARC; signing. None when all of it is off.
     pub sender_auth: Option<Arc<SenderAuth>>,
     pub reputation: Arc<Reputation>,
@@ -463,6 +465,7 @@ impl Pipeline {
             )?),
             greylist: Arc::new(greylist),
             scanners: crate::scanners::Scanners::new(&config).map(Arc::new),
+            relay_networks: Arc::new(crate::policy::relay::RelayNetworks::new(&config.relay)),
             config,
             services: None,
         })

@@ -105,9 +105,9 @@ impl Pipeline {
             local_ip,
             name: self.reputation.client_name(ip).await,
             helo: None,
-            trusted: relay::may_relay(&self.config, ip, false),
+            trusted: self.relay_networks.may_relay(ip, false),
             allowed: self.reputation.allowed(ip),
-            may_relay: relay::may_relay(&self.config, ip, login.is_some()),
+            may_relay: self.relay_networks.may_relay(ip, login.is_some()),
             login,
             tls,
         }
@@ -115,7 +115,7 @@ impl Pipeline {
 
     /// The client logged in as `user`: it may relay unless its network never may.
     pub fn logged_in(&self, peer: &mut Peer, user: String) {
-        peer.may_relay = relay::may_relay(&self.config, peer.ip, true);
+        peer.may_relay = self.relay_networks.may_relay(peer.ip, true);
         peer.login = Some(user);
     }
 }

@@ -2,9 +2,10 @@
 //! may this client send through it? Judged on where the mail would really go.
 
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 
 use crate::address::{Domain, Mailbox, Path};
-use crate::config::Config;
+use crate::config::{Config, Network, RelayConfig};
 use crate::reply::Reply;
 use crate::verdict::Decision;
 
@@ -25,24 +26,58 @@ impl Destination {
     }
 }
 
-/// May this client send mail to domains the proxy does not host?
-/// The never-relay list beats everything; then trusted networks and authentication.
-pub fn may_relay(config: &Config, ip: IpAddr, authenticated: bool) -> bool {
-    let ip = canonical(ip);
-    if config
-        .relay
-        .never_relay_networks
-        .iter()
-        .any(|n| n.contains(&ip))
-    {
-        return false;
+/// Who may relay: `[relay] trusted_networks` and `never_relay_networks`, as a
+/// reload leaves them (Postfix reloads `mynetworks` too). Sessions read them when
+/// a client connects or logs in.
+#[derive(Debug)]
+pub struct RelayNetworks {
+    current: RwLock<Arc<(Vec<Network>, Vec<Network>)>>,
+}
+
+impl RelayNetworks {
+    pub fn new(relay: &RelayConfig) -> RelayNetworks {
+        RelayNetworks {
+            current: RwLock::new(Self::of(relay)),
+        }
     }
-    authenticated
-        || config
-            .relay
-            .trusted_networks
-            .iter()
-            .any(|n| n.contains(&ip))
+
+    fn of(relay: &RelayConfig) -> Arc<(Vec<Network>, Vec<Network>)> {
+        Arc::new((
+            relay.trusted_networks.clone(),
+            relay.never_relay_networks.clone(),
+        ))
+    }
+
+    /// Takes the networks of a configuration read again; true when they changed.
+    pub fn replace(&self, relay: &RelayConfig) -> bool {
+        let new = Self::of(relay);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let changed = format!("{:?}", *current) != format!("{new:?}");
+        *current = new;
+        changed
+    }
+
+    /// May this client send mail to domains the proxy does not host? The
+    /// never-relay list beats everything; then trusted networks and
+    /// authentication.
+    pub fn may_relay(&self, ip: IpAddr, authenticated: bool) -> bool {
+        let ip = canonical(ip);
+        let networks = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (trusted, never) = &*networks;
+        if never.iter().any(|n| n.contains(&ip)) {
+            return false;
+        }
+        authenticated || trusted.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// May this client relay under `config` as it was read (no reload).
+pub fn may_relay(config: &Config, ip: IpAddr, authenticated: bool) -> bool {
+    RelayNetworks::new(&config.relay).may_relay(ip, authenticated)
 }
 
 /// An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) is judged as IPv4.
@@ -182,6 +217,21 @@ mod tests {
         ] {
             assert_eq!(code(trick, false), 550, "{trick}");
         }
+    }
+
+    #[test]
+    fn a_reload_changes_who_may_relay_and_says_whether_it_did() {
+        let config = config();
+        let networks = RelayNetworks::new(&config.relay);
+        let client: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(networks.may_relay(client, false));
+        assert!(!networks.replace(&config.relay), "the same networks");
+        let mut narrower = config.relay.clone();
+        narrower.trusted_networks = vec![Network("10.2.0.0/16".parse().unwrap())];
+        assert!(networks.replace(&narrower));
+        assert!(!networks.may_relay(client, false));
+        assert!(networks.may_relay(client, true), "a login still relays");
+        assert!(networks.may_relay("10.2.0.1".parse().unwrap(), false));
     }
 
     #[test]
