@@ -9,6 +9,10 @@
 //!
 //! The decompressors are the well-kept Rust ones: deflate (flate2 on
 //! miniz_oxide), bzip2 (libbz2-rs), LZMA and xz (lzma-rust2), zstd (ruzstd).
+//!
+//! One file on purpose: the two readings and their comparison are the reader;
+//! split apart, either reading looks complete on its own while the safety is in
+//! comparing them. A fifth of the length is its tests.
 
 use std::borrow::Cow;
 

@@ -10,6 +10,11 @@
 //!
 //! Adding a check: write it in `policy/` (or as a rule condition), add a [`Step`],
 //! say whom it spares, and place it in the lists below.
+//!
+//! This file stays whole: it is the precedence itself — the steps, whom each
+//! spares and the stage lists — read together as the README's precedence is; what
+//! a step does lives in `steps.rs`, what follows a decision in `keep.rs` and
+//! `finish.rs`.
 
 mod finish;
 pub mod fixtures;

@@ -1,6 +1,11 @@
 //! Delivery: takes due messages off the schedule, hands each recipient to the backend
 //! (hosted domains) or the outbound relay host, records per-recipient results, retries
 //! with backoff, and bounces what fails for good.
+//!
+//! One file on purpose: an attempt — the route, the next hop's share, the SMTP
+//! transaction, each recipient's result and the retry or bounce it leads to — is
+//! one sequence whose order is the queue's promise; the hops' state is in
+//! `health.rs`, the schedule in `scheduler.rs`, the bounce text in `dsn.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
