@@ -25,6 +25,16 @@ pub enum Request {
     Greylist(GreylistCommand),
     /// One screen about the running server.
     Status,
+    Recipients(RecipientsCommand),
+}
+
+/// `mailmoat recipients …`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RecipientsCommand {
+    /// What RCPT TO would be told about an address, and why.
+    Lookup(String),
+    /// Forget the directory's remembered answers.
+    FlushCache,
 }
 
 /// `mailmoat greylist …`
@@ -140,6 +150,9 @@ impl Context {
                     text.push_str(&format!("shared state: {shared}\n"));
                 }
                 text.push_str(&dns_line(&self.dns));
+                if let Some(directory) = self.pipeline.recipients.directory() {
+                    text.push_str(&directory_line(directory).await);
+                }
                 let top = metrics.top_refusals(5);
                 if top.is_empty() {
                     text.push_str("refusals in the last hour: none");
@@ -150,6 +163,7 @@ impl Context {
                 }
                 AdminReply { ok: true, text }
             }
+            Request::Recipients(command) => recipients_command(&self.pipeline, command).await,
             Request::Greylist(command) => {
                 // Listing and purging walk the embedded store: not on an async
                 // worker. The shared list is read from that thread too.
@@ -167,6 +181,44 @@ impl Context {
             }
         }
     }
+}
+
+/// `recipients lookup` and `flush-cache`, on a running server or a pipeline
+/// built for the command.
+pub async fn recipients_command(pipeline: &Pipeline, command: RecipientsCommand) -> AdminReply {
+    match command {
+        RecipientsCommand::Lookup(address) => match pipeline.recipients.explain(&address).await {
+            Ok(text) => AdminReply { ok: true, text },
+            Err(text) => AdminReply { ok: false, text },
+        },
+        RecipientsCommand::FlushCache => match pipeline.recipients.flush_directory_cache().await {
+            Some(held) => AdminReply {
+                ok: true,
+                text: format!(
+                    "the directory's remembered answers are forgotten ({held} held here); \
+                     every address is searched for again"
+                ),
+            },
+            None => AdminReply {
+                ok: false,
+                text: "no directory is configured ([ldap] url): nothing is cached".into(),
+            },
+        },
+    }
+}
+
+/// "ldap: ldap://dc1 answers (3 ms); 1200 lookups, 1100 from the cache, 0 failures"
+async fn directory_line(directory: &crate::directory::Directory) -> String {
+    let totals: std::collections::HashMap<&str, u64> = directory.totals().into_iter().collect();
+    let urls = directory.config().url.join(", ");
+    let answering = match directory.probe().await {
+        Ok(took) => format!("answers ({} ms)", took.as_millis()),
+        Err(why) => format!("does not answer: {why}"),
+    };
+    format!(
+        "directory {urls}: {answering}; {} lookups, {} from the cache, {} failures\n",
+        totals["lookups"], totals["cache_hits"], totals["failures"]
+    )
 }
 
 /// "active 0, deferred 2 (oldest 1h 20m), hold 0"

@@ -12,6 +12,7 @@ pub mod archive;
 pub mod config;
 pub mod containers;
 pub mod control;
+pub mod directory;
 pub mod dns;
 pub mod file_error;
 pub mod filetype;

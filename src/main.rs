@@ -74,6 +74,12 @@ enum CliCommand {
     /// message's age, the backend's health, the rules loaded, the most frequent
     /// refusals of the last hour.
     Status,
+    /// Recipient validation: what RCPT TO would be told about an address, and
+    /// the directory's remembered answers.
+    Recipients {
+        #[command(subcommand)]
+        action: RecipientsAction,
+    },
     /// The greylist of a running server: its triplets, networks to let
     /// through, stale entries.
     Greylist {
@@ -119,6 +125,16 @@ enum GreylistAction {
     /// Remove triplets past their retry window or expiry (the server does it
     /// hourly).
     Purge,
+}
+
+#[derive(Subcommand)]
+enum RecipientsAction {
+    /// What RCPT TO would be told about ADDR and why: the file, the backend's
+    /// answer or the directory entry (remembered or searched for now).
+    Lookup { address: String },
+    /// Forget the directory's remembered answers (on every instance with
+    /// [shared]): the next RCPT of each address asks the directory again.
+    FlushCache,
 }
 
 #[derive(Subcommand)]
@@ -264,6 +280,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 GreylistAction::Purge => GreylistCommand::Purge,
             };
             answer(&config, Request::Greylist(command))
+        }
+        CliCommand::Recipients { action } => {
+            use mailmoat::control::RecipientsCommand;
+            let command = match action {
+                RecipientsAction::Lookup { address } => RecipientsCommand::Lookup(address),
+                RecipientsAction::FlushCache => RecipientsCommand::FlushCache,
+            };
+            answer(&config, Request::Recipients(command))
         }
         CliCommand::TestRules {
             message,
@@ -587,6 +611,20 @@ fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminRep
                         "no mailmoat is running with this queue\nqueue: {}",
                         mailmoat::control::census_line(&queue.census())
                     ),
+                })
+            }
+            Request::Recipients(command) => {
+                let config = std::sync::Arc::new(config.clone());
+                runtime.block_on(async {
+                    let dns = std::sync::Arc::new(mailmoat::dns::Dns::new(&config.dns)?);
+                    let store = mailmoat::store::Store::open(&config.store.path)?;
+                    let pipeline = mailmoat::pipeline::Pipeline::build(
+                        config.clone(),
+                        dns,
+                        Some(&store),
+                        mailmoat::shared_state::SharedState::open(&config.shared)?,
+                    )?;
+                    Ok(mailmoat::control::recipients_command(&pipeline, command).await)
                 })
             }
             Request::Greylist(command) => {

@@ -52,8 +52,8 @@ pub struct Metrics {
     dns_failures: Family<Labels, Counter>,
     /// The DNS engine's own counts, by event; the last values seen, to add
     /// only what is new at each scrape.
-    dns_engine: Family<Labels, Counter>,
-    dns_engine_seen: Mutex<HashMap<&'static str, u64>>,
+    dns_engine: Totals,
+    directory: Totals,
     eod_latency: Histogram,
     batch_size: Histogram,
     flush_seconds: Histogram,
@@ -79,6 +79,32 @@ fn registered<M: prometheus_client::registry::Metric + Clone>(
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// A family of counters kept by another part as totals since start: each
+/// scrape adds what was counted since the last one.
+struct Totals {
+    family: Family<Labels, Counter>,
+    seen: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Totals {
+    fn new(family: Family<Labels, Counter>) -> Totals {
+        Totals {
+            family,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn set(&self, totals: &[(&'static str, u64)]) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for &(event, total) in totals {
+            let before = seen.insert(event, total).unwrap_or(0);
+            self.family
+                .get_or_create(&label("event", event))
+                .inc_by(total.saturating_sub(before));
+        }
     }
 }
 
@@ -240,6 +266,14 @@ impl Metrics {
              attempt, failures (no answer within the budget)",
             Family::<Labels, Counter>::default(),
         );
+        let directory = registered(
+            &mut registry,
+            "ldap",
+            "The directory (LDAP), by event: lookups of recipients, cache_hits among them, \
+             searches sent (recipients and logins), binds (password checks), connections \
+             made, failures (no answer within ldap.timeout, or an error)",
+            Family::<Labels, Counter>::default(),
+        );
         let seconds = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let eod_latency = registered(
             &mut registry,
@@ -301,8 +335,8 @@ impl Metrics {
             rule_reloads,
             dns_lookups,
             dns_failures,
-            dns_engine,
-            dns_engine_seen: Mutex::new(HashMap::new()),
+            dns_engine: Totals::new(dns_engine),
+            directory: Totals::new(directory),
             eod_latency,
             batch_size,
             flush_seconds,
@@ -458,16 +492,12 @@ impl Metrics {
 
     /// The DNS engine's counts as they are now (`event`, total since start).
     pub fn dns_engine(&self, totals: &[(&'static str, u64)]) {
-        let mut seen = self
-            .dns_engine_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for &(event, total) in totals {
-            let before = seen.insert(event, total).unwrap_or(0);
-            self.dns_engine
-                .get_or_create(&label("event", event))
-                .inc_by(total.saturating_sub(before));
-        }
+        self.dns_engine.set(totals);
+    }
+
+    /// The directory's counts as they are now (`event`, total since start).
+    pub fn directory(&self, totals: &[(&'static str, u64)]) {
+        self.directory.set(totals);
     }
 
     pub fn end_of_data(&self, took: Duration) {

@@ -59,9 +59,14 @@ impl Loaded {
                 .context(Setting::new(&["shared", "redis"]))?,
             None => crate::shared_state::SharedState::local(),
         };
-        let auth = crate::policy::auth::Authenticator::new(&config.auth, &backend, shared.clone())?;
         let dns = Arc::new(crate::dns::Dns::new(&config.dns)?);
         let pipeline = Pipeline::build(config.clone(), dns.clone(), store, shared.clone())?;
+        let auth = crate::policy::auth::Authenticator::new(
+            &config.auth,
+            &backend,
+            shared.clone(),
+            pipeline.recipients.directory(),
+        )?;
         // A rule's error names its own file and line.
         let rules = crate::rules::RulesHandle::load(&config.rules.path)
             .map_err(|e| anyhow::anyhow!("rules not loaded: {e}"))?;
@@ -189,6 +194,7 @@ impl Server {
             let health = Arc::new(ServerHealth {
                 queue: queue.clone(),
                 dns: dns.clone(),
+                directory: shared.pipeline.recipients.directory().cloned(),
                 backend: config.backend.address.clone(),
                 phase: shutdown_rx.clone(),
             });
@@ -364,6 +370,7 @@ async fn listen(
 struct ServerHealth {
     queue: Arc<Queue>,
     dns: Arc<crate::dns::Dns>,
+    directory: Option<Arc<crate::directory::Directory>>,
     backend: String,
     phase: watch::Receiver<Phase>,
 }
@@ -384,6 +391,9 @@ impl crate::metrics::HealthCheck for ServerHealth {
     fn refresh(&self, metrics: &crate::metrics::Metrics) {
         metrics.queue(&self.queue.census());
         metrics.dns_engine(&self.dns.figures().totals());
+        if let Some(directory) = &self.directory {
+            metrics.directory(&directory.totals());
+        }
         // Unknown (nothing sent yet) counts as up: only a failure says down.
         let answering = self.queue.health.answering(&self.backend);
         metrics.backend(!matches!(answering, Answering::No { .. }));

@@ -214,6 +214,8 @@ pub struct Peer {
     pub helo: Option<String>,
     /// The account it logged in with.
     pub login: Option<String>,
+    /// The addresses the login's directory entry holds: it may send as each.
+    pub login_addresses: Vec<String>,
     /// In `relay.trusted_networks` (and not in `never_relay_networks`).
     pub trusted: bool,
     /// On the client allow list.
@@ -236,6 +238,7 @@ impl Peer {
             name: None,
             helo: None,
             login: None,
+            login_addresses: Vec::new(),
             trusted: false,
             allowed: false,
             may_relay: false,

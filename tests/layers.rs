@@ -26,6 +26,7 @@ const FLOORS: &[&[&str]] = &[
     &[
         "smtp_client",
         "dns",
+        "directory",
         "shared_state",
         "store",
         "metrics",

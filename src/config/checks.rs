@@ -196,6 +196,8 @@ pub enum AuthSource {
     Users,
     /// AUTH against the backend, which holds the accounts.
     Backend,
+    /// The directory (`[ldap]`): the entry is found, then bound as with the password.
+    Ldap,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

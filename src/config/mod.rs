@@ -6,6 +6,7 @@
 mod archive;
 mod checks;
 mod delivery;
+mod directory;
 mod mime;
 mod scanning;
 mod sender_auth;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use archive::*;
 pub use checks::*;
 pub use delivery::*;
+pub use directory::*;
 pub use mime::*;
 pub use scanning::*;
 pub use sender_auth::*;
@@ -46,6 +48,8 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    /// The directory (LDAP, Active Directory): recipients and logins.
+    pub ldap: LdapConfig,
     pub dns: DnsConfig,
     pub checks: ChecksConfig,
     pub mailbomb: MailBombConfig,
@@ -231,6 +235,7 @@ impl Config {
             &mut self.tls.key_file,
             &mut self.auth.users_file,
             &mut self.backend.ca_file,
+            &mut self.ldap.ca_file,
             &mut self.checks.client_allow_file,
             &mut self.checks.client_deny_file,
             &mut self.checks.client_name_deny_file,
@@ -275,7 +280,15 @@ impl Config {
         self.archive.validate()?;
         self.tls.validate(&self.server)?;
         self.auth.validate()?;
-        self.recipients.validate(&|domain| self.is_hosted(domain))?;
+        self.ldap.validate()?;
+        if self.auth.source == AuthSource::Ldap && !self.ldap.enabled() {
+            return Err(invalid(
+                &[&["auth", "source"], &["ldap", "url"]],
+                "auth.source = \"ldap\" needs the directory: give ldap.url and ldap.base",
+            ));
+        }
+        self.recipients
+            .validate(&|domain| self.is_hosted(domain), self.ldap.enabled())?;
         self.greylist.validate()?;
         self.antivirus.validate()?;
         self.spam.validate()

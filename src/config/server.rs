@@ -213,6 +213,14 @@ pub struct DomainRecipients {
     /// Ask the backend with `RCPT TO` whether the recipient exists.
     #[serde(default)]
     pub callout: bool,
+    /// Look the recipient up in the directory (`[ldap]`).
+    #[serde(default)]
+    pub ldap: bool,
+    /// The directory search for an address: `%s` the address, `%u` its local
+    /// part, `%d` its domain. Default: Active Directory's mail and proxyAddresses.
+    pub filter: Option<String>,
+    /// Where this domain's entries are searched, instead of `ldap.base`.
+    pub base: Option<String>,
 }
 
 /// `[metrics]`: Prometheus metrics and a health check over HTTP.
@@ -278,7 +286,11 @@ impl LimitsConfig {
 
 impl RecipientsConfig {
     /// Every table names a hosted domain and one way to know its recipients.
-    pub(super) fn validate(&self, is_hosted: &dyn Fn(&str) -> bool) -> Result<(), Invalid> {
+    pub(super) fn validate(
+        &self,
+        is_hosted: &dyn Fn(&str) -> bool,
+        directory: bool,
+    ) -> Result<(), Invalid> {
         for (domain, how) in &self.domains {
             let table = format!("recipients.domains.\"{domain}\"");
             let path = |key: &'static str| -> Vec<&str> {
@@ -296,20 +308,57 @@ impl RecipientsConfig {
                     ),
                 ));
             }
-            match (&how.file, how.callout) {
-                (Some(_), true) => {
-                    return Err(invalid(
-                        &[&path("file"), &path("callout")],
-                        format!("{table}: give either file or callout = true, not both"),
-                    ));
-                }
-                (None, false) => {
+            let ways: Vec<&str> = [
+                ("file", how.file.is_some()),
+                ("callout", how.callout),
+                ("ldap", how.ldap),
+            ]
+            .into_iter()
+            .filter_map(|(name, given)| given.then_some(name))
+            .collect();
+            match ways.as_slice() {
+                [] => {
                     return Err(invalid(
                         &[&path("")],
-                        format!("{table}: give file = \"recipients.txt\" or callout = true"),
+                        format!(
+                            "{table}: give file = \"recipients.txt\", callout = true or ldap = true"
+                        ),
                     ));
                 }
-                _ => {}
+                [_] => {}
+                [first, second, ..] => {
+                    return Err(invalid(
+                        &[&path(first), &path(second)],
+                        format!(
+                            "{table}: give one of file, callout and ldap, not {first} and {second}"
+                        ),
+                    ));
+                }
+            }
+            if (how.filter.is_some() || how.base.is_some()) && !how.ldap {
+                let key = if how.filter.is_some() {
+                    "filter"
+                } else {
+                    "base"
+                };
+                return Err(invalid(
+                    &[&path(key)],
+                    format!("{table}: {key} is for directory lookups; add ldap = true"),
+                ));
+            }
+            if how.ldap && !directory {
+                return Err(invalid(
+                    &[&path("ldap"), &["ldap", "url"]],
+                    format!(
+                        "{table}: ldap = true needs the directory: give ldap.url and ldap.base"
+                    ),
+                ));
+            }
+            if let Some(filter) = &how.filter {
+                super::directory::check_filter(filter, &path("filter"))?;
+            }
+            if let Some(base) = &how.base {
+                super::directory::check_dn(base, &path("base"))?;
             }
         }
         Ok(())

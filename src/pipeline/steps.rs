@@ -69,9 +69,13 @@ impl Pipeline {
             Step::HeloNotOurs => self.reputation.helo(j.peer.helo(), j.peer.local_ip)?,
             Step::SenderLogin => {
                 if let Some(user) = &j.peer.login
-                    && !crate::policy::auth::owns(&self.config.auth, user, j.sender, &|d| {
-                        self.config.is_hosted(d)
-                    })
+                    && !crate::policy::auth::owns(
+                        &self.config.auth,
+                        user,
+                        &j.peer.login_addresses,
+                        j.sender,
+                        &|d| self.config.is_hosted(d),
+                    )
                 {
                     return Err(Decision::refuse(
                         "auth.sender_login",

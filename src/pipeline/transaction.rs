@@ -109,13 +109,16 @@ impl Pipeline {
             allowed: self.reputation.allowed(ip),
             may_relay: self.relay_networks.may_relay(ip, login.is_some()),
             login,
+            login_addresses: Vec::new(),
             tls,
         }
     }
 
-    /// The client logged in as `user`: it may relay unless its network never may.
-    pub fn logged_in(&self, peer: &mut Peer, user: String) {
+    /// The client logged in: it may relay unless its network never may, and
+    /// send as the account's name and addresses.
+    pub fn logged_in(&self, peer: &mut Peer, account: crate::policy::auth::Account) {
         peer.may_relay = self.relay_networks.may_relay(peer.ip, true);
-        peer.login = Some(user);
+        peer.login = Some(account.name);
+        peer.login_addresses = account.addresses;
     }
 }

@@ -16,18 +16,45 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
 use crate::config::{AuthConfig, AuthSource};
+use crate::directory::Directory;
 use crate::shared_state::SharedState;
 use crate::smtp_client::{Client, Target};
 
 /// The outcome of one login attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Login {
-    Accepted(String),
+    Accepted(Account),
     Refused,
     /// Too many failures from this address or for this name: not even checked.
     LockedOut,
     /// The credentials could not be checked now (backend unreachable).
     Unavailable(String),
+}
+
+/// Who logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The name as given.
+    pub name: String,
+    /// The addresses the directory entry holds (mail, proxyAddresses): the
+    /// user may send as each. Empty for other sources.
+    pub addresses: Vec<String>,
+}
+
+impl Account {
+    fn named(name: String) -> Account {
+        Account {
+            name,
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// Where accounts and their passwords are.
+enum Accounts {
+    Users(UsersFile),
+    Backend(Target),
+    Directory(Arc<Directory>),
 }
 
 /// Failed attempts of one client address or user name.
@@ -166,8 +193,7 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 pub struct Authenticator {
     config: AuthConfig,
     shared: Arc<SharedState>,
-    users: Option<UsersFile>,
-    backend: Option<Target>,
+    accounts: Accounts,
     by_ip: Limiter,
     by_user: Limiter,
 }
@@ -178,8 +204,9 @@ impl Authenticator {
         config: &AuthConfig,
         backend: &Target,
         shared: Arc<SharedState>,
+        directory: Option<&Arc<Directory>>,
     ) -> anyhow::Result<Option<Authenticator>> {
-        let (users, backend) = match config.source {
+        let accounts = match config.source {
             AuthSource::Off => return Ok(None),
             AuthSource::Users => {
                 let path = config
@@ -188,21 +215,23 @@ impl Authenticator {
                     .ok_or_else(|| anyhow::anyhow!("source = \"users\" needs auth.users_file"))
                     .context(Setting::new(&["auth", "source"]))?;
                 read_users(&path).context(Setting::new(&["auth", "users_file"]))?;
-                (
-                    Some(UsersFile {
-                        path,
-                        loaded: Mutex::new((None, HashMap::new())),
-                    }),
-                    None,
-                )
+                Accounts::Users(UsersFile {
+                    path,
+                    loaded: Mutex::new((None, HashMap::new())),
+                })
             }
-            AuthSource::Backend => (None, Some(backend.clone())),
+            AuthSource::Backend => Accounts::Backend(backend.clone()),
+            AuthSource::Ldap => Accounts::Directory(
+                directory
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("source = \"ldap\" needs [ldap] url and base"))
+                    .context(Setting::new(&["auth", "source"]))?,
+            ),
         };
         Ok(Some(Authenticator {
             config: config.clone(),
             shared,
-            users,
-            backend,
+            accounts,
             by_ip: Limiter {
                 kind: "ip",
                 entries: Mutex::new(HashMap::new()),
@@ -286,29 +315,48 @@ impl Authenticator {
     }
 
     async fn check(&self, user: &str, password: &str) -> Login {
-        if let Some(users) = &self.users {
-            let Some(hash) = users.hash_of(user) else {
-                return Login::Refused;
-            };
-            let password = password.to_string();
-            let user = user.to_string();
-            // argon2 takes tens of milliseconds of CPU by design: not on an async worker.
-            return tokio::task::spawn_blocking(move || {
-                let parsed = PasswordHash::new(&hash).ok()?;
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .ok()?;
-                Some(user)
-            })
-            .await
-            .ok()
-            .flatten()
-            .map_or(Login::Refused, Login::Accepted);
+        match &self.accounts {
+            Accounts::Users(users) => {
+                let Some(hash) = users.hash_of(user) else {
+                    return Login::Refused;
+                };
+                let password = password.to_string();
+                let user = user.to_string();
+                // argon2 takes tens of milliseconds of CPU by design: not on an async worker.
+                tokio::task::spawn_blocking(move || {
+                    let parsed = PasswordHash::new(&hash).ok()?;
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .ok()?;
+                    Some(user)
+                })
+                .await
+                .ok()
+                .flatten()
+                .map_or(Login::Refused, |user| Login::Accepted(Account::named(user)))
+            }
+            Accounts::Backend(backend) => backend_login(backend, user, password).await,
+            Accounts::Directory(directory) => directory_login(directory, user, password).await,
         }
-        if let Some(backend) = &self.backend {
-            return backend_login(backend, user, password).await;
-        }
-        Login::Refused
+    }
+}
+
+/// The entry the login filter finds for the name, then a bind as it.
+async fn directory_login(directory: &Directory, user: &str, password: &str) -> Login {
+    let config = directory.config();
+    let filter = crate::directory::fill(&config.login_filter, user);
+    let entry = match directory.find(&config.base, &filter).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Login::Refused,
+        Err(why) => return Login::Unavailable(why.0),
+    };
+    match directory.password_matches(&entry.dn, password).await {
+        Ok(true) => Login::Accepted(Account {
+            name: user.to_string(),
+            addresses: entry.addresses,
+        }),
+        Ok(false) => Login::Refused,
+        Err(why) => Login::Unavailable(why.0),
     }
 }
 
@@ -321,7 +369,7 @@ async fn backend_login(backend: &Target, user: &str, password: &str) -> Login {
     };
     let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
     let result = match client.command(format!("AUTH PLAIN {token}")).await {
-        Ok(reply) if reply.code == 235 => Login::Accepted(user.to_string()),
+        Ok(reply) if reply.code == 235 => Login::Accepted(Account::named(user.to_string())),
         Ok(reply) if reply.is_permanent() => Login::Refused,
         Ok(reply) => Login::Unavailable(format!("backend answered {reply}")),
         Err(e) => Login::Unavailable(e.0),
@@ -330,15 +378,22 @@ async fn backend_login(backend: &Target, user: &str, password: &str) -> Login {
     result
 }
 
-/// May `user` send as `sender`? Their own address, or what the sender-logins
-/// map gives them; a name without a domain owns that name at the hosted domains.
-pub fn owns(config: &AuthConfig, user: &str, sender: &str, hosted: &dyn Fn(&str) -> bool) -> bool {
+/// May `user` send as `sender`? Their own address, an address of their
+/// directory entry (`addresses`), or what the sender-logins map gives them; a
+/// name without a domain owns that name at the hosted domains.
+pub fn owns(
+    config: &AuthConfig,
+    user: &str,
+    addresses: &[String],
+    sender: &str,
+    hosted: &dyn Fn(&str) -> bool,
+) -> bool {
     if !config.restrict_senders || sender.is_empty() {
         return true;
     }
     let sender = sender.to_lowercase();
     let user = user.to_lowercase();
-    if sender == user {
+    if sender == user || addresses.contains(&sender) {
         return true;
     }
     if let Some((local, domain)) = sender.rsplit_once('@')

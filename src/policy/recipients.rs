@@ -13,7 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Mailbox;
-use crate::config::{CalloutUnreachable, Config};
+use crate::config::{AD_RECIPIENT_FILTER, CalloutUnreachable, Config};
+use crate::directory::cache::AnswerCache;
+use crate::directory::{Directory, Unavailable};
 use crate::reply::Reply;
 use crate::shared_state::SharedState;
 use crate::smtp_client::{Client, Target};
@@ -77,6 +79,11 @@ impl RecipientList {
 enum Source {
     List(ReloadingList),
     Callout,
+    /// A search of the directory; `filter` holds `%s` for the address.
+    Directory {
+        base: String,
+        filter: String,
+    },
 }
 
 /// A recipients file, read again when it changes (an administrator adds a user
@@ -126,6 +133,23 @@ struct CachedAnswer {
     reply: String,
 }
 
+/// The directory's answer about one recipient.
+struct DirectoryAnswer {
+    /// The entry's name, when there is one.
+    found: Option<String>,
+    /// Set when the answer was remembered rather than searched for now.
+    remembered: Option<crate::directory::cache::Answer>,
+}
+
+impl DirectoryAnswer {
+    fn remembered(answer: crate::directory::cache::Answer) -> DirectoryAnswer {
+        DirectoryAnswer {
+            found: answer.found.clone(),
+            remembered: Some(answer),
+        }
+    }
+}
+
 /// What the backend said about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {
@@ -143,6 +167,8 @@ pub struct RecipientValidator {
     cache: Option<sled::Tree>,
     /// Answers shared with other instances, asked before `cache`.
     shared: Arc<SharedState>,
+    /// `[ldap]`, when configured, with its remembered answers.
+    directory: Option<(Arc<Directory>, AnswerCache)>,
 }
 
 impl RecipientValidator {
@@ -152,6 +178,7 @@ impl RecipientValidator {
         backend: Target,
         cache: Option<sled::Tree>,
         shared: Arc<SharedState>,
+        directory: Option<Arc<Directory>>,
     ) -> anyhow::Result<Self> {
         let mut sources = HashMap::new();
         for (domain, how) in &config.recipients.domains {
@@ -162,17 +189,34 @@ impl RecipientValidator {
                     domain,
                     "file",
                 ]))?),
+                None if how.ldap => Source::Directory {
+                    base: how.base.clone().unwrap_or_else(|| config.ldap.base.clone()),
+                    filter: how
+                        .filter
+                        .clone()
+                        .unwrap_or_else(|| AD_RECIPIENT_FILTER.to_string()),
+                },
                 None => Source::Callout,
             };
             sources.insert(domain.to_lowercase(), source);
         }
+        let directory = directory.map(|d| {
+            let cache = AnswerCache::new(&config.ldap, shared.clone());
+            (d, cache)
+        });
         Ok(RecipientValidator {
             config,
             sources,
             backend,
             cache,
             shared,
+            directory,
         })
+    }
+
+    /// The directory, when `[ldap]` is configured.
+    pub fn directory(&self) -> Option<&Arc<Directory>> {
+        self.directory.as_ref().map(|(d, _)| d)
     }
 
     /// The entry for a domain, or for the nearest hosted parent (hosted_subdomains).
@@ -200,6 +244,15 @@ impl RecipientValidator {
                     Err(unknown(mailbox, "not in the recipients file".into()))
                 }
             }
+            Some(Source::Directory { base, filter }) => {
+                match self.in_directory(mailbox, base, filter).await {
+                    Ok(DirectoryAnswer { found: Some(_), .. }) => Ok(()),
+                    Ok(DirectoryAnswer { found: None, .. }) => {
+                        Err(unknown(mailbox, "not in the directory".into()))
+                    }
+                    Err(why) => Err(unavailable("recipients.ldap", mailbox, why.0)),
+                }
+            }
             Some(Source::Callout) => match self.verify(mailbox).await {
                 Verified::Exists => Ok(()),
                 Verified::Unknown(reply) => {
@@ -207,20 +260,119 @@ impl RecipientValidator {
                 }
                 Verified::Unavailable(why) => match self.config.recipients.callout_unreachable {
                     CalloutUnreachable::Accept => Ok(()),
-                    CalloutUnreachable::Tempfail => Err(Decision::refuse(
-                        "recipients.callout",
-                        Reply::new(
-                            451,
-                            "4.4.3",
-                            format!(
-                                "<{mailbox}>: Recipient address verification unavailable; try again later"
-                            ),
-                        ),
-                        why,
-                    )),
+                    CalloutUnreachable::Tempfail => {
+                        Err(unavailable("recipients.callout", mailbox, why))
+                    }
                 },
             },
         }
+    }
+
+    /// The directory's answer for a recipient: remembered, or searched for.
+    async fn in_directory(
+        &self,
+        mailbox: &Mailbox,
+        base: &str,
+        filter: &str,
+    ) -> Result<DirectoryAnswer, Unavailable> {
+        let Some((directory, cache)) = &self.directory else {
+            return Err(Unavailable("no directory configured ([ldap] url)".into()));
+        };
+        let key = mailbox.lookup_key();
+        let remembered = cache.get(&key).await;
+        directory.count_lookup(remembered.is_some());
+        if let Some(answer) = remembered {
+            return Ok(DirectoryAnswer::remembered(answer));
+        }
+        // One search per address at a time: sessions asking about the same
+        // address meanwhile wait for it and take its answer from the cache.
+        let _searching = cache.searching(&key).await;
+        if let Some(answer) = cache.get(&key).await {
+            return Ok(DirectoryAnswer::remembered(answer));
+        }
+        let found = directory
+            .find(base, &crate::directory::fill(filter, &key))
+            .await?
+            .map(|entry| entry.dn);
+        cache.put(&key, found.clone()).await;
+        Ok(DirectoryAnswer {
+            found,
+            remembered: None,
+        })
+    }
+
+    /// `mailmoat recipients lookup`: what RCPT would be told, and why.
+    pub async fn explain(&self, address: &str) -> Result<String, String> {
+        let mailbox =
+            Mailbox::parse(address).map_err(|e| format!("{address}: not an address ({e})"))?;
+        let Some(domain) = mailbox.domain_name() else {
+            return Err(format!("{address}: not an address at a domain"));
+        };
+        if !self.config.is_hosted(domain) {
+            return Ok(format!(
+                "{mailbox}: not a hosted domain; only trusted or logged-in clients may send to it"
+            ));
+        }
+        Ok(match self.source_for(domain) {
+            None => format!("{mailbox}: accepted (no recipient validation for {domain})"),
+            Some(Source::List(list)) => {
+                let known = list.current().contains(&mailbox);
+                format!(
+                    "{mailbox}: {} ({})",
+                    if known {
+                        "accepted"
+                    } else {
+                        "550 5.1.1 user unknown"
+                    },
+                    if known {
+                        "in the recipients file"
+                    } else {
+                        "not in the recipients file"
+                    }
+                )
+            }
+            Some(Source::Callout) => match self.verify(&mailbox).await {
+                Verified::Exists => format!("{mailbox}: accepted (the backend knows it)"),
+                Verified::Unknown(reply) => {
+                    format!("{mailbox}: 550 5.1.1 user unknown (the backend answered {reply})")
+                }
+                Verified::Unavailable(why) => {
+                    format!("{mailbox}: 451 4.4.3 cannot be checked now: {why}")
+                }
+            },
+            Some(Source::Directory { base, filter }) => {
+                match self.in_directory(&mailbox, base, filter).await {
+                    Ok(answer) => {
+                        let whence = match &answer.remembered {
+                            Some(cached) => format!(
+                                "remembered, asked again in {}",
+                                humantime::format_duration(std::time::Duration::from_secs(
+                                    cached.left().as_secs()
+                                ))
+                            ),
+                            None => format!(
+                                "searched under {base} with {}",
+                                crate::directory::fill(filter, &mailbox.lookup_key())
+                            ),
+                        };
+                        match answer.found {
+                            Some(dn) => format!("{mailbox}: accepted: {dn} ({whence})"),
+                            None => {
+                                format!("{mailbox}: 550 5.1.1 user unknown: no entry ({whence})")
+                            }
+                        }
+                    }
+                    Err(why) => format!("{mailbox}: 451 4.4.3 cannot be checked now: {why}"),
+                }
+            }
+        })
+    }
+
+    /// `mailmoat recipients flush-cache`: the directory is asked again about
+    /// every address; how many answers this instance held.
+    pub async fn flush_directory_cache(&self) -> Option<usize> {
+        let (_, cache) = self.directory.as_ref()?;
+        Some(cache.flush().await)
     }
 
     /// Asks the backend, or the cache of its earlier answers.
@@ -306,6 +458,20 @@ impl RecipientValidator {
         client.quit().await;
         result
     }
+}
+
+/// `451 4.4.3`: whether the recipient exists cannot be known now; never a 550
+/// that would bounce good mail.
+fn unavailable(check: &'static str, mailbox: &Mailbox, why: String) -> Decision {
+    Decision::refuse(
+        check,
+        Reply::new(
+            451,
+            "4.4.3",
+            format!("<{mailbox}>: Recipient address verification unavailable; try again later"),
+        ),
+        why,
+    )
 }
 
 fn unknown(mailbox: &Mailbox, why: String) -> Decision {

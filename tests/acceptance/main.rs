@@ -9,6 +9,7 @@ mod cli;
 mod containers;
 mod defences;
 mod delivery;
+mod directory;
 mod dns;
 mod faults;
 mod fixtures;

@@ -520,6 +520,7 @@ fn no_case_makes_the_judging_panic() {
                 name: None,
                 helo: None,
                 login: None,
+                login_addresses: Vec::new(),
                 trusted: false,
                 allowed: false,
                 may_relay: false,

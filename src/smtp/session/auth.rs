@@ -100,9 +100,9 @@ impl Session {
             Some(Some(pair)) => pair,
         };
         match auth.login(self.peer.ip, &user, &password).await {
-            Login::Accepted(user) => {
-                tracing::info!(client = %self.peer.ip, auth_user = %user, "login");
-                self.pipeline().logged_in(&mut self.peer, user);
+            Login::Accepted(account) => {
+                tracing::info!(client = %self.peer.ip, auth_user = %account.name, "login");
+                self.pipeline().logged_in(&mut self.peer, account);
                 self.reply(235, "2.7.0", "Authentication successful");
             }
             Login::Refused => {

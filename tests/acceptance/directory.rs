@@ -1,0 +1,729 @@
+//! Recipients and logins from the directory: a real OpenLDAP `slapd`, started by
+//! the test on a loopback port with a schema like Active Directory's
+//! (`proxyAddresses` case-insensitive and multi-valued).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailmoat");
+const SUFFIX: &str = "dc=example,dc=test";
+const ROOT_DN: &str = "cn=admin,dc=example,dc=test";
+const ROOT_PASSWORD: &str = "root-secret";
+/// The read-only service account mailmoat searches as.
+const SERVICE_DN: &str = "cn=mailmoat,ou=services,dc=example,dc=test";
+const SERVICE_PASSWORD: &str = "Service-Password-7f3a";
+
+const SCHEMA: &str = "\
+attributetype ( 1.3.6.1.4.1.99999.1.1 NAME 'proxyAddresses'
+  EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
+attributetype ( 1.3.6.1.4.1.99999.1.2 NAME 'sAMAccountName'
+  EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.99999.2.1 NAME 'adTestUser' SUP top AUXILIARY
+  MAY ( proxyAddresses $ sAMAccountName $ mail ) )
+";
+
+/// A person with a primary address, an alias and a password.
+fn person(
+    cn: &str,
+    ou: &str,
+    account: &str,
+    primary: &str,
+    aliases: &[&str],
+    password: &str,
+) -> String {
+    let mut ldif = format!(
+        "dn: cn={cn},ou={ou},{SUFFIX}\nobjectClass: inetOrgPerson\nobjectClass: adTestUser\n\
+         cn: {cn}\nsn: {cn}\nmail: {primary}\nsAMAccountName: {account}\n\
+         proxyAddresses: SMTP:{primary}\nuserPassword: {password}\n"
+    );
+    for alias in aliases {
+        ldif.push_str(&format!("proxyAddresses: smtp:{alias}\n"));
+    }
+    ldif + "\n"
+}
+
+fn directory_ldif() -> String {
+    let mut ldif = format!(
+        "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n"
+    );
+    for ou in ["people", "branch", "services"] {
+        ldif.push_str(&format!(
+            "dn: ou={ou},{SUFFIX}\nobjectClass: organizationalUnit\nou: {ou}\n\n"
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: {SERVICE_DN}\nobjectClass: person\ncn: mailmoat\nsn: mailmoat\nuserPassword: {SERVICE_PASSWORD}\n\n"
+    ));
+    ldif.push_str(&person(
+        "Alice Smith",
+        "people",
+        "alice",
+        "alice@example.test",
+        &["a.smith@example.test"],
+        "alice-directory-pw",
+    ));
+    ldif.push_str(&person(
+        "Bob",
+        "people",
+        "bob",
+        "bob@example.test",
+        &[],
+        "bob-pw",
+    ));
+    // A distribution list: an entry with an address, no password.
+    ldif.push_str(&format!(
+        "dn: cn=Sales,ou=people,{SUFFIX}\nobjectClass: groupOfNames\nobjectClass: adTestUser\n\
+         cn: Sales\nmember: cn=Alice Smith,ou=people,{SUFFIX}\nmail: sales@example.test\n\
+         proxyAddresses: SMTP:sales@example.test\n\n"
+    ));
+    // The second domain's people live under their own base; dave's entry is
+    // outside it, so branch.test does not know him.
+    ldif.push_str(&person(
+        "Carol",
+        "branch",
+        "carol",
+        "carol@branch.test",
+        &[],
+        "carol-pw",
+    ));
+    ldif.push_str(&person(
+        "Dave",
+        "people",
+        "dave",
+        "dave@branch.test",
+        &[],
+        "dave-pw",
+    ));
+    for n in 0..1000 {
+        ldif.push_str(&person(
+            &format!("User {n}"),
+            "people",
+            &format!("user{n}"),
+            &format!("user{n}@example.test"),
+            &[],
+            "pw",
+        ));
+    }
+    ldif
+}
+
+/// A slapd of the test's own: its folder, its port, its log of operations.
+pub struct Slapd {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    /// ldaps:// (TLS from the start) with the certificate of `ca()`.
+    pub tls_port: u16,
+    child: Option<Child>,
+}
+
+impl Slapd {
+    pub async fn start() -> Slapd {
+        ensure_package("test -x /usr/sbin/slapd", "slapd");
+        ensure_package("command -v ldapdelete", "ldap-utils");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        std::fs::create_dir(path.join("db")).unwrap();
+        std::fs::write(path.join("adtest.schema"), SCHEMA).unwrap();
+        let (certificate, key) = test_certificate();
+        std::fs::write(path.join("cert.pem"), certificate).unwrap();
+        std::fs::write(path.join("key.pem"), key).unwrap();
+        std::fs::write(
+            path.join("slapd.conf"),
+            format!(
+                "include /etc/ldap/schema/core.schema\n\
+                 include /etc/ldap/schema/cosine.schema\n\
+                 include /etc/ldap/schema/inetorgperson.schema\n\
+                 include {schema}\n\
+                 TLSCertificateFile {dir}/cert.pem\nTLSCertificateKeyFile {dir}/key.pem\n\
+                 modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
+                 pidfile {pid}\n\
+                 database mdb\nsuffix \"{SUFFIX}\"\nrootdn \"{ROOT_DN}\"\nrootpw {ROOT_PASSWORD}\n\
+                 directory {db}\nmaxsize 104857600\nindex mail,proxyAddresses,sAMAccountName eq\n",
+                schema = path.join("adtest.schema").display(),
+                dir = path.display(),
+                pid = path.join("slapd.pid").display(),
+                db = path.join("db").display(),
+            ),
+        )
+        .unwrap();
+        std::fs::write(path.join("data.ldif"), directory_ldif()).unwrap();
+        let added = Command::new("/usr/sbin/slapadd")
+            .arg("-q")
+            .arg("-f")
+            .arg(path.join("slapd.conf"))
+            .arg("-l")
+            .arg(path.join("data.ldif"))
+            .output()
+            .unwrap();
+        assert!(
+            added.status.success(),
+            "slapadd: {}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+        let port = unused_addr().await.port();
+        let tls_port = unused_addr().await.port();
+        let mut slapd = Slapd {
+            dir,
+            port,
+            tls_port,
+            child: None,
+        };
+        slapd.run().await;
+        slapd
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("slapd.log")
+    }
+
+    /// Starts slapd in the foreground (`-d stats`: every operation logged) and
+    /// waits until it answers a search.
+    async fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new("/usr/sbin/slapd")
+            .arg("-f")
+            .arg(self.dir.path().join("slapd.conf"))
+            .arg("-h")
+            .arg(format!(
+                "{}/ ldaps://127.0.0.1:{}/",
+                self.url(),
+                self.tls_port
+            ))
+            .args(["-d", "stats"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start slapd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "slapd did not start: {}",
+                self.log()
+            );
+            poll_pause().await;
+        }
+    }
+
+    fn answers(&self) -> bool {
+        Command::new("ldapsearch")
+            .args(["-x", "-H", &self.url(), "-b", SUFFIX, "-s", "base", "1.1"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    pub fn url(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificate slapd presents (self-signed: its own CA).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Searches slapd has been asked whose filter holds `needle`.
+    pub fn searches(&self, needle: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(" SRCH base=") && l.contains(needle))
+            .count()
+    }
+
+    /// Stops slapd and waits until it has gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.run().await;
+    }
+
+    /// Freezes slapd: connections stay open, nothing is answered.
+    pub fn freeze(&self, frozen: bool) {
+        signal(
+            self.child.as_ref().unwrap().id(),
+            if frozen { "STOP" } else { "CONT" },
+        );
+    }
+
+    pub fn delete(&self, dn: &str) {
+        let output = Command::new("ldapdelete")
+            .args([
+                "-x",
+                "-H",
+                &self.url(),
+                "-D",
+                ROOT_DN,
+                "-w",
+                ROOT_PASSWORD,
+                dn,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The `[ldap]` table of a proxy using this directory.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[ldap]\nurl = \"{}\"\nbind_dn = \"{SERVICE_DN}\"\nbind_password = \"{SERVICE_PASSWORD}\"\n\
+             base = \"{SUFFIX}\"\ntimeout = \"1s\"\npool_size = 2\n{extra}\n",
+            self.url()
+        )
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "CONT");
+        }
+        self.stop();
+    }
+}
+
+/// A proxy whose hosted domains example.test and branch.test are validated in
+/// the directory (branch.test under its own base).
+async fn proxy_with_directory(
+    backend: &Backend,
+    slapd: &Slapd,
+    ldap_extra: &str,
+    limits: &str,
+) -> Proxy {
+    let text = base_config(backend.addr, "trusted_networks = []", "")
+        .replace("[limits]\n", &format!("[limits]\n{limits}"))
+        .replace(
+            "hosted_domains = [\"example.test\", \"other.test\"]",
+            "hosted_domains = [\"example.test\", \"branch.test\"]",
+        )
+        .replace(
+            "[recipients.domains.\"example.test\"]\nfile = \"recipients.txt\"\n",
+            &format!(
+                "[recipients.domains.\"example.test\"]\nldap = true\n\n\
+                 [recipients.domains.\"branch.test\"]\nldap = true\nbase = \"ou=branch,{SUFFIX}\"\n\n{}",
+                slapd.config(ldap_extra)
+            ),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    Proxy::start_in(dir, &text).await
+}
+
+fn cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
+    run(&proxy.config_path(), args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_knows_primary_addresses_aliases_and_lists_per_domain_base() {
+    let slapd = Slapd::start().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_directory(&backend, &slapd, "", "").await;
+    let mut client = proxy.client().await;
+    client.expect("MAIL FROM:<sender@remote.test>", "250").await;
+    for (rcpt, expected) in [
+        ("alice@example.test", "250 2.1.5"),
+        // An alias in proxyAddresses, in another case.
+        ("A.Smith@Example.TEST", "250 2.1.5"),
+        // A distribution list.
+        ("sales@example.test", "250 2.1.5"),
+        ("nobody@example.test", "550 5.1.1"),
+        // branch.test is searched under its own base only.
+        ("carol@branch.test", "250 2.1.5"),
+        ("dave@branch.test", "550 5.1.1"),
+    ] {
+        client.expect(&format!("RCPT TO:<{rcpt}>"), expected).await;
+    }
+    // A wildcard in an address is a character, not a pattern: unescaped,
+    // (mail=*@example.test) would find everyone.
+    client.expect("RCPT TO:<*@example.test>", "550 5.1.1").await;
+    client.expect("DATA", "354").await;
+    client
+        .send(&stuff(&sample_message("to the directory's people")))
+        .await;
+    client.expect(".", "250").await;
+    proxy.wait_idle().await;
+    let received = backend.wait_for(1).await;
+    // (The test backend writes recipients in lower case.)
+    assert_eq!(
+        received[0].rcpt_to,
+        [
+            "alice@example.test",
+            "a.smith@example.test",
+            "sales@example.test",
+            "carol@branch.test"
+        ]
+    );
+
+    let (ok, text) = cli(&proxy, &["recipients", "lookup", "a.smith@example.test"]);
+    assert!(ok, "{text}");
+    let expected = format!(
+        "a.smith@example.test: accepted: cn=Alice Smith,ou=people,{SUFFIX} (remembered, asked again in 59m"
+    );
+    assert!(
+        text.starts_with(&expected) && text.trim_end().ends_with("s)"),
+        "{text}"
+    );
+    let (ok, text) = cli(&proxy, &["recipients", "lookup", "ghost@example.test"]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        text.trim(),
+        format!(
+            "ghost@example.test: 550 5.1.1 user unknown: no entry (searched under {SUFFIX} with \
+             (|(mail=ghost@example.test)(proxyAddresses=smtp:ghost@example.test)))"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_or_frozen_directory_tempfails_within_the_timeout_and_the_cache_still_answers() {
+    let mut slapd = Slapd::start().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_directory(&backend, &slapd, "", "").await;
+    let mut client = proxy.client().await;
+    client.expect("MAIL FROM:<sender@remote.test>", "250").await;
+    client
+        .expect("RCPT TO:<alice@example.test>", "250 2.1.5")
+        .await;
+
+    slapd.stop();
+    let asked = Instant::now();
+    client
+        .expect("RCPT TO:<bob@example.test>", "451 4.4.3")
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    // Remembered: still accepted while the directory is down.
+    client
+        .expect("RCPT TO:<alice@example.test>", "250 2.1.5")
+        .await;
+
+    // Back: the next lookup connects again, no restart of the proxy.
+    slapd.restart().await;
+    client
+        .expect("RCPT TO:<bob@example.test>", "250 2.1.5")
+        .await;
+
+    // Frozen: the connection stays open and nothing answers; the timeout (1s)
+    // bounds the wait.
+    slapd.freeze(true);
+    let asked = Instant::now();
+    client
+        .expect("RCPT TO:<user7@example.test>", "451 4.4.3")
+        .await;
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    slapd.freeze(false);
+    client
+        .expect("RCPT TO:<user7@example.test>", "250 2.1.5")
+        .await;
+
+    let (_, status) = cli(&proxy, &["status"]);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("directory "))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        line.starts_with(&format!("directory {}: answers (", slapd.url())),
+        "{line}"
+    );
+    assert!(line.contains(", 2 failures"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushing_the_cache_makes_a_deleted_entry_refused() {
+    let slapd = Slapd::start().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_directory(&backend, &slapd, "", "").await;
+    let mut client = proxy.client().await;
+    client.expect("MAIL FROM:<sender@remote.test>", "250").await;
+    client
+        .expect("RCPT TO:<bob@example.test>", "250 2.1.5")
+        .await;
+    slapd.delete(&format!("cn=Bob,ou=people,{SUFFIX}"));
+    // Remembered for found_ttl (an hour by default).
+    client
+        .expect("RCPT TO:<bob@example.test>", "250 2.1.5")
+        .await;
+    assert_eq!(slapd.searches("mail=bob@example.test"), 1);
+    let (ok, text) = cli(&proxy, &["recipients", "flush-cache"]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        text.trim(),
+        "the directory's remembered answers are forgotten (1 held here); every address is searched for again"
+    );
+    client
+        .expect("RCPT TO:<bob@example.test>", "550 5.1.1")
+        .await;
+    assert_eq!(slapd.searches("mail=bob@example.test"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_addresses_asked_ten_thousand_times_cost_a_thousand_searches() {
+    let slapd = Slapd::start().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let proxy = proxy_with_directory(&backend, &slapd, "", "recipient_limit = 1000\n").await;
+    let sessions: Vec<_> = (0..10)
+        .map(|round| {
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                client.hello().await;
+                client.expect("MAIL FROM:<sender@remote.test>", "250").await;
+                for i in 0..1000 {
+                    // Each session walks the addresses from its own starting point.
+                    let n = (i + round * 100) % 1000;
+                    client
+                        .expect(&format!("RCPT TO:<user{n}@example.test>"), "250 2.1.5")
+                        .await;
+                }
+                client.expect("QUIT", "221").await;
+            })
+        })
+        .collect();
+    for session in sessions {
+        session.await.unwrap();
+    }
+    assert_eq!(
+        slapd.searches("(mail=user"),
+        1000,
+        "searches for 10,000 RCPTs of 1,000 addresses"
+    );
+    let (_, status) = cli(&proxy, &["status"]);
+    assert!(
+        status.contains("; 10000 lookups, 9000 from the cache, 0 failures"),
+        "{status}"
+    );
+}
+
+/// AUTH against the directory: the login filter finds the entry (by account name
+/// or address), a bind as it checks the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_bind_as_the_directory_entry_and_may_send_as_its_addresses() {
+    capture_logs();
+    let slapd = Slapd::start().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let auth = "[auth]\nsource = \"ldap\"\nplaintext_networks = [\"127.0.0.0/8\"]\n\
+                max_failures_per_ip = 3\nfailure_delay = \"10ms\"\n";
+    let text = base_config(backend.addr, "trusted_networks = []", auth).replace(
+        "[recipients.domains.\"example.test\"]\nfile = \"recipients.txt\"\n",
+        &format!(
+            "[recipients.domains.\"example.test\"]\nldap = true\n\n{}",
+            slapd.config("")
+        ),
+    );
+    let proxy = Proxy::start_in(tempfile::tempdir().unwrap(), &text).await;
+
+    let mut client = proxy.client().await;
+    client
+        .expect(
+            &format!("AUTH PLAIN {}", b64("\0alice\0alice-directory-pw")),
+            "235 2.7.0",
+        )
+        .await;
+    // Any address of the entry (here an alias in proxyAddresses) is hers.
+    client
+        .expect("MAIL FROM:<a.smith@example.test>", "250")
+        .await;
+    client
+        .expect("RCPT TO:<friend@remote.test>", "250 2.1.5")
+        .await;
+    client.expect("DATA", "354").await;
+    client
+        .send(&stuff(&sample_message("sent after a directory login")))
+        .await;
+    client.expect(".", "250").await;
+    client.expect("RSET", "250").await;
+    // Another entry's address is not.
+    client
+        .expect("MAIL FROM:<bob@example.test>", "553 5.7.1")
+        .await;
+    proxy.wait_idle().await;
+    let received = backend.wait_for(1).await;
+    assert_eq!(received[0].mail_from, "<a.smith@example.test>");
+    assert_eq!(received[0].rcpt_to, ["friend@remote.test"]);
+
+    // Wrong passwords, an empty one (LDAP would take it as an anonymous bind),
+    // an unknown name: 535; the fourth failure from one address locks it out,
+    // the right password included.
+    let mut guesser = Client::connect_from("127.0.0.3".parse().unwrap(), proxy.addr).await;
+    guesser.hello().await;
+    for credentials in [
+        "\0alice@example.test\0wrong",
+        "\0alice\0",
+        "\0nobody\0alice-directory-pw",
+    ] {
+        guesser
+            .expect(&format!("AUTH PLAIN {}", b64(credentials)), "535 5.7.8")
+            .await;
+    }
+    guesser
+        .expect(
+            &format!("AUTH PLAIN {}", b64("\0alice\0alice-directory-pw")),
+            "454 4.7.0",
+        )
+        .await;
+    // The bind of the empty password was never tried.
+    assert_eq!(
+        slapd
+            .log()
+            .lines()
+            .filter(|l| l.contains("BIND dn=\"cn=Alice Smith") && l.contains("method=128"))
+            .count(),
+        2,
+        "the right password and the wrong one; not the empty one"
+    );
+
+    // The service account's password is never shown.
+    let (ok, checked) = cli(&proxy, &["check"]);
+    assert!(ok, "{checked}");
+    assert!(
+        checked.contains("bind_password = \"(hidden)\""),
+        "{checked}"
+    );
+    let (_, status) = cli(&proxy, &["status"]);
+    let logs = logged(|_| true);
+    for (what, text) in [
+        ("check", checked),
+        ("status", status),
+        ("the log", format!("{logs:?}")),
+    ] {
+        assert!(
+            !text.contains(SERVICE_PASSWORD),
+            "{what} shows the password"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_names_the_line_and_the_fix_of_a_directory_setting_without_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailmoat.toml");
+    let cases = [
+        (
+            "url = \"http://dc1.example.test\"\nbase = \"DC=example,DC=test\"\n",
+            ":5: ldap.url = \"http://dc1.example.test\": write ldap://host[:port] or ldaps://host[:port]",
+        ),
+        (
+            "url = \"ldaps://dc1.example.test\"\nstarttls = true\nbase = \"DC=example,DC=test\"\n",
+            ":6: ldap.starttls = true with ldaps://dc1.example.test",
+        ),
+        (
+            "url = \"ldap://dc1.example.test\"\nbase = \"DC=example,DC=test\"\nbind_dn = \"CN=mailmoat,DC=example,DC=test\"\n",
+            ":7: ldap.bind_dn needs ldap.bind_password",
+        ),
+        (
+            "url = \"ldap://dc1.example.test\"\nbase = \"example.test\"\n",
+            ":6: ldap.base = \"example.test\": not a distinguished name",
+        ),
+    ];
+    for (ldap, expected) in cases {
+        std::fs::write(
+            &config,
+            format!("[relay]\nhosted_domains = [\"example.test\"]\n\n[ldap]\n{ldap}"),
+        )
+        .unwrap();
+        let (_, text) = run(&config, &["check"]);
+        assert!(text.contains(expected), "{ldap}: {text}");
+    }
+    // A valid table passes without a directory to ask (dc1.example.test does not exist).
+    std::fs::write(
+        &config,
+        "[relay]\nhosted_domains = [\"example.test\"]\n\n[recipients.domains.\"example.test\"]\n\
+         ldap = true\nfilter = \"(mail=%s)\"\n\n[ldap]\nurl = [\"ldap://dc1.example.test\", \
+         \"ldap://dc2.example.test\"]\nbase = \"DC=example,DC=test\"\n\
+         bind_dn = \"CN=mailmoat,DC=example,DC=test\"\nbind_password = \"s3cret-s3cret\"\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&config, &["check"]);
+    assert!(ok, "{text}");
+    assert!(!text.contains("s3cret-s3cret"), "{text}");
+}
+
+fn run(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// ldaps:// and StartTLS, trusting the CA given in `ca_file`; without it the
+/// self-signed certificate is not trusted and RCPT is told to try later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldaps_and_starttls_trust_the_ca_file_and_nothing_else() {
+    let slapd = Slapd::start().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let ca = slapd.ca().display().to_string();
+    let ldaps = format!("ldaps://127.0.0.1:{}", slapd.tls_port);
+    for (url, extra, expected) in [
+        (ldaps.clone(), format!("ca_file = \"{ca}\"\n"), "250 2.1.5"),
+        (
+            slapd.url(),
+            format!("starttls = true\nca_file = \"{ca}\"\n"),
+            "250 2.1.5",
+        ),
+        (ldaps.clone(), String::new(), "451 4.4.3"),
+        (slapd.url(), "starttls = true\n".to_string(), "451 4.4.3"),
+    ] {
+        let text = base_config(backend.addr, "trusted_networks = []", "").replace(
+            "[recipients.domains.\"example.test\"]\nfile = \"recipients.txt\"\n",
+            &format!(
+                "[recipients.domains.\"example.test\"]\nldap = true\n\n{}",
+                slapd.config(&extra).replace(&slapd.url(), &url)
+            ),
+        );
+        let mut proxy = Proxy::start_in(tempfile::tempdir().unwrap(), &text).await;
+        let mut client = proxy.client().await;
+        client.expect("MAIL FROM:<sender@remote.test>", "250").await;
+        client
+            .expect("RCPT TO:<alice@example.test>", expected)
+            .await;
+        proxy.stop().await;
+    }
+    // The encrypted ones reached slapd as TLS: its log shows the handshakes.
+    let log = slapd.log();
+    assert!(
+        log.contains("EXT oid=1.3.6.1.4.1.1466.20037"),
+        "StartTLS asked for"
+    );
+    assert!(log.matches("TLS established").count() >= 2, "{log}");
+}
