@@ -279,15 +279,16 @@ impl RecipientValidator {
             return Err(Unavailable("no directory configured ([ldap] url)".into()));
         };
         let key = mailbox.lookup_key();
-        let remembered = cache.get(&key).await;
-        directory.count_lookup(remembered.is_some());
-        if let Some(answer) = remembered {
+        if let Some(answer) = cache.get(&key).await {
+            directory.count_lookup(true);
             return Ok(DirectoryAnswer::remembered(answer));
         }
         // One search per address at a time: sessions asking about the same
         // address meanwhile wait for it and take its answer from the cache.
         let _searching = cache.searching(&key).await;
-        if let Some(answer) = cache.get(&key).await {
+        let remembered = cache.get(&key).await;
+        directory.count_lookup(remembered.is_some());
+        if let Some(answer) = remembered {
             return Ok(DirectoryAnswer::remembered(answer));
         }
         let found = directory

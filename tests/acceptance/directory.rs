@@ -2,312 +2,19 @@
 //! the test on a loopback port with a schema like Active Directory's
 //! (`proxyAddresses` case-insensitive and multi-valued).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailmoat");
-const SUFFIX: &str = "dc=example,dc=test";
-const ROOT_DN: &str = "cn=admin,dc=example,dc=test";
-const ROOT_PASSWORD: &str = "root-secret";
-/// The read-only service account mailmoat searches as.
-const SERVICE_DN: &str = "cn=mailmoat,ou=services,dc=example,dc=test";
-const SERVICE_PASSWORD: &str = "Service-Password-7f3a";
+use crate::slapd::*;
 
-const SCHEMA: &str = "\
-attributetype ( 1.3.6.1.4.1.99999.1.1 NAME 'proxyAddresses'
-  EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
-  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
-attributetype ( 1.3.6.1.4.1.99999.1.2 NAME 'sAMAccountName'
-  EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
-objectclass ( 1.3.6.1.4.1.99999.2.1 NAME 'adTestUser' SUP top AUXILIARY
-  MAY ( proxyAddresses $ sAMAccountName $ mail ) )
-";
-
-/// A person with a primary address, an alias and a password.
-fn person(
-    cn: &str,
-    ou: &str,
-    account: &str,
-    primary: &str,
-    aliases: &[&str],
-    password: &str,
-) -> String {
-    let mut ldif = format!(
-        "dn: cn={cn},ou={ou},{SUFFIX}\nobjectClass: inetOrgPerson\nobjectClass: adTestUser\n\
-         cn: {cn}\nsn: {cn}\nmail: {primary}\nsAMAccountName: {account}\n\
-         proxyAddresses: SMTP:{primary}\nuserPassword: {password}\n"
-    );
-    for alias in aliases {
-        ldif.push_str(&format!("proxyAddresses: smtp:{alias}\n"));
-    }
-    ldif + "\n"
-}
-
-fn directory_ldif() -> String {
-    let mut ldif = format!(
-        "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n"
-    );
-    for ou in ["people", "branch", "services"] {
-        ldif.push_str(&format!(
-            "dn: ou={ou},{SUFFIX}\nobjectClass: organizationalUnit\nou: {ou}\n\n"
-        ));
-    }
-    ldif.push_str(&format!(
-        "dn: {SERVICE_DN}\nobjectClass: person\ncn: mailmoat\nsn: mailmoat\nuserPassword: {SERVICE_PASSWORD}\n\n"
-    ));
-    ldif.push_str(&person(
-        "Alice Smith",
-        "people",
-        "alice",
-        "alice@example.test",
-        &["a.smith@example.test"],
-        "alice-directory-pw",
-    ));
-    ldif.push_str(&person(
-        "Bob",
-        "people",
-        "bob",
-        "bob@example.test",
-        &[],
-        "bob-pw",
-    ));
-    // A distribution list: an entry with an address, no password.
-    ldif.push_str(&format!(
-        "dn: cn=Sales,ou=people,{SUFFIX}\nobjectClass: groupOfNames\nobjectClass: adTestUser\n\
-         cn: Sales\nmember: cn=Alice Smith,ou=people,{SUFFIX}\nmail: sales@example.test\n\
-         proxyAddresses: SMTP:sales@example.test\n\n"
-    ));
-    // The second domain's people live under their own base; dave's entry is
-    // outside it, so branch.test does not know him.
-    ldif.push_str(&person(
-        "Carol",
-        "branch",
-        "carol",
-        "carol@branch.test",
-        &[],
-        "carol-pw",
-    ));
-    ldif.push_str(&person(
-        "Dave",
-        "people",
-        "dave",
-        "dave@branch.test",
-        &[],
-        "dave-pw",
-    ));
-    for n in 0..1000 {
-        ldif.push_str(&person(
-            &format!("User {n}"),
-            "people",
-            &format!("user{n}"),
-            &format!("user{n}@example.test"),
-            &[],
-            "pw",
-        ));
-    }
-    ldif
-}
-
-/// A slapd of the test's own: its folder, its port, its log of operations.
-pub struct Slapd {
-    dir: tempfile::TempDir,
-    pub port: u16,
-    /// ldaps:// (TLS from the start) with the certificate of `ca()`.
-    pub tls_port: u16,
-    child: Option<Child>,
-}
-
-impl Slapd {
-    pub async fn start() -> Slapd {
-        ensure_package("test -x /usr/sbin/slapd", "slapd");
-        ensure_package("command -v ldapdelete", "ldap-utils");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path();
-        std::fs::create_dir(path.join("db")).unwrap();
-        std::fs::write(path.join("adtest.schema"), SCHEMA).unwrap();
-        let (certificate, key) = test_certificate();
-        std::fs::write(path.join("cert.pem"), certificate).unwrap();
-        std::fs::write(path.join("key.pem"), key).unwrap();
-        std::fs::write(
-            path.join("slapd.conf"),
-            format!(
-                "include /etc/ldap/schema/core.schema\n\
-                 include /etc/ldap/schema/cosine.schema\n\
-                 include /etc/ldap/schema/inetorgperson.schema\n\
-                 include {schema}\n\
-                 TLSCertificateFile {dir}/cert.pem\nTLSCertificateKeyFile {dir}/key.pem\n\
-                 modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
-                 pidfile {pid}\n\
-                 database mdb\nsuffix \"{SUFFIX}\"\nrootdn \"{ROOT_DN}\"\nrootpw {ROOT_PASSWORD}\n\
-                 directory {db}\nmaxsize 104857600\nindex mail,proxyAddresses,sAMAccountName eq\n",
-                schema = path.join("adtest.schema").display(),
-                dir = path.display(),
-                pid = path.join("slapd.pid").display(),
-                db = path.join("db").display(),
-            ),
-        )
-        .unwrap();
-        std::fs::write(path.join("data.ldif"), directory_ldif()).unwrap();
-        let added = Command::new("/usr/sbin/slapadd")
-            .arg("-q")
-            .arg("-f")
-            .arg(path.join("slapd.conf"))
-            .arg("-l")
-            .arg(path.join("data.ldif"))
-            .output()
-            .unwrap();
-        assert!(
-            added.status.success(),
-            "slapadd: {}",
-            String::from_utf8_lossy(&added.stderr)
-        );
-        let port = unused_addr().await.port();
-        let tls_port = unused_addr().await.port();
-        let mut slapd = Slapd {
-            dir,
-            port,
-            tls_port,
-            child: None,
-        };
-        slapd.run().await;
-        slapd
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("slapd.log")
-    }
-
-    /// Starts slapd in the foreground (`-d stats`: every operation logged) and
-    /// waits until it answers a search.
-    async fn run(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let child = Command::new("/usr/sbin/slapd")
-            .arg("-f")
-            .arg(self.dir.path().join("slapd.conf"))
-            .arg("-h")
-            .arg(format!(
-                "{}/ ldaps://127.0.0.1:{}/",
-                self.url(),
-                self.tls_port
-            ))
-            .args(["-d", "stats"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start slapd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.answers() {
-            assert!(
-                Instant::now() < deadline,
-                "slapd did not start: {}",
-                self.log()
-            );
-            poll_pause().await;
-        }
-    }
-
-    fn answers(&self) -> bool {
-        Command::new("ldapsearch")
-            .args(["-x", "-H", &self.url(), "-b", SUFFIX, "-s", "base", "1.1"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    pub fn url(&self) -> String {
-        format!("ldap://127.0.0.1:{}", self.port)
-    }
-
-    /// The certificate slapd presents (self-signed: its own CA).
-    pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("cert.pem")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// Searches slapd has been asked whose filter holds `needle`.
-    pub fn searches(&self, needle: &str) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| l.contains(" SRCH base=") && l.contains(needle))
-            .count()
-    }
-
-    /// Stops slapd and waits until it has gone.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            let _ = child.wait();
-        }
-    }
-
-    pub async fn restart(&mut self) {
-        self.stop();
-        self.run().await;
-    }
-
-    /// Freezes slapd: connections stay open, nothing is answered.
-    pub fn freeze(&self, frozen: bool) {
-        signal(
-            self.child.as_ref().unwrap().id(),
-            if frozen { "STOP" } else { "CONT" },
-        );
-    }
-
-    pub fn delete(&self, dn: &str) {
-        let output = Command::new("ldapdelete")
-            .args([
-                "-x",
-                "-H",
-                &self.url(),
-                "-D",
-                ROOT_DN,
-                "-w",
-                ROOT_PASSWORD,
-                dn,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    /// The `[ldap]` table of a proxy using this directory.
-    pub fn config(&self, extra: &str) -> String {
-        format!(
-            "[ldap]\nurl = \"{}\"\nbind_dn = \"{SERVICE_DN}\"\nbind_password = \"{SERVICE_PASSWORD}\"\n\
-             base = \"{SUFFIX}\"\ntimeout = \"1s\"\npool_size = 2\n{extra}\n",
-            self.url()
-        )
-    }
-}
-
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status();
-}
-
-impl Drop for Slapd {
-    fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            signal(child.id(), "CONT");
-        }
-        self.stop();
-    }
+/// A slapd of the test's own, its packages installed when missing.
+async fn started() -> Slapd {
+    ensure_package("test -x /usr/sbin/slapd", "slapd");
+    ensure_package("command -v ldapdelete", "ldap-utils");
+    Slapd::start().await
 }
 
 /// A proxy whose hosted domains example.test and branch.test are validated in
@@ -342,7 +49,7 @@ fn cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_knows_primary_addresses_aliases_and_lists_per_domain_base() {
-    let slapd = Slapd::start().await;
+    let slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
     let proxy = proxy_with_directory(&backend, &slapd, "", "").await;
     let mut client = proxy.client().await;
@@ -403,7 +110,7 @@ async fn the_directory_knows_primary_addresses_aliases_and_lists_per_domain_base
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_or_frozen_directory_tempfails_within_the_timeout_and_the_cache_still_answers() {
-    let mut slapd = Slapd::start().await;
+    let mut slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
     let proxy = proxy_with_directory(&backend, &slapd, "", "").await;
     let mut client = proxy.client().await;
@@ -464,7 +171,7 @@ async fn a_dead_or_frozen_directory_tempfails_within_the_timeout_and_the_cache_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushing_the_cache_makes_a_deleted_entry_refused() {
-    let slapd = Slapd::start().await;
+    let slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
     let proxy = proxy_with_directory(&backend, &slapd, "", "").await;
     let mut client = proxy.client().await;
@@ -492,7 +199,7 @@ async fn flushing_the_cache_makes_a_deleted_entry_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_addresses_asked_ten_thousand_times_cost_a_thousand_searches() {
-    let slapd = Slapd::start().await;
+    let slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
     let proxy = proxy_with_directory(&backend, &slapd, "", "recipient_limit = 1000\n").await;
     let sessions: Vec<_> = (0..10)
@@ -533,7 +240,7 @@ async fn a_thousand_addresses_asked_ten_thousand_times_cost_a_thousand_searches(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_bind_as_the_directory_entry_and_may_send_as_its_addresses() {
     capture_logs();
-    let slapd = Slapd::start().await;
+    let slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
     let auth = "[auth]\nsource = \"ldap\"\nplaintext_networks = [\"127.0.0.0/8\"]\n\
                 max_failures_per_ip = 3\nfailure_delay = \"10ms\"\n";
@@ -690,7 +397,7 @@ fn run(config: &std::path::Path, args: &[&str]) -> (bool, String) {
 /// self-signed certificate is not trusted and RCPT is told to try later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ldaps_and_starttls_trust_the_ca_file_and_nothing_else() {
-    let slapd = Slapd::start().await;
+    let slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
     let ca = slapd.ca().display().to_string();
     let ldaps = format!("ldaps://127.0.0.1:{}", slapd.tls_port);
@@ -726,4 +433,47 @@ async fn ldaps_and_starttls_trust_the_ca_file_and_nothing_else() {
         "StartTLS asked for"
     );
     assert!(log.matches("TLS established").count() >= 2, "{log}");
+}
+
+/// With `[shared]`, two instances remember one set of answers: the second asks
+/// the directory nothing the first has asked, and a flush on one is a flush on
+/// both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_redis_share_the_answers_and_the_flush() {
+    let slapd = started().await;
+    let redis = crate::parts::RedisServer::start().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let shared = format!(
+        "[shared]\nredis = \"{}\"\ntimeout = \"500ms\"\n",
+        redis.url()
+    );
+    let text = base_config(backend.addr, "trusted_networks = []", &shared).replace(
+        "[recipients.domains.\"example.test\"]\nfile = \"recipients.txt\"\n",
+        &format!(
+            "[recipients.domains.\"example.test\"]\nldap = true\n\n{}",
+            slapd.config("")
+        ),
+    );
+    let a = Proxy::start_with_text(&text).await;
+    let b = Proxy::start_with_text(&text).await;
+    let rcpt = async |proxy: &Proxy, address: &str, expected: &str| {
+        let mut client = proxy.client().await;
+        client.expect("MAIL FROM:<sender@remote.test>", "250").await;
+        client
+            .expect(&format!("RCPT TO:<{address}>"), expected)
+            .await;
+    };
+    rcpt(&a, "bob@example.test", "250 2.1.5").await;
+    rcpt(&a, "ghost@example.test", "550 5.1.1").await;
+    rcpt(&b, "bob@example.test", "250 2.1.5").await;
+    rcpt(&b, "ghost@example.test", "550 5.1.1").await;
+    assert_eq!(slapd.searches("mail=bob@example.test"), 1);
+    assert_eq!(slapd.searches("mail=ghost@example.test"), 1);
+
+    slapd.delete(&format!("cn=Bob,ou=people,{SUFFIX}"));
+    rcpt(&b, "bob@example.test", "250 2.1.5").await;
+    let (ok, text) = cli(&a, &["recipients", "flush-cache"]);
+    assert!(ok, "{text}");
+    rcpt(&b, "bob@example.test", "550 5.1.1").await;
+    assert_eq!(slapd.searches("mail=bob@example.test"), 2);
 }

@@ -27,4 +27,5 @@ mod rules;
 mod scanning;
 mod sender_auth;
 mod shipped;
+mod slapd;
 mod support;
