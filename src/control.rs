@@ -26,6 +26,24 @@ pub enum Request {
     /// One screen about the running server.
     Status,
     Recipients(RecipientsCommand),
+    /// Send the quarantine digests now, to everyone due or to one address.
+    Digest(Option<String>),
+    Lists(ListsCommand),
+}
+
+/// `mailmoat lists …`: the sender lists (owner `*`: everyone's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ListsCommand {
+    Show(Option<String>),
+    Add {
+        owner: String,
+        sender: String,
+        block: bool,
+    },
+    Remove {
+        owner: String,
+        sender: String,
+    },
 }
 
 /// `mailmoat recipients …`
@@ -62,6 +80,8 @@ pub struct Context {
     pub dns: Arc<crate::dns::Dns>,
     pub shared: Arc<crate::shared_state::SharedState>,
     pub started: std::time::Instant,
+    /// The quarantine's digests, when `[web]` is on.
+    pub digests: Option<Arc<crate::web::digest::Digests>>,
 }
 
 impl Context {
@@ -164,6 +184,31 @@ impl Context {
                 AdminReply { ok: true, text }
             }
             Request::Recipients(command) => recipients_command(&self.pipeline, command).await,
+            Request::Lists(command) => {
+                lists_command(&self.pipeline.lists, command, "mailmoat lists").await
+            }
+            Request::Digest(to) => match &self.digests {
+                Some(digests) => match digests.send(to.as_deref()).await {
+                    Ok(sent) if sent.is_empty() => AdminReply {
+                        ok: true,
+                        text: "nothing new is held: no digest sent".into(),
+                    },
+                    Ok(sent) => AdminReply {
+                        ok: true,
+                        text: sent
+                            .iter()
+                            .map(|(to, n)| format!("digest queued for {to}: {n} item(s)"))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    },
+                    Err(text) => AdminReply { ok: false, text },
+                },
+                None => AdminReply {
+                    ok: false,
+                    text: "the quarantine's web pages are off ([web] listen): digests link to them"
+                        .into(),
+                },
+            },
             Request::Greylist(command) => {
                 // Listing and purging walk the embedded store: not on an async
                 // worker. The shared list is read from that thread too.
@@ -180,6 +225,67 @@ impl Context {
                 })
             }
         }
+    }
+}
+
+/// `mailmoat lists`: show, add, remove.
+pub async fn lists_command(
+    lists: &crate::policy::lists::SenderLists,
+    command: ListsCommand,
+    by: &str,
+) -> AdminReply {
+    use crate::policy::lists::ListKind;
+    let result = match command {
+        ListsCommand::Show(owner) => {
+            let entries = lists.entries(owner.as_deref()).await;
+            if entries.is_empty() {
+                Ok("no sender is listed".to_string())
+            } else {
+                let width = entries.iter().map(|e| e.owner.len()).max().unwrap_or(0);
+                Ok(entries
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{:width$}  {:5}  {}  (added by {}, {})",
+                            e.owner,
+                            e.kind.to_string(),
+                            e.sender,
+                            e.added_by,
+                            crate::local_time::local(e.time)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+        }
+        ListsCommand::Add {
+            owner,
+            sender,
+            block,
+        } => {
+            let kind = if block {
+                ListKind::Block
+            } else {
+                ListKind::Allow
+            };
+            lists
+                .add(&owner, &sender, kind, by)
+                .await
+                .map(|e| format!("{}: {} is on the {kind} list", e.owner, e.sender))
+        }
+        ListsCommand::Remove { owner, sender } => {
+            lists.remove(&owner, &sender, by).await.and_then(|existed| {
+                if existed {
+                    Ok(format!("{owner}: {sender} removed"))
+                } else {
+                    Err(format!("{owner}: {sender} is not listed"))
+                }
+            })
+        }
+    };
+    match result {
+        Ok(text) => AdminReply { ok: true, text },
+        Err(text) => AdminReply { ok: false, text },
     }
 }
 

@@ -37,3 +37,4 @@ pub mod smtp;
 pub mod smtp_client;
 pub mod store;
 pub mod verdict;
+pub mod web;

@@ -49,6 +49,25 @@ fn local_time_line(line: &str) -> Option<String> {
     ))
 }
 
+/// `--since` and the search's "since": a duration ago ("2h") or a date
+/// ("2026-11-22", midnight UTC), as unix seconds.
+pub fn parse_since(text: &str) -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Ok(ago) = humantime::parse_duration(text.trim()) {
+        return Some(now.saturating_sub(ago.as_secs()));
+    }
+    chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .ok()
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .unwrap_or_default()
+                .and_utc()
+                .timestamp() as u64
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

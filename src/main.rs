@@ -80,6 +80,17 @@ enum CliCommand {
         #[command(subcommand)]
         action: RecipientsAction,
     },
+    /// Senders allowed or blocked: for everyone (the default) or for one
+    /// recipient (--for ADDR), as recipients set them on the quarantine page.
+    Lists {
+        #[command(subcommand)]
+        action: ListsAction,
+    },
+    /// The quarantine digests of the recipients ([digest]).
+    Digest {
+        #[command(subcommand)]
+        action: DigestAction,
+    },
     /// The greylist of a running server: its triplets, networks to let
     /// through, stale entries.
     Greylist {
@@ -128,6 +139,43 @@ enum GreylistAction {
 }
 
 #[derive(Subcommand)]
+enum ListsAction {
+    /// Every entry, or those of one recipient (--for ADDR) or everyone's (--for '*').
+    Show {
+        #[arg(long = "for", value_name = "ADDR")]
+        owner: Option<String>,
+    },
+    /// Spare a sender (address or domain) greylisting and the DNS blocklists
+    /// when its SPF passes; never the virus or attachment checks.
+    Allow {
+        sender: String,
+        #[arg(long = "for", value_name = "ADDR", default_value = "*")]
+        owner: String,
+    },
+    /// Refuse a sender (address or domain) with 550 5.7.1.
+    Block {
+        sender: String,
+        #[arg(long = "for", value_name = "ADDR", default_value = "*")]
+        owner: String,
+    },
+    /// Take a sender off the list.
+    Remove {
+        sender: String,
+        #[arg(long = "for", value_name = "ADDR", default_value = "*")]
+        owner: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DigestAction {
+    /// Send the digests now: to every recipient with new items, or to one.
+    Send {
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum RecipientsAction {
     /// What RCPT TO would be told about ADDR and why: the file, the backend's
     /// answer or the directory entry (remembered or searched for now).
@@ -161,7 +209,13 @@ enum DkimAction {
 enum PasswdAction {
     /// Add a user or change their password; the password is read from standard
     /// input (one line), so it never appears in a process list.
-    Add { user: String },
+    Add {
+        user: String,
+        /// An administrator of the quarantine's web page (sees and acts on
+        /// every item, approves release requests).
+        #[arg(long)]
+        admin: bool,
+    },
     /// Remove a user.
     Delete { user: String },
 }
@@ -281,6 +335,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             answer(&config, Request::Greylist(command))
         }
+        CliCommand::Lists { action } => {
+            use mailmoat::control::ListsCommand;
+            let command = match action {
+                ListsAction::Show { owner } => ListsCommand::Show(owner),
+                ListsAction::Allow { sender, owner } => ListsCommand::Add {
+                    owner,
+                    sender,
+                    block: false,
+                },
+                ListsAction::Block { sender, owner } => ListsCommand::Add {
+                    owner,
+                    sender,
+                    block: true,
+                },
+                ListsAction::Remove { sender, owner } => ListsCommand::Remove { owner, sender },
+            };
+            answer(&config, Request::Lists(command))
+        }
+        CliCommand::Digest {
+            action: DigestAction::Send { to },
+        } => answer(&config, Request::Digest(to)),
         CliCommand::Recipients { action } => {
             use mailmoat::control::RecipientsCommand;
             let command = match action {
@@ -532,7 +607,7 @@ fn passwd(config: &Config, action: PasswdAction) -> anyhow::Result<ExitCode> {
     let named =
         |line: &String, user: &str| line.split_once(':').is_some_and(|(name, _)| name == user);
     let message = match action {
-        PasswdAction::Add { user } => {
+        PasswdAction::Add { user, admin } => {
             if user.is_empty() || user.contains(':') || user.contains(char::is_whitespace) {
                 anyhow::bail!("'{user}': a user name has no ':' and no spaces");
             }
@@ -543,14 +618,19 @@ fn passwd(config: &Config, action: PasswdAction) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no password given on standard input");
             }
             let entry = format!(
-                "{user}:{}",
-                mailmoat::policy::auth::hash_password(password)?
+                "{user}:{}{}",
+                mailmoat::policy::auth::hash_password(password)?,
+                if admin { ":admin" } else { "" }
             );
             match lines.iter_mut().find(|l| named(l, &user)) {
                 Some(line) => *line = entry,
                 None => lines.push(entry),
             }
-            format!("{user}: password set in {}", path.display())
+            format!(
+                "{user}: password set in {}{}",
+                path.display(),
+                if admin { " (administrator)" } else { "" }
+            )
         }
         PasswdAction::Delete { user } => {
             let before = lines.len();
@@ -572,19 +652,9 @@ fn passwd(config: &Config, action: PasswdAction) -> anyhow::Result<ExitCode> {
 
 /// `--since`: a duration ago ("2h") or a date ("2026-11-22"), as unix seconds.
 fn parse_since(text: &str) -> anyhow::Result<u64> {
-    if let Ok(ago) = humantime::parse_duration(text) {
-        return Ok(mailmoat::archive::unix_now().saturating_sub(ago.as_secs()));
-    }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map(|d| {
-            d.and_hms_opt(0, 0, 0)
-                .unwrap_or_default()
-                .and_utc()
-                .timestamp() as u64
-        })
-        .map_err(|_| {
-            anyhow::anyhow!("--since {text}: write a time ago (\"2h\") or a date (2026-11-22)")
-        })
+    mailmoat::local_time::parse_since(text).ok_or_else(|| {
+        anyhow::anyhow!("--since {text}: write a time ago (\"2h\") or a date (2026-11-22)")
+    })
 }
 
 /// Runs a command offline when no server holds the spool, else through the
@@ -612,6 +682,23 @@ fn control_request(config: &Config, request: Request) -> anyhow::Result<AdminRep
                         mailmoat::control::census_line(&queue.census())
                     ),
                 })
+            }
+            Request::Digest(_) => Ok(AdminReply {
+                ok: false,
+                text: "no mailmoat is running with this queue: digests are sent by the server"
+                    .into(),
+            }),
+            Request::Lists(command) => {
+                let store = mailmoat::store::Store::open(&config.store.path)?;
+                let lists = mailmoat::policy::lists::SenderLists::new(
+                    store.tree("sender-lists")?,
+                    mailmoat::shared_state::SharedState::open(&config.shared)?,
+                );
+                Ok(runtime.block_on(mailmoat::control::lists_command(
+                    &lists,
+                    command,
+                    "mailmoat lists",
+                )))
             }
             Request::Recipients(command) => {
                 let config = std::sync::Arc::new(config.clone());

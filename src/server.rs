@@ -85,6 +85,8 @@ impl Loaded {
 pub struct Server {
     /// The addresses actually listened on (port 0 in the config becomes a real port).
     pub local_addrs: Vec<SocketAddr>,
+    /// Where the quarantine's pages are served, when `[web] listen` is set.
+    pub web_addr: Option<SocketAddr>,
     pub queue: Arc<Queue>,
     config: Arc<Config>,
     shutdown: watch::Sender<Phase>,
@@ -155,7 +157,28 @@ impl Server {
         )?);
         let greylist = loaded.pipeline.greylist.clone();
         let pipeline = Arc::new(loaded.pipeline.keeping(services.clone()));
+        let web = match (&services.archive, config.web.enabled()) {
+            (Some(archive), true) => Some(crate::web::Web::new(
+                config.clone(),
+                archive.clone(),
+                pipeline.clone(),
+                rules.clone(),
+                queue.clone(),
+                &store,
+            )?),
+            _ => None,
+        };
+        let mut web_addr = None;
+        if let Some(web) = &web {
+            let (address, task) = crate::web::serve(web.clone()).await?;
+            web_addr = Some(address);
+            background.push(task);
+            if config.digest.enabled {
+                background.push(tokio::spawn(web.digests().run()));
+            }
+        }
         let control = start_control(crate::control::Context {
+            digests: web.as_ref().map(|w| w.digests()),
             queue: queue.clone(),
             archive: services.archive.clone(),
             pipeline: pipeline.clone(),
@@ -206,6 +229,7 @@ impl Server {
         tracing::info!(listen = %crate::logging::list(&local_addrs), hostname = %config.server.hostname, "mailmoat started");
         Ok(Server {
             local_addrs,
+            web_addr,
             queue,
             config,
             shutdown,

@@ -4,6 +4,7 @@
 //! archive folder (`quarantine/` by default) with an index in the embedded store,
 //! reported to the backup mailbox, and released from there by the administrator.
 
+pub mod actions;
 pub mod admin;
 pub mod release;
 pub mod report;
@@ -65,6 +66,45 @@ pub struct Record {
     /// `Received:` line); a release delivers it with the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received: Option<String>,
+    /// The message's From and Subject, decoded, for the quarantine's pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Releases to some recipients after the first (`released`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_releases: Vec<Released>,
+    /// Recipients who deleted their copy: it is gone from their view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted_for: Vec<String>,
+    /// A recipient asked for a release an administrator must approve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<ReleaseRequest>,
+    /// Everything anyone did with the item: who, what, when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
+}
+
+/// A release asked for by a recipient, for an item only an administrator may
+/// release (a virus, an attachment that could not be read, an ambiguous
+/// structure, DMARC's reject).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub by: String,
+    pub time: u64,
+    /// None while waiting; then whether it was approved, by whom.
+    #[serde(default)]
+    pub decided: Option<(bool, String, u64)>,
+}
+
+/// One thing done with an archived item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub time: u64,
+    /// `alice@example.com (web)`, `admin root (web)`, `mailmoat quarantine (root)`.
+    pub by: String,
+    /// `released to alice@example.com as 4QxY…`, `deleted`, `asked for a release` …
+    pub what: String,
 }
 
 impl Record {
@@ -96,8 +136,41 @@ impl Record {
             has_message: message.is_some(),
             released: None,
             received: received.map(|r| String::from_utf8_lossy(r).into_owned()),
+            from: message.and_then(|m| header_text(m, "From")),
+            subject: message.and_then(|m| header_text(m, "Subject")),
+            more_releases: Vec::new(),
+            deleted_for: Vec::new(),
+            request: None,
+            actions: Vec::new(),
         }
     }
+
+    /// The recipients it has been released to, in all.
+    pub fn released_to(&self) -> Vec<String> {
+        self.released
+            .iter()
+            .chain(&self.more_releases)
+            .flat_map(|r| r.recipients.iter().map(|a| a.to_lowercase()))
+            .collect()
+    }
+}
+
+/// A header of a message, decoded (RFC 2047), on one line.
+fn header_text(message: &[u8], name: &str) -> Option<String> {
+    let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
+    let text = match name {
+        "From" => parsed.from().and_then(|from| {
+            from.first().map(|a| match (a.name(), a.address()) {
+                (Some(n), Some(addr)) => format!("{n} <{addr}>"),
+                (None, Some(addr)) => addr.to_string(),
+                (Some(n), None) => n.to_string(),
+                (None, None) => String::new(),
+            })
+        })?,
+        _ => parsed.subject()?.to_string(),
+    };
+    let line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+    (!line.trim().is_empty()).then_some(line)
 }
 
 pub fn unix_now() -> u64 {

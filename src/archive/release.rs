@@ -21,7 +21,14 @@ impl Archive {
         let record = self
             .record(id)
             .ok_or_else(|| format!("{id}: no such item in the archive"))?;
-        if let Some(done) = &record.released {
+        let already = record.released_to();
+        let wanted: Vec<String> = if only.is_empty() {
+            record.recipients.clone()
+        } else {
+            only.to_vec()
+        };
+        if !already.is_empty() && wanted.iter().all(|w| already.contains(&w.to_lowercase())) {
+            let done = record.released.as_ref().expect("released to someone");
             return Err(format!(
                 "{id}: already released {} by {} (queued as {}); not delivering twice",
                 super::report::time_text(done.time),
@@ -52,11 +59,11 @@ impl Archive {
                 ));
             }
         }
-        let recipients = if only.is_empty() {
-            record.recipients.clone()
-        } else {
-            only.to_vec()
-        };
+        // Those not released to yet.
+        let recipients: Vec<String> = wanted
+            .into_iter()
+            .filter(|w| !already.contains(&w.to_lowercase()))
+            .collect();
         let message = self
             .message(id)
             .map_err(|e| format!("{id}: cannot read the archived message: {e}"))?;
@@ -77,19 +84,31 @@ impl Archive {
         recipients: &[String],
         queue_id: &str,
     ) -> Result<(), String> {
-        record.released = Some(Released {
+        let release = Released {
             time: unix_now(),
             by: by.to_string(),
             recipients: recipients.to_vec(),
             queue_id: queue_id.to_string(),
+        };
+        record.actions.push(super::Action {
+            time: release.time,
+            by: by.to_string(),
+            what: format!("released to {} as {queue_id}", recipients.join(", ")),
         });
+        match record.released {
+            None => record.released = Some(release),
+            Some(_) => record.more_releases.push(release),
+        }
         self.update(record)
             .map_err(|e| format!("{}: cannot update the archive: {e}", record.id))
     }
 
     /// Takes the mark back: the message could not be queued after all.
     pub fn unmark_released(&self, record: &mut Record) {
-        record.released = None;
+        record.actions.pop();
+        if record.more_releases.pop().is_none() {
+            record.released = None;
+        }
         let _ = self.update(record);
     }
 }

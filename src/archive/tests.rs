@@ -33,6 +33,12 @@ fn record(id: &str, time: u64, size: u64) -> Record {
         has_message: size > 0,
         released: None,
         received: None,
+        from: None,
+        subject: None,
+        more_releases: Vec::new(),
+        deleted_for: Vec::new(),
+        request: None,
+        actions: Vec::new(),
     }
 }
 

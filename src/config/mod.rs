@@ -13,6 +13,7 @@ mod sender_auth;
 mod server;
 mod shared;
 mod types;
+mod web;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,7 @@ pub use sender_auth::*;
 pub use server::*;
 pub use shared::*;
 pub use types::*;
+pub use web::*;
 
 use crate::file_error::{FileError, Spans};
 
@@ -61,6 +63,9 @@ pub struct Config {
     pub spam: SpamConfig,
     /// State shared by several instances (Redis).
     pub shared: SharedConfig,
+    /// The recipients' quarantine: web page and digests.
+    pub web: WebConfig,
+    pub digest: DigestConfig,
     /// Keys that sign the mail of trusted and logged-in clients, by From domain.
     pub dkim_sign: Vec<SigningKey>,
     /// The file it was read from (for reloading it).
@@ -290,6 +295,14 @@ impl Config {
         self.recipients
             .validate(&|domain| self.is_hosted(domain), self.ldap.enabled())?;
         self.greylist.validate()?;
+        self.web.validate(self.tls.cert_file.is_some())?;
+        if self.web.enabled() && !self.archive.enabled {
+            return Err(invalid(
+                &[&["web", "listen"], &["archive", "enabled"]],
+                "web.listen shows the archive's items: it needs archive.enabled = true",
+            ));
+        }
+        self.digest.validate(&self.web)?;
         self.antivirus.validate()?;
         self.spam.validate()
     }

@@ -74,13 +74,14 @@ pub const MAIL: &[Step] = &[
 ];
 
 /// At RCPT TO: a signed release address, the relay decision, whether the
-/// recipient exists, the rules that can judge a recipient, the DNS blocklists
+/// recipient exists, the sender lists of the recipient, the rules that can judge a recipient, the DNS blocklists
 /// when judged at RCPT, the recipient rates, then greylisting (last, so that
 /// what would be refused for good is refused at once).
 pub const RCPT: &[Step] = &[
     Step::ReleaseAddress,
     Step::Relay,
     Step::Recipients,
+    Step::SenderLists,
     Step::Rules,
     Step::Dnsbl,
     Step::RecipientRate,
@@ -155,8 +156,12 @@ pub enum Step {
     ReleaseAddress,
     /// Hosted domain, or a client that may relay; routing tricks refused.
     Relay,
-    /// `[recipients]`: the file or the backend callout of a hosted domain.
+    /// `[recipients]`: the file, the backend callout or the directory.
     Recipients,
+    /// The recipient's and the administrators' sender lists: a block refuses,
+    /// an allow (for an SPF-authenticated sender) spares the DNS blocklists
+    /// and greylisting for this recipient.
+    SenderLists,
     /// `[mailbomb] recipients_per_hour` and `messages_per_recipient`.
     RecipientRate,
     /// `[mailbomb] identical_bodies`.
@@ -202,6 +207,7 @@ impl Step {
             | Step::ReleaseAddress
             | Step::Relay
             | Step::Recipients
+            | Step::SenderLists
             | Step::MimeStructure
             | Step::Unscannable
             | Step::Scan
@@ -231,7 +237,8 @@ impl Step {
             Step::MessageRate => &["mailbomb.messages", "mailbomb.sender"],
             Step::ReleaseAddress => &["release"],
             Step::Relay => &["relay"],
-            Step::Recipients => &["recipients", "recipients.callout"],
+            Step::Recipients => &["recipients", "recipients.callout", "recipients.ldap"],
+            Step::SenderLists => &["lists.recipient"],
             Step::RecipientRate => &["mailbomb.recipients", "mailbomb.mailbox"],
             Step::Greylist => &["greylist"],
             Step::BodyFlood => &["mailbomb.identical_bodies"],
@@ -317,6 +324,8 @@ pub struct Pipeline {
     pub mailbomb: Arc<MailBomb>,
     pub recipients: Arc<RecipientValidator>,
     pub greylist: Arc<crate::policy::greylist::Greylist>,
+    /// The recipients' and the administrators' sender lists.
+    pub lists: Arc<crate::policy::lists::SenderLists>,
     /// clamd and rspamd; None when neither is configured.
     pub scanners: Option<Arc<crate::scanners::Scanners>>,
     /// Where accepted and refused mail goes and what counts it; None in trials,
@@ -362,6 +371,8 @@ struct Judging<'a> {
     /// reserved for it.
     declared_size: u64,
     room: Option<crate::memory::Reservation>,
+    /// At RCPT: the recipient allows this (authenticated) sender.
+    allow_listed: bool,
 }
 
 impl<'a> Judging<'a> {
@@ -409,6 +420,7 @@ impl<'a> Judging<'a> {
             scan: None,
             declared_size: 0,
             room: None,
+            allow_listed: false,
         }
     }
 }
@@ -451,6 +463,10 @@ impl Pipeline {
             }
         };
         let callout_cache = store.tree("recipient-callouts")?;
+        let lists = Arc::new(crate::policy::lists::SenderLists::new(
+            store.tree("sender-lists")?,
+            shared.clone(),
+        ));
         let greylist =
             crate::policy::greylist::Greylist::open(&config.greylist, store, shared.clone())?;
         let backend = crate::smtp_client::Target::from_backend(
@@ -470,6 +486,7 @@ impl Pipeline {
                 crate::directory::Directory::new(&config.ldap)?,
             )?),
             greylist: Arc::new(greylist),
+            lists,
             scanners: crate::scanners::Scanners::new(&config).map(Arc::new),
             relay_networks: Arc::new(crate::policy::relay::RelayNetworks::new(&config.relay)),
             config,

@@ -44,7 +44,7 @@ impl Pipeline {
                     DnsblAt::Connect => Stage::Connect,
                     DnsblAt::Rcpt => Stage::Rcpt,
                 };
-                if here == j.stage {
+                if here == j.stage && !j.allow_listed {
                     let recipient = (j.stage == Stage::Rcpt).then_some(j.recipient);
                     self.reputation.dnsbl(ip, recipient).await?;
                 }
@@ -126,8 +126,11 @@ impl Pipeline {
                         .await?;
                 }
             }
+            Step::SenderLists => self.sender_lists(j).await?,
             Step::Greylist => {
-                if let Some((recipient, spf_domain)) = self.greylisted_recipient(j) {
+                if let Some((recipient, spf_domain)) = self.greylisted_recipient(j)
+                    && !j.allow_listed
+                {
                     let now = crate::policy::greylist::now();
                     let spf_domain = spf_domain.as_deref();
                     self.greylist
@@ -231,6 +234,52 @@ impl Pipeline {
             .filter(|spf| spf.result == crate::sender_auth::AuthResult::Pass)
             .map(|spf| spf.domain().to_string());
         Some((mailbox.to_string(), spf_domain))
+    }
+
+    /// The recipient's and the administrators' lists: a block refuses; an allow
+    /// counts only when the sender's SPF passes for its own domain.
+    async fn sender_lists(&self, j: &mut Judging<'_>) -> Result<(), Decision> {
+        let Some(Recipient::Deliver(Destination::Hosted(mailbox))) = &j.accepted else {
+            return Ok(());
+        };
+        let recipient = mailbox.lookup_key();
+        let Some(entry) = self.lists.judge(&recipient, j.sender).await else {
+            return Ok(());
+        };
+        let whose = if entry.owner == crate::policy::lists::EVERYONE {
+            "the administrators' list".to_string()
+        } else {
+            format!("the list of {}", entry.owner)
+        };
+        match entry.kind {
+            crate::policy::lists::ListKind::Block => Err(Decision::refuse(
+                "lists.recipient",
+                Reply::new(
+                    550,
+                    "5.7.1",
+                    format!("<{}>: Sender blocked by the recipient", j.sender),
+                ),
+                format!("{} is blocked on {whose}", entry.sender),
+            )),
+            crate::policy::lists::ListKind::Allow => {
+                let authenticated = j.spf.as_deref().is_some_and(|spf| {
+                    spf.result == crate::sender_auth::AuthResult::Pass
+                        && j.sender
+                            .rsplit_once('@')
+                            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(spf.domain()))
+                });
+                tracing::info!(
+                    sender = j.sender,
+                    recipient = %recipient,
+                    allowed = %entry.sender,
+                    spared = authenticated,
+                    "sender allowed on {whose}{}",
+                    if authenticated { "" } else { ", but its SPF does not pass: nothing spared" }
+                );
+                j.allow_listed = authenticated;
+                Ok(())
+            }
+        }
     }
 
     /// `RCPT TO:<release+ID.SIG@hostname>`: a reviewer releasing an archived item

@@ -148,6 +148,15 @@ impl UsersFile {
 
 /// Reads a users file; errors name the file and line.
 pub fn read_users(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    Ok(read_accounts(path)?
+        .into_iter()
+        .map(|(user, (hash, _))| (user, hash))
+        .collect())
+}
+
+/// Reads a users file: `name:hash`, or `name:hash:admin` for an administrator
+/// of the quarantine's web page; each name with its hash and whether it is one.
+pub fn read_accounts(path: &Path) -> anyhow::Result<HashMap<String, (String, bool)>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         anyhow::anyhow!(
             "{}: {e} (add a user with: mailmoat passwd add NAME)",
@@ -167,6 +176,10 @@ pub fn read_users(path: &Path) -> anyhow::Result<HashMap<String, String>> {
                 n + 1
             );
         };
+        let (hash, admin) = match hash.strip_suffix(":admin") {
+            Some(hash) => (hash, true),
+            None => (hash, false),
+        };
         if PasswordHash::new(hash).is_err() {
             anyhow::bail!(
                 "{}:{}: '{user}' has no valid password hash (use mailmoat passwd add {user})",
@@ -174,9 +187,23 @@ pub fn read_users(path: &Path) -> anyhow::Result<HashMap<String, String>> {
                 n + 1
             );
         }
-        users.insert(user.to_string(), hash.to_string());
+        users.insert(user.to_string(), (hash.to_string(), admin));
     }
     Ok(users)
+}
+
+/// Whether `password` is the one of an argon2id hash; tens of milliseconds of
+/// CPU by design, so not on an async worker.
+pub async fn verify_password(hash: String, password: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// An argon2id hash of a password, for the users file.
@@ -320,20 +347,11 @@ impl Authenticator {
                 let Some(hash) = users.hash_of(user) else {
                     return Login::Refused;
                 };
-                let password = password.to_string();
-                let user = user.to_string();
-                // argon2 takes tens of milliseconds of CPU by design: not on an async worker.
-                tokio::task::spawn_blocking(move || {
-                    let parsed = PasswordHash::new(&hash).ok()?;
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .ok()?;
-                    Some(user)
-                })
-                .await
-                .ok()
-                .flatten()
-                .map_or(Login::Refused, |user| Login::Accepted(Account::named(user)))
+                if verify_password(hash, password.to_string()).await {
+                    Login::Accepted(Account::named(user.to_string()))
+                } else {
+                    Login::Refused
+                }
             }
             Accounts::Backend(backend) => backend_login(backend, user, password).await,
             Accounts::Directory(directory) => directory_login(directory, user, password).await,

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod greylist;
+pub mod lists;
 pub mod mailbomb;
 pub mod recipients;
 pub mod relay;

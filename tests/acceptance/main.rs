@@ -29,3 +29,4 @@ mod sender_auth;
 mod shipped;
 mod slapd;
 mod support;
+mod web;

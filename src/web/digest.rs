@@ -1,0 +1,289 @@
+//! Digests: one message per recipient with what was held or refused for them
+//! since their last digest, plain text and HTML, each item with a signed link
+//! (release, or open the quarantine to ask for a release); sent through the
+//! queue like any mail. Also the "send me my link" message.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::signing::Signer;
+use crate::archive::actions::needs_approval;
+use crate::archive::{Archive, Record, unix_now};
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::queue::Queue;
+use crate::queue::envelope::Envelope;
+use crate::queue::spool::new_id;
+
+pub struct Digests {
+    config: Arc<Config>,
+    archive: Arc<Archive>,
+    queue: Arc<Queue>,
+    signer: Signer,
+    /// Recipient → unix seconds of their last digest.
+    sent: sled::Tree,
+}
+
+/// What `digest send` did: each recipient with the number of items listed.
+pub type Sent = Vec<(String, usize)>;
+
+impl Digests {
+    pub fn new(
+        config: Arc<Config>,
+        archive: Arc<Archive>,
+        queue: Arc<Queue>,
+        signer: Signer,
+        sent: sled::Tree,
+    ) -> Digests {
+        Digests {
+            config,
+            archive,
+            queue,
+            signer,
+            sent,
+        }
+    }
+
+    fn link(&self, recipient: &str, scope: &str) -> String {
+        let expires = unix_now() + self.config.digest.link_lifetime.as_secs();
+        let token = self.signer.sign(&["link", recipient, scope], expires);
+        format!(
+            "{}/link?t={token}",
+            self.config.web.base_url.trim_end_matches('/')
+        )
+    }
+
+    fn from(&self) -> String {
+        if self.config.digest.from.is_empty() {
+            format!("postmaster@{}", self.config.server.hostname)
+        } else {
+            self.config.digest.from.clone()
+        }
+    }
+
+    fn last_sent(&self, recipient: &str) -> u64 {
+        self.sent
+            .get(recipient.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends each recipient (or only `only`) a digest of their items since
+    /// their last one; nobody with nothing new gets one.
+    pub async fn send(&self, only: Option<&str>) -> Result<Sent, String> {
+        let only = only.map(str::to_lowercase);
+        let mut held: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+        for record in self.archive.records() {
+            let released = record.released_to();
+            for recipient in &record.recipients {
+                let recipient = recipient.to_lowercase();
+                let hosted = recipient
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| self.config.is_hosted(d));
+                if !hosted
+                    || only.as_ref().is_some_and(|o| o != &recipient)
+                    || record.deleted_for.contains(&recipient)
+                    || released.contains(&recipient)
+                    || record.time <= self.last_sent(&recipient)
+                {
+                    continue;
+                }
+                held.entry(recipient).or_default().push(record.clone());
+            }
+        }
+        let now = unix_now();
+        let mut sent = Vec::new();
+        for (recipient, mut records) in held {
+            records.sort_by_key(|r| r.time);
+            let message = self.digest(&recipient, &records);
+            self.enqueue(&recipient, message, "digest").await?;
+            let _ = self
+                .sent
+                .insert(recipient.as_bytes(), now.to_string().as_bytes());
+            sent.push((recipient, records.len()));
+        }
+        let _ = self.sent.flush_async().await;
+        Ok(sent)
+    }
+
+    async fn enqueue(&self, to: &str, message: Vec<u8>, what: &str) -> Result<(), String> {
+        let id = new_id();
+        let envelope = Envelope {
+            client_ip: "127.0.0.1".into(),
+            helo: self.config.server.hostname.clone(),
+            eight_bit: !message.is_ascii(),
+            ..Envelope::new(id.clone(), self.from(), [to.to_string()])
+        };
+        self.queue
+            .enqueue(envelope, message)
+            .await
+            .map_err(|e| format!("cannot queue the {what} for {to}: {e}"))?;
+        tracing::info!(queue_id = %id, to, "quarantine {what} queued");
+        Ok(())
+    }
+
+    fn headers(&self, to: &str, subject: &str, boundary: &str) -> String {
+        format!(
+            "From: mailmoat quarantine <{}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {}\r\n\
+             Message-ID: <{}.digest@{}>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n",
+            self.from(),
+            chrono::Utc::now().to_rfc2822(),
+            new_id(),
+            self.config.server.hostname
+        )
+    }
+
+    /// The digest of one recipient's items.
+    fn digest(&self, recipient: &str, records: &[Record]) -> Vec<u8> {
+        let open = self.link(recipient, "open");
+        let boundary = format!("=_digest_{}", new_id());
+        let mut text = format!(
+            "{} message(s) addressed to {recipient} were held or refused since your last digest.\n\
+             Open your quarantine: {open}\n\n",
+            records.len()
+        );
+        let mut html = format!(
+            "<html><body><p>{} message(s) addressed to {} were held or refused since your last \
+             digest. <a href=\"{}\">Open your quarantine</a>.</p><table>",
+            records.len(),
+            escape(recipient),
+            escape(&open)
+        );
+        for record in records {
+            let subject = record.subject.as_deref().unwrap_or("(no subject)");
+            let why = super::why(record);
+            let date = crate::archive::report::time_text(record.time);
+            let sender = if record.sender.is_empty() {
+                "<>"
+            } else {
+                &record.sender
+            };
+            let (label, href) = if !record.has_message {
+                ("", String::new())
+            } else if needs_approval(record) {
+                ("Ask for release", open.clone())
+            } else {
+                (
+                    "Release",
+                    self.link(recipient, &format!("release:{}", record.id)),
+                )
+            };
+            let _ = writeln!(text, "- {date}  {sender}  \"{subject}\"  ({why})");
+            if !label.is_empty() {
+                let _ = writeln!(text, "  {label}: {href}");
+            }
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&date),
+                escape(sender),
+                escape(subject),
+                escape(&why),
+                if label.is_empty() {
+                    String::new()
+                } else {
+                    format!("<a href=\"{}\">{label}</a>", escape(&href))
+                }
+            );
+        }
+        text.push_str("\nA link opens a page that asks before anything is done.\n");
+        html.push_str(
+            "</table><p>A link opens a page that asks before anything is done.</p></body></html>",
+        );
+        let mut out = self.headers(
+            recipient,
+            &format!("Mail held for you: {} message(s)", records.len()),
+            &boundary,
+        );
+        for (kind, body) in [("plain", text), ("html", html)] {
+            let _ = write!(
+                out,
+                "--{boundary}\r\nContent-Type: text/{kind}; charset=utf-8\r\n\
+                 Content-Transfer-Encoding: 8bit\r\n\r\n{}\r\n",
+                body.replace('\n', "\r\n")
+            );
+        }
+        let _ = write!(out, "--{boundary}--\r\n");
+        out.into_bytes()
+    }
+
+    /// "Send me my link": only to a hosted address that exists.
+    pub async fn send_link(&self, pipeline: &Pipeline, address: &str) {
+        let Ok(mailbox) = crate::address::Mailbox::parse(address) else {
+            return;
+        };
+        let hosted = mailbox
+            .domain_name()
+            .is_some_and(|d| self.config.is_hosted(d));
+        if !hosted || pipeline.recipients.check(&mailbox).await.is_err() {
+            tracing::info!(address, "quarantine link not sent: not a hosted recipient");
+            return;
+        }
+        let address = mailbox.lookup_key();
+        let open = self.link(&address, "open");
+        let boundary = format!("=_link_{}", new_id());
+        let text = format!(
+            "Someone (you, we hope) asked for a link to the mail held for {address}:\n{open}\n\n\
+             It works for {}. If it was not you, ignore this message.\n",
+            humantime::format_duration(self.config.digest.link_lifetime)
+        );
+        let mut out = self.headers(&address, "Your quarantine link", &boundary);
+        let _ = write!(
+            out,
+            "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\n{}\r\n--{boundary}--\r\n",
+            text.replace('\n', "\r\n")
+        );
+        if let Err(e) = self.enqueue(&address, out.into_bytes(), "link").await {
+            tracing::error!(error = %e, "quarantine link not sent");
+        }
+    }
+
+    /// Sends digests daily at `digest.at` (local time), or every `digest.every`.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let wait = match (self.config.digest.every, &self.config.digest.at) {
+                (Some(every), _) => every,
+                (None, Some(at)) => until_clock(at),
+                (None, None) => return,
+            };
+            tokio::time::sleep(wait).await;
+            match self.send(None).await {
+                Ok(sent) => tracing::info!(digests = sent.len(), "quarantine digests sent"),
+                Err(e) => tracing::error!(error = %e, "quarantine digests not sent"),
+            }
+        }
+    }
+}
+
+/// How long until the next `HH:MM` local time.
+fn until_clock(at: &str) -> std::time::Duration {
+    use chrono::{Local, TimeZone};
+    let (hour, minute) = crate::config::parse_clock(at).unwrap_or((8, 0));
+    let now = Local::now();
+    let today = now
+        .date_naive()
+        .and_hms_opt(hour, minute, 0)
+        .and_then(|t| Local.from_local_datetime(&t).earliest());
+    let next = match today {
+        Some(t) if t > now => t,
+        _ => today
+            .map(|t| t + chrono::Duration::days(1))
+            .unwrap_or(now + chrono::Duration::days(1)),
+    };
+    (next - now)
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(60))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}

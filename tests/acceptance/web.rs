@@ -1,0 +1,595 @@
+//! The recipients' quarantine: its web pages over plain HTTP (links, form
+//! tokens, sessions, rate limits), the digests, and the sender lists in the
+//! pipeline. The real browser's part is in `browser.rs`.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+pub const SECRET: &str = "web-secret-0123456789abcdef";
+pub const ADMIN_PASSWORD: &str = "admin-password-42";
+
+pub const RULES: &str = r#"
+[[rule]]
+name = "hold-for-review"
+when.subject = "[hold]"
+action = "quarantine"
+"#;
+
+/// A proxy with the quarantine's pages, a name server (friend.test's SPF
+/// passes from loopback, stranger.test has none), greylisting for untrusted
+/// clients (127.0.0.1 is trusted: the tests' mail comes in without waiting),
+/// an administrator `root`, and a rule holding "[hold]" subjects.
+pub struct Quarantine {
+    pub proxy: Proxy,
+    pub backend: Backend,
+    /// Kept running for the proxy's lookups.
+    pub _dns: DnsServer,
+    pub web: SocketAddr,
+}
+
+impl Quarantine {
+    pub async fn start(extra: &str) -> Quarantine {
+        let backend = Backend::start(DataEnd::Strict).await;
+        let dns = DnsServer::start().await;
+        dns.txt("friend.test", "v=spf1 ip4:127.0.0.0/8 -all");
+        let web = unused_addr().await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(dir.path().join("rules/50-test.toml"), RULES).unwrap();
+        let hash = mailmoat::policy::auth::hash_password(ADMIN_PASSWORD).unwrap();
+        std::fs::write(dir.path().join("users.txt"), format!("root:{hash}:admin\n")).unwrap();
+        let tables = format!(
+            "[web]\nlisten = \"{web}\"\nbase_url = \"http://{web}\"\nsecret = \"{SECRET}\"\n\n\
+             [digest]\nenabled = true\nevery = \"1day\"\nfrom = \"quarantine@example.test\"\n\n\
+             [greylist]\nenabled = true\ndelay = \"1h\"\nskip_spf_pass = false\nipv4_prefix = 32\n\n\
+             [auth]\nusers_file = \"users.txt\"\nfailure_delay = \"10ms\"\n\n{extra}"
+        );
+        let text = dns
+            .serving(&base_config(
+                backend.addr,
+                "trusted_networks = [\"127.0.0.1/32\"]",
+                &tables,
+            ))
+            .replace(
+                "[sender_auth]\nspf = false\n",
+                "[sender_auth]\nspf = true\n",
+            );
+        let proxy = Proxy::start_in(dir, &text).await;
+        assert_eq!(proxy.server.as_ref().unwrap().web_addr, Some(web));
+        Quarantine {
+            proxy,
+            backend,
+            _dns: dns,
+            web,
+        }
+    }
+
+    /// Sends a message from 127.0.0.1 (trusted); the reply to the end of DATA.
+    pub async fn send(&self, from: &str, to: &str, subject: &str) -> String {
+        let mut client = self.proxy.client().await;
+        let message = format!(
+            "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{}@test>\r\n\r\nHello {to},\r\nthis is \"{subject}\".\r\n",
+            subject.len()
+        );
+        let reply = client.send_mail(from, &[to], message.as_bytes()).await;
+        format!("{} {}", reply.code, reply.text)
+    }
+
+    /// The administrator's session cookie.
+    pub async fn admin(&self) -> String {
+        let form = http(self.web, "GET", "/", None, &[]).await;
+        let answer = http(
+            self.web,
+            "POST",
+            "/login",
+            None,
+            &[
+                ("csrf", &form.field("csrf")),
+                ("user", "root"),
+                ("password", ADMIN_PASSWORD),
+            ],
+        )
+        .await;
+        assert_eq!(answer.status, 303, "{answer:?}");
+        answer.cookie()
+    }
+
+    /// The archive id of the item with this subject (from the administrator's list).
+    pub async fn item(&self, subject: &str) -> String {
+        let cookie = self.admin().await;
+        let list = http(self.web, "GET", "/", Some(&cookie), &[]).await;
+        let shown = subject.replace('\'', "&#39;");
+        let at = list
+            .body
+            .find(&format!("\">{shown}</a>"))
+            .unwrap_or_else(|| panic!("no item '{subject}': {}", list.body));
+        let start = list.body[..at].rfind("/item/").unwrap() + "/item/".len();
+        list.body[start..at].to_string()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailmoat"))
+            .arg("--config")
+            .arg(self.proxy.config_path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    }
+
+    /// Sends the digests now and waits until the backend has them; the
+    /// digests received, by recipient.
+    pub async fn digests(&self, args: &[&str]) -> Vec<Received> {
+        let before = self.backend.messages().len();
+        let mut command = vec!["digest", "send"];
+        command.extend_from_slice(args);
+        let (ok, text) = self.cli(&command);
+        assert!(ok, "{text}");
+        let sent = text
+            .lines()
+            .filter(|l| l.starts_with("digest queued"))
+            .count();
+        self.proxy.wait_idle().await;
+        let all = self.backend.wait_for(before + sent).await;
+        all[before..].to_vec()
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The session cookie it sets, as a `Cookie:` value.
+    pub fn cookie(&self) -> String {
+        self.header("set-cookie")
+            .and_then(|c| c.split(';').next())
+            .unwrap_or_else(|| panic!("no cookie: {self:?}"))
+            .to_string()
+    }
+
+    /// The value of a hidden field of a form on the page.
+    pub fn field(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let at = self
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no field {name}: {}", self.body))
+            + marker.len();
+        self.body[at..].split('"').next().unwrap().to_string()
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One request with `Connection: close`; `form` is sent url-encoded.
+pub async fn http(
+    web: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let body: String = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n");
+    if let Some(cookie) = cookie {
+        request.push_str(&format!("Cookie: {cookie}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// The links of a digest (or link mail), from its text part.
+pub fn links(message: &Received) -> Vec<String> {
+    let text = String::from_utf8_lossy(&message.data);
+    text.split_whitespace()
+        .filter(|w| w.starts_with("http://") && !w.contains('"'))
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// `http://host/link?t=…` → `/link?t=…`.
+pub fn path_of(link: &str) -> String {
+    let rest = link.strip_prefix("http://").unwrap();
+    rest[rest.find('/').unwrap()..].to_string()
+}
+
+/// Signs in through an "open" link; the session cookie.
+pub async fn signed_in(web: SocketAddr, link: &str) -> String {
+    let page = http(web, "GET", &path_of(link), None, &[]).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let answer = http(
+        web,
+        "POST",
+        "/link",
+        None,
+        &[("t", &page.field("t")), ("csrf", &page.field("csrf"))],
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    answer.cookie()
+}
+
+fn digest_subjects(message: &Received) -> Vec<String> {
+    let text = String::from_utf8_lossy(&message.data);
+    let mut subjects: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("- "))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_recipient_gets_one_digest_of_their_own_items_and_none_without_news() {
+    let q = Quarantine::start("").await;
+    for (to, subject) in [
+        ("alice@example.test", "[hold] one"),
+        ("alice@example.test", "[hold] two"),
+        ("alice@example.test", "[hold] three"),
+        ("bob@example.test", "[hold] for bob"),
+    ] {
+        assert!(
+            q.send("someone@friend.test", to, subject)
+                .await
+                .starts_with("250")
+        );
+    }
+    let digests = q.digests(&[]).await;
+    assert_eq!(digests.len(), 2, "one digest each");
+    let to = |who: &str| {
+        digests
+            .iter()
+            .find(|d| d.rcpt_to == [who])
+            .unwrap_or_else(|| panic!("no digest for {who}"))
+    };
+    assert_eq!(
+        digest_subjects(to("alice@example.test")),
+        ["[hold] one", "[hold] three", "[hold] two"]
+    );
+    assert_eq!(digest_subjects(to("bob@example.test")), ["[hold] for bob"]);
+    let alice = String::from_utf8_lossy(&to("alice@example.test").data).to_string();
+    assert!(
+        alice.contains("Content-Type: text/html"),
+        "an HTML alternative"
+    );
+    assert!(alice.contains("Subject: Mail held for you: 3 message(s)"));
+    // Nothing new: no digest.
+    let (ok, text) = q.cli(&["digest", "send"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.trim(), "nothing new is held: no digest sent");
+    q.proxy.wait_idle().await;
+    assert_eq!(q.backend.messages().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_act_only_by_post_with_their_token_once_and_for_their_recipient() {
+    let q = Quarantine::start("").await;
+    q.send(
+        "someone@friend.test",
+        "alice@example.test",
+        "[hold] alice's",
+    )
+    .await;
+    q.send("someone@friend.test", "bob@example.test", "[hold] bob's")
+        .await;
+    let digests = q.digests(&[]).await;
+    let links_of = |who: &str| links(digests.iter().find(|d| d.rcpt_to == [who]).unwrap());
+    let alice = links_of("alice@example.test");
+    let bob = links_of("bob@example.test");
+    let mut release_link = None;
+    for link in &alice {
+        let page = http(q.web, "GET", &path_of(link), None, &[]).await;
+        assert_eq!(page.status, 200);
+        if page.body.contains("Release it") {
+            release_link = Some(link.clone());
+        }
+    }
+    let release_link = release_link.expect("a release link");
+    let delivered_before = q.backend.messages().len();
+
+    // A GET (a link scanner) shows the question and changes nothing.
+    let page = http(q.web, "GET", &path_of(&release_link), None, &[]).await;
+    assert!(
+        page.body
+            .contains("Release “[hold] alice&#39;s” to alice@example.test?"),
+        "{}",
+        page.body
+    );
+    q.proxy.wait_idle().await;
+    assert_eq!(q.backend.messages().len(), delivered_before);
+
+    let token = page.field("t");
+    let csrf = page.field("csrf");
+    // No form token, another link's form token, a changed token: refused.
+    let bob_page = http(q.web, "GET", &path_of(&bob[0]), None, &[]).await;
+    for (t, c) in [
+        (token.as_str(), ""),
+        (token.as_str(), bob_page.field("csrf").as_str()),
+        (&token[..token.len() - 2], csrf.as_str()),
+    ] {
+        let answer = http(q.web, "POST", "/link", None, &[("t", t), ("csrf", c)]).await;
+        assert_eq!(answer.status, 403, "{answer:?}");
+    }
+    // An expired token (signed with the same secret, expired a second ago).
+    let signer = mailmoat::web::signing::Signer::new(SECRET);
+    let old = signer.sign(
+        &["link", "alice@example.test", "open"],
+        mailmoat::archive::unix_now() - 1,
+    );
+    let answer = http(q.web, "GET", &format!("/link?t={old}"), None, &[]).await;
+    assert_eq!(answer.status, 410);
+    assert!(
+        answer.body.contains("This link has expired") && answer.body.contains("Send me a new link")
+    );
+    q.proxy.wait_idle().await;
+    assert_eq!(
+        q.backend.messages().len(),
+        delivered_before,
+        "nothing released so far"
+    );
+
+    // The right POST releases; the same POST again delivers nothing more.
+    let answer = http(
+        q.web,
+        "POST",
+        "/link",
+        None,
+        &[("t", &token), ("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.body.contains("Released: delivered as"),
+        "{}",
+        answer.body
+    );
+    let again = http(
+        q.web,
+        "POST",
+        "/link",
+        None,
+        &[("t", &token), ("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(again.status, 409);
+    assert!(again.body.contains("already released"), "{}", again.body);
+    q.proxy.wait_idle().await;
+    let delivered: Vec<Received> = q.backend.messages()[delivered_before..].to_vec();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].rcpt_to, ["alice@example.test"]);
+    assert!(String::from_utf8_lossy(&delivered[0].data).contains("Subject: [hold] alice's"));
+
+    // alice's session sees nothing of bob's: 403 to look or to act.
+    let open = alice
+        .iter()
+        .find(|l| *l != &release_link)
+        .expect("an open link");
+    let cookie = signed_in(q.web, open).await;
+    let bobs = q.item("[hold] bob's").await;
+    let look = http(q.web, "GET", &format!("/item/{bobs}"), Some(&cookie), &[]).await;
+    assert_eq!(look.status, 403);
+    let list = http(q.web, "GET", "/", Some(&cookie), &[]).await;
+    assert!(
+        list.body.contains("alice&#39;s") && !list.body.contains("bob&#39;s"),
+        "{}",
+        list.body
+    );
+    let csrf = list.field("csrf");
+    let act = http(
+        q.web,
+        "POST",
+        &format!("/item/{bobs}"),
+        Some(&cookie),
+        &[("csrf", &csrf), ("action", "release")],
+    )
+    .await;
+    assert_eq!(act.status, 403);
+    // The cookie is HttpOnly and SameSite=Strict.
+    let set = http(q.web, "GET", &path_of(open), None, &[]).await;
+    let answer = http(
+        q.web,
+        "POST",
+        "/link",
+        None,
+        &[("t", &set.field("t")), ("csrf", &set.field("csrf"))],
+    )
+    .await;
+    let cookie_header = answer.header("set-cookie").unwrap();
+    assert!(
+        cookie_header.contains("HttpOnly") && cookie_header.contains("SameSite=Strict"),
+        "{cookie_header}"
+    );
+    q.proxy.wait_idle().await;
+    assert_eq!(
+        q.backend.messages().len(),
+        delivered_before + 1,
+        "nothing of bob's went out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_link_answers_alike_for_everyone_and_wrong_sign_ins_are_slowed_down() {
+    let q = Quarantine::start("").await;
+    let ask = async |address: &str| {
+        let form = http(q.web, "GET", "/", None, &[]).await;
+        http(
+            q.web,
+            "POST",
+            "/send-link",
+            None,
+            &[("csrf", &form.field("csrf")), ("address", address)],
+        )
+        .await
+    };
+    let known = ask("alice@example.test").await;
+    let unknown = ask("nobody@example.test").await;
+    assert_eq!(known.status, unknown.status);
+    assert_eq!(
+        known.body.replace("alice@example.test", "X"),
+        unknown.body.replace("nobody@example.test", "X")
+    );
+    // Only the existing address got mail; asking again within the hour sends nothing.
+    ask("alice@example.test").await;
+    let links = q.backend.wait_for(1).await;
+    q.proxy.wait_idle().await;
+    assert_eq!(q.backend.messages().len(), 1);
+    assert_eq!(links[0].rcpt_to, ["alice@example.test"]);
+    assert!(String::from_utf8_lossy(&links[0].data).contains("Subject: Your quarantine link"));
+
+    // Twenty wrong passwords in a minute: after ten, refused without trying.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let form = http(q.web, "GET", "/", None, &[]).await;
+        let answer = http(
+            q.web,
+            "POST",
+            "/login",
+            None,
+            &[
+                ("csrf", &form.field("csrf")),
+                ("user", "root"),
+                ("password", "guess"),
+            ],
+        )
+        .await;
+        statuses.push(answer.status);
+    }
+    assert_eq!(&statuses[..10], [401; 10]);
+    assert_eq!(&statuses[10..], [429; 10]);
+    let form = http(q.web, "GET", "/", None, &[]).await;
+    let right = http(
+        q.web,
+        "POST",
+        "/login",
+        None,
+        &[
+            ("csrf", &form.field("csrf")),
+            ("user", "root"),
+            ("password", ADMIN_PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(
+        right.status, 429,
+        "even the right password waits out the minute"
+    );
+    // A form posted without its token is refused.
+    let bare = http(
+        q.web,
+        "POST",
+        "/login",
+        None,
+        &[("user", "root"), ("password", ADMIN_PASSWORD)],
+    )
+    .await;
+    assert_eq!(bare.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_sender_is_spared_greylisting_only_when_its_spf_passes() {
+    let q = Quarantine::start("").await;
+    for sender in ["friend.test", "stranger.test"] {
+        let (ok, text) = q.cli(&["lists", "allow", sender, "--for", "alice@example.test"]);
+        assert!(ok, "{text}");
+    }
+    let (ok, text) = q.cli(&["lists", "block", "spam.test"]);
+    assert!(ok, "{text}");
+    let rcpt = async |ip: &str, from: &str, to: &str| {
+        let mut client = Client::connect_from(ip.parse().unwrap(), q.proxy.addr).await;
+        client.hello().await;
+        client.expect(&format!("MAIL FROM:<{from}>"), "250").await;
+        client.command(&format!("RCPT TO:<{to}>")).await.codes()
+    };
+    // SPF passes for friend.test: alice's allow spares greylisting; bob has
+    // no such entry and is greylisted.
+    assert_eq!(
+        rcpt("127.0.0.9", "a@friend.test", "alice@example.test").await,
+        "250 2.1.5"
+    );
+    assert!(
+        rcpt("127.0.0.9", "a@friend.test", "bob@example.test")
+            .await
+            .starts_with("45")
+    );
+    // stranger.test has no SPF (and no DKIM at RCPT): allowed, spared nothing.
+    assert!(
+        rcpt("127.0.0.9", "a@stranger.test", "alice@example.test")
+            .await
+            .starts_with("45")
+    );
+    // The administrators' block refuses everyone's mail from spam.test.
+    assert_eq!(
+        rcpt("127.0.0.9", "x@spam.test", "alice@example.test").await,
+        "550 5.7.1"
+    );
+    let (_, shown) = q.cli(&["lists", "show"]);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(
+        lines[0].starts_with("*") && lines[0].contains("block  @spam.test"),
+        "{shown}"
+    );
+    assert!(
+        lines[1].contains("alice@example.test  allow  @friend.test"),
+        "{shown}"
+    );
+}
