@@ -90,10 +90,7 @@ pub struct Items<'a> {
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"<dl><dt>Date</dt><dd>{{ row.date }}</dd><dt>Envelope sender</dt><dd>{{ row.sender }}</dd>
-<dt>From</dt><dd>{{ row.from }}</dd><dt>To</dt><dd>{{ recipients }}</dd><dt>Subject</dt><dd>{{ row.subject }}</dd>
-<dt>Why</dt><dd>{{ row.why }}</dd><dt>Reply given</dt><dd>{{ reply }}</dd><dt>Size</dt><dd>{{ row.size }}</dd><dt>State</dt><dd>{{ row.state }}</dd></dl>
-<form method="post" action="/item/{{ row.id }}" class="actions"><input type="hidden" name="csrf" value="{{ csrf }}">
+    source = r#"<form method="post" action="/item/{{ row.id }}" class="actions"><input type="hidden" name="csrf" value="{{ csrf }}">
 {% if can_release %}<button name="action" value="release">Release</button>
 <button name="action" value="release-allow">Release and allow sender</button>{% endif %}
 {% if must_request %}<button name="action" value="request">Ask for release</button>{% endif %}
@@ -102,6 +99,9 @@ pub struct Items<'a> {
 {% if has_sender %}<button name="action" value="allow">Allow sender</button>
 <button name="action" value="block">Block sender</button>{% endif %}
 <button name="action" value="delete">Delete</button></form>
+<dl><dt>Date</dt><dd>{{ row.date }}</dd><dt>Envelope sender</dt><dd>{{ row.sender }}</dd>
+<dt>From</dt><dd>{{ row.from }}</dd><dt>To</dt><dd>{{ recipients }}</dd><dt>Subject</dt><dd>{{ row.subject }}</dd>
+<dt>Why</dt><dd>{{ row.why }}</dd><dt>Reply given</dt><dd>{{ reply }}</dd><dt>Size</dt><dd>{{ row.size }}</dd><dt>State</dt><dd>{{ row.state }}</dd></dl>
 {% if must_request %}<p class="note">{{ danger }}: only an administrator can release it. Ask, and they decide.</p>{% endif %}
 <h2>Text</h2><pre class="preview">{{ preview }}</pre>
 {% if !history.is_empty() %}<h2>History</h2><ul>{% for line in history %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}"#
@@ -185,5 +185,5 @@ label{display:block;margin:.4em 0}input{font:inherit;padding:.3em;max-width:100%
 button{font:inherit;padding:.35em .8em;margin:.2em .2em .2em 0;cursor:pointer}\
 .inline{display:inline}.note{background:#fff6d6;padding:.6em;border-left:4px solid #e6b800}\
 .preview{white-space:pre-wrap;background:#f6f6f6;padding:.8em;max-height:30em;overflow:auto}\
-dt{font-weight:bold}dd{margin:0 0 .4em 0}.search input{width:9em}\
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em}dt{font-weight:bold}dd{margin:0}.search input{width:9em}\
 @media (max-width:40em){td,th{display:block}thead{display:none}}";

@@ -4,6 +4,7 @@
 mod admin;
 mod archive;
 mod auth;
+mod browser;
 mod carriers;
 mod cli;
 mod containers;
