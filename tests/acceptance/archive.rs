@@ -221,6 +221,17 @@ async fn release_delivers_the_original_once_and_rcpt_limits_it() {
     );
     assert_eq!(original, &sent[..]);
 
+    // Releasing bob's copy again delivers nothing; releasing the item now goes
+    // to those it was not released to (alice), once.
+    let (ok, again) = cli(
+        &proxy,
+        &["quarantine", "release", &id, "--rcpt", "bob@example.test"],
+    );
+    assert!(!ok && again.contains("already released"), "{again}");
+    let (ok, rest) = cli(&proxy, &["quarantine", "release", &id]);
+    assert!(ok, "{rest}");
+    let received = backend.wait_for(2).await;
+    assert_eq!(received[1].rcpt_to, vec!["alice@example.test"]);
     let (ok, again) = cli(&proxy, &["quarantine", "release", &id]);
     assert!(!ok, "{again}");
     assert!(
@@ -237,7 +248,7 @@ async fn release_delivers_the_original_once_and_rcpt_limits_it() {
     );
     assert!(!ok && wrong.contains("no such item"), "{wrong}");
     proxy.wait_idle().await;
-    assert_eq!(backend.messages().len(), 1, "not delivered twice");
+    assert_eq!(backend.messages().len(), 2, "nobody got it twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
