@@ -150,11 +150,14 @@ impl Pipeline {
                 }
             }
             Step::ScanDefaults => {
+                let spared = j.scan.as_ref().is_some_and(|s| s.spam.is_some())
+                    && sender_authenticated(j)
+                    && self.all_allow(j.sender, j.recipients).await;
                 if let (Some(scanners), Some(found), Some(verdict)) =
                     (&self.scanners, &j.scan, j.verdict.as_mut())
                 {
                     let rule_decided = verdict.decided_by.is_some();
-                    let edits = scanners.defaults(found, rule_decided, j.id)?;
+                    let edits = scanners.defaults(found, rule_decided, spared, j.id)?;
                     verdict.header_edits.extend(edits);
                 }
             }
@@ -280,6 +283,20 @@ impl Pipeline {
                 Ok(())
             }
         }
+    }
+
+    /// Does every recipient allow the sender?
+    async fn all_allow(&self, sender: &str, recipients: &[String]) -> bool {
+        if recipients.is_empty() {
+            return false;
+        }
+        for recipient in recipients {
+            let entry = self.lists.judge(recipient, sender).await;
+            if !entry.is_some_and(|e| e.kind == crate::policy::lists::ListKind::Allow) {
+                return false;
+            }
+        }
+        true
     }
 
     /// `RCPT TO:<release+ID.SIG@hostname>`: a reviewer releasing an archived item
@@ -625,6 +642,26 @@ fn no_room(why: crate::queue::room::NoRoom) -> Decision {
         Reply::new(452, "4.3.1", "Insufficient system storage; try again later"),
         why.to_string(),
     )
+}
+
+/// Does the sender authenticate for its own domain: SPF, a DKIM signature of
+/// that domain, or DMARC? (What an allow entry needs before it spares the
+/// spam score's action.)
+fn sender_authenticated(j: &Judging<'_>) -> bool {
+    let Some((_, domain)) = j.sender.rsplit_once('@') else {
+        return false;
+    };
+    let facts = j.auth_facts();
+    let spf_pass = j.spf.as_deref().is_some_and(|spf| {
+        spf.result == crate::sender_auth::AuthResult::Pass
+            && spf.domain().eq_ignore_ascii_case(domain)
+    });
+    spf_pass
+        || facts.dmarc == crate::sender_auth::AuthResult::Pass
+        || facts
+            .dkim_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
 }
 
 #[cfg(test)]

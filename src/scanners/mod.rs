@@ -137,6 +137,7 @@ impl Scanners {
         &self,
         facts: &ScanFacts,
         rule_decided: bool,
+        spam_spared: bool,
         id: &str,
     ) -> Result<Vec<HeaderEdit>, Decision> {
         if !rule_decided && let (Some(name), Some((_, config))) = (&facts.virus, &self.clamd) {
@@ -180,7 +181,9 @@ impl Scanners {
             "score={:.2} required={:.2} action={}",
             score.score, score.required_score, score.action
         );
-        if !rule_decided {
+        // An allow-listed, authenticated sender: the score is still written in
+        // the headers, its action is not taken.
+        if !rule_decided && !spam_spared {
             let refused = |code, status, text: &str| {
                 Decision::refuse(
                     "spam",
@@ -259,27 +262,47 @@ mod tests {
     }
 
     #[test]
+    fn an_allowed_authenticated_sender_keeps_the_score_but_not_its_action_nor_the_virus() {
+        let reject = scanners(OnVirus::Reject);
+        let edits = reject
+            .defaults(&scored("reject"), false, true, "Q1")
+            .unwrap();
+        assert!(
+            edits.contains(&HeaderEdit::Set("X-Spam-Score".into(), "7.00".into())),
+            "{edits:?}"
+        );
+        let virus = ScanFacts {
+            virus: Some("Eicar".into()),
+            ..scored("reject")
+        };
+        assert!(
+            reject.defaults(&virus, false, true, "Q1").is_err(),
+            "never the virus"
+        );
+    }
+
+    #[test]
     fn the_scanners_decide_only_when_no_rule_did() {
         let reject = scanners(OnVirus::Reject);
         let virus = ScanFacts {
             virus: Some("Eicar".into()),
             ..ScanFacts::default()
         };
-        let refused = reject.defaults(&virus, false, "Q1").unwrap_err();
+        let refused = reject.defaults(&virus, false, false, "Q1").unwrap_err();
         assert_eq!(
             refused.reply.to_string(),
             "554 5.7.1 Message rejected: virus Eicar found"
         );
         let quarantined = scanners(OnVirus::Quarantine)
-            .defaults(&virus, false, "Q1")
+            .defaults(&virus, false, false, "Q1")
             .unwrap_err();
         assert_eq!(quarantined.outcome, Outcome::Quarantined);
         assert!(
-            reject.defaults(&virus, true, "Q1").is_ok(),
+            reject.defaults(&virus, true, false, "Q1").is_ok(),
             "a rule decided"
         );
 
-        let code = |action: &str| match reject.defaults(&scored(action), false, "Q1") {
+        let code = |action: &str| match reject.defaults(&scored(action), false, false, "Q1") {
             Err(d) => d.reply.to_string(),
             Ok(edits) => format!("{edits:?}"),
         };
@@ -297,7 +320,9 @@ mod tests {
         assert!(code("rewrite subject").contains("Set(\"Subject\", \"***SPAM*** offer\")"));
         assert!(code("add header").contains("Set(\"X-Spam-Flag\", \"YES\")"));
         assert!(code("no action").contains("Set(\"X-Spam-Flag\", \"NO\")"));
-        let decided = reject.defaults(&scored("reject"), true, "Q1").unwrap();
+        let decided = reject
+            .defaults(&scored("reject"), true, false, "Q1")
+            .unwrap();
         assert!(
             format!("{decided:?}").contains("action=reject"),
             "headers still added"

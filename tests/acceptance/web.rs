@@ -593,3 +593,77 @@ async fn an_allowed_sender_is_spared_greylisting_only_when_its_spf_passes() {
         "{shown}"
     );
 }
+
+/// `tls = true` serves the pages over HTTPS with the `[tls]` certificate;
+/// plain HTTP anywhere but loopback is refused by `check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_tls_certificate_and_plain_http_only_on_loopback() {
+    let backend = Backend::start(DataEnd::Strict).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = test_certificate();
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+    let web = unused_addr().await;
+    let text = base_config(
+        backend.addr,
+        "trusted_networks = []",
+        &format!(
+            "[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n\n[web]\nlisten = \"{web}\"\n\
+             base_url = \"https://mx.example.test:{}\"\nsecret = \"{SECRET}\"\ntls = true\n",
+            web.port()
+        ),
+    );
+    let proxy = Proxy::start_in(dir, &text).await;
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("mx.example.test").unwrap();
+    let mut tls = tls_connector(cert.as_bytes())
+        .connect(name, stream)
+        .await
+        .expect("a TLS handshake with the [tls] certificate");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: mx.example.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Send me my link"));
+    // Plain HTTP on the TLS port gets no page.
+    let mut plain = tokio::net::TcpStream::connect(web).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(proxy);
+
+    let config = tempfile::tempdir().unwrap();
+    let path = config.path().join("mailmoat.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[relay]\nhosted_domains = [\"example.test\"]\n\n[web]\nlisten = \"0.0.0.0:8025\"\n\
+             base_url = \"https://q.example.test\"\nsecret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailmoat"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("mailmoat.toml:5: web.listen = \"0.0.0.0:8025\" without web.tls: plain HTTP is allowed only on loopback"),
+        "{err}"
+    );
+}
