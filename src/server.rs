@@ -165,6 +165,7 @@ impl Server {
                 rules.clone(),
                 queue.clone(),
                 &store,
+                loaded.shared.clone(),
             )?),
             _ => None,
         };

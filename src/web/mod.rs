@@ -50,6 +50,9 @@ pub struct Web {
     pipeline: Arc<Pipeline>,
     rules: Arc<RulesHandle>,
     digests: Arc<digest::Digests>,
+    /// Sign-in failures and links sent are counted here for every instance
+    /// when `[shared]` is set; the local maps are the fallback.
+    shared: Arc<crate::shared_state::SharedState>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     links_sent: Mutex<HashMap<String, Instant>>,
 }
@@ -123,6 +126,7 @@ impl Web {
         rules: Arc<RulesHandle>,
         queue: Arc<Queue>,
         store: &crate::store::Store,
+        shared: Arc<crate::shared_state::SharedState>,
     ) -> anyhow::Result<Arc<Web>> {
         let secret = config
             .web
@@ -144,6 +148,7 @@ impl Web {
             pipeline,
             rules,
             digests,
+            shared,
             failures: Mutex::new(HashMap::new()),
             links_sent: Mutex::new(HashMap::new()),
         }))
@@ -302,24 +307,66 @@ impl Web {
             .await
     }
 
-    /// A failed sign-in from `ip`; whether it may try again now.
-    fn login_allowed(&self, ip: IpAddr) -> bool {
+    fn login_keys(&self, ip: IpAddr) -> (String, String) {
+        (
+            self.shared.key("web-login-failures", &ip.to_string()),
+            self.shared.key("web-login-lock", &ip.to_string()),
+        )
+    }
+
+    /// May `ip` try to sign in now (fewer than `LOGIN_FAILURES` failures in
+    /// the last minute, on any instance)?
+    async fn login_allowed(&self, ip: IpAddr) -> bool {
+        let (_, lock) = self.login_keys(ip);
+        if let Some(locked) = self.shared.any_set(&[lock]).await {
+            return !locked;
+        }
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         failures.get(&ip).is_none_or(|(n, since)| {
             *n < LOGIN_FAILURES || since.elapsed() > Duration::from_secs(60)
         })
     }
 
-    fn login_failed(&self, ip: IpAddr) {
+    async fn login_failed(&self, ip: IpAddr) {
+        let (failures, lock) = self.login_keys(ip);
+        let minute = Duration::from_secs(60);
+        if self
+            .shared
+            .fail(&[(failures, lock, LOGIN_FAILURES)], minute, minute)
+            .await
+            .is_some()
+        {
+            return;
+        }
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failures.len() > 100_000 {
-            failures.retain(|_, (_, since)| since.elapsed() < Duration::from_secs(60));
+            failures.retain(|_, (_, since)| since.elapsed() < minute);
         }
         let entry = failures.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() > Duration::from_secs(60) {
+        if entry.1.elapsed() > minute {
             *entry = (0, Instant::now());
         }
         entry.0 += 1;
+    }
+
+    /// Whether a link may be mailed to `address` now (once an hour, on any
+    /// instance); counts it.
+    async fn link_due(&self, address: &str) -> bool {
+        let key = self.shared.key("web-link", address);
+        if let Some(refused) = self.shared.count(&[(key, 1, LINK_INTERVAL)]).await {
+            return refused.is_none();
+        }
+        let mut sent = self.links_sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.len() > 100_000 {
+            sent.retain(|_, at| at.elapsed() < LINK_INTERVAL);
+        }
+        match sent.get(address) {
+            Some(at) if at.elapsed() < LINK_INTERVAL => false,
+            _ => {
+                sent.insert(address.to_string(), Instant::now());
+                true
+            }
+        }
     }
 
     /// Checks a name and password: the users file (administrators and AUTH
@@ -475,7 +522,7 @@ async fn login(
     if !web.anonymous_csrf_ok(field("csrf")) {
         return web.forbidden(None);
     }
-    if !web.login_allowed(ip) {
+    if !web.login_allowed(ip).await {
         tracing::warn!(client = %ip, "web sign-in refused: too many failures");
         return web.notice(
             StatusCode::TOO_MANY_REQUESTS,
@@ -492,7 +539,7 @@ async fn login(
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }
         None => {
-            web.login_failed(ip);
+            web.login_failed(ip).await;
             tracing::info!(client = %ip, user, "web sign-in failed");
             tokio::time::sleep(web.config.auth.failure_delay).await;
             let csrf = web.anonymous_csrf();
@@ -530,19 +577,7 @@ async fn send_link(State(web): State<Arc<Web>>, Form(form): Fields) -> Response 
         return web.forbidden(None);
     }
     let address = field("address").trim().to_lowercase();
-    let due = {
-        let mut sent = web.links_sent.lock().unwrap_or_else(|p| p.into_inner());
-        if sent.len() > 100_000 {
-            sent.retain(|_, at| at.elapsed() < LINK_INTERVAL);
-        }
-        match sent.get(&address) {
-            Some(at) if at.elapsed() < LINK_INTERVAL => false,
-            _ => {
-                sent.insert(address.clone(), Instant::now());
-                true
-            }
-        }
-    };
+    let due = web.link_due(&address).await;
     if due {
         let web = web.clone();
         let address = address.clone();

@@ -168,6 +168,18 @@ async fn a_recipient_and_an_administrator_use_the_quarantine_in_a_browser() {
         .trim()
         .to_string();
     assert!(links(&digests[0]).contains(&release));
+    // The digest as a mail program shows its HTML part.
+    let html = digest
+        .split("Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n--=_digest").next())
+        .expect("an HTML part");
+    let file = tempfile::Builder::new().suffix(".html").tempfile().unwrap();
+    std::fs::write(file.path(), html).unwrap();
+    browser
+        .go(&format!("file://{}", file.path().display()))
+        .await;
+    browser.shot("digest").await;
 
     // The link opens a page that asks; the button releases, once.
     browser.go(&release).await;
@@ -207,6 +219,9 @@ async fn a_recipient_and_an_administrator_use_the_quarantine_in_a_browser() {
     browser
         .shows("promo@stranger.test is on the block list")
         .await;
+    browser.go(&format!("{base}/lists")).await;
+    browser.shows("promo@stranger.test").await;
+    browser.shot("senders").await;
     let mut client = q.proxy.client().await;
     client
         .expect("MAIL FROM:<promo@stranger.test>", "250")

@@ -477,3 +477,71 @@ async fn instances_sharing_redis_share_the_answers_and_the_flush() {
     rcpt(&b, "bob@example.test", "550 5.1.1").await;
     assert_eq!(slapd.searches("mail=bob@example.test"), 2);
 }
+
+/// The quarantine's sign-in takes the directory password, and the user sees
+/// the items of every address of their entry (an alias included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quarantine_signs_in_with_the_directory_password() {
+    use crate::web::{SECRET, http};
+    let slapd = started().await;
+    let backend = Backend::start(DataEnd::Strict).await;
+    let web = unused_addr().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/50-test.toml"), crate::web::RULES).unwrap();
+    let text = base_config(
+        backend.addr,
+        "trusted_networks = [\"127.0.0.1/32\"]",
+        &format!("[web]\nlisten = \"{web}\"\nbase_url = \"http://{web}\"\nsecret = \"{SECRET}\"\n"),
+    )
+    .replace(
+        "[recipients.domains.\"example.test\"]\nfile = \"recipients.txt\"\n",
+        &format!(
+            "[recipients.domains.\"example.test\"]\nldap = true\n\n{}",
+            slapd.config("")
+        ),
+    );
+    let proxy = Proxy::start_in(dir, &text).await;
+    let mut client = proxy.client().await;
+    let message = b"From: <x@remote.test>\r\nSubject: [hold] to the alias\r\n\r\nHi.\r\n";
+    let reply = client
+        .send_mail("x@remote.test", &["a.smith@example.test"], message)
+        .await;
+    assert_eq!(reply.codes(), "250 2.0.0");
+    let mut client = proxy.client().await;
+    let message = b"From: <x@remote.test>\r\nSubject: [hold] to bob\r\n\r\nHi.\r\n";
+    client
+        .send_mail("x@remote.test", &["bob@example.test"], message)
+        .await;
+
+    let form = http(web, "GET", "/", None, &[]).await;
+    let wrong = http(
+        web,
+        "POST",
+        "/login",
+        None,
+        &[
+            ("csrf", &form.field("csrf")),
+            ("user", "alice"),
+            ("password", "bob-pw"),
+        ],
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let signed = http(
+        web,
+        "POST",
+        "/login",
+        None,
+        &[
+            ("csrf", &form.field("csrf")),
+            ("user", "alice"),
+            ("password", "alice-directory-pw"),
+        ],
+    )
+    .await;
+    assert_eq!(signed.status, 303, "{signed:?}");
+    let list = http(web, "GET", "/", Some(&signed.cookie()), &[]).await;
+    assert!(list.body.contains("[hold] to the alias"), "{}", list.body);
+    assert!(!list.body.contains("[hold] to bob"), "{}", list.body);
+}

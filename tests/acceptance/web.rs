@@ -667,3 +667,49 @@ async fn https_with_the_tls_certificate_and_plain_http_only_on_loopback() {
         "{err}"
     );
 }
+
+/// Two instances sharing Redis: a sender list set on one holds on the other,
+/// and sign-in failures on one count on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_redis_share_the_lists_and_the_sign_in_limit() {
+    let redis = crate::parts::RedisServer::start().await;
+    let shared = format!(
+        "[shared]\nredis = \"{}\"\ntimeout = \"500ms\"\n",
+        redis.url()
+    );
+    let a = Quarantine::start(&shared).await;
+    let b = Quarantine::start(&shared).await;
+    let (ok, text) = a.cli(&["lists", "block", "spam.test", "--for", "alice@example.test"]);
+    assert!(ok, "{text}");
+    let mut client = b.proxy.client().await;
+    client.expect("MAIL FROM:<x@spam.test>", "250").await;
+    client
+        .expect("RCPT TO:<alice@example.test>", "550 5.7.1")
+        .await;
+    client.expect("RCPT TO:<bob@example.test>", "250").await;
+
+    let wrong = async |q: &Quarantine| {
+        let form = http(q.web, "GET", "/", None, &[]).await;
+        http(
+            q.web,
+            "POST",
+            "/login",
+            None,
+            &[
+                ("csrf", &form.field("csrf")),
+                ("user", "root"),
+                ("password", "guess"),
+            ],
+        )
+        .await
+        .status
+    };
+    for _ in 0..10 {
+        assert_eq!(wrong(&a).await, 401);
+    }
+    assert_eq!(
+        wrong(&b).await,
+        429,
+        "the other instance counts the failures too"
+    );
+}
