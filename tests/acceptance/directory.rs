@@ -201,7 +201,14 @@ async fn flushing_the_cache_makes_a_deleted_entry_refused() {
 async fn a_thousand_addresses_asked_ten_thousand_times_cost_a_thousand_searches() {
     let slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
-    let proxy = proxy_with_directory(&backend, &slapd, "", "recipient_limit = 1000\n").await;
+    let metrics = unused_addr().await;
+    let proxy = proxy_with_directory(
+        &backend,
+        &slapd,
+        &format!("\n[metrics]\nlisten = \"{metrics}\""),
+        "recipient_limit = 1000\n",
+    )
+    .await;
     let sessions: Vec<_> = (0..10)
         .map(|round| {
             let addr = proxy.addr;
@@ -233,6 +240,22 @@ async fn a_thousand_addresses_asked_ten_thousand_times_cost_a_thousand_searches(
         status.contains("; 10000 lookups, 9000 from the cache, 0 failures"),
         "{status}"
     );
+    let scraped = crate::metrics::scrape(metrics).await;
+    for (event, wanted) in [
+        ("lookups", 10000.0),
+        ("cache_hits", 9000.0),
+        ("searches", 1000.0),
+        ("failures", 0.0),
+    ] {
+        assert_eq!(
+            crate::metrics::value(
+                &scraped,
+                &format!("mailmoat_ldap_total{{event=\"{event}\"}}")
+            ),
+            Some(wanted),
+            "{event}"
+        );
+    }
 }
 
 /// AUTH against the directory: the login filter finds the entry (by account name

@@ -377,6 +377,18 @@ async fn links_act_only_by_post_with_their_token_once_and_for_their_recipient() 
     );
     let answer = http(q.web, "GET", &format!("/link?t={old}"), None, &[]).await;
     assert_eq!(answer.status, 410);
+    let posted = http(
+        q.web,
+        "POST",
+        "/link",
+        None,
+        &[("t", &old), ("csrf", &signer.csrf(&old))],
+    )
+    .await;
+    assert_eq!(
+        posted.status, 410,
+        "an expired link acts on nothing, even with its form token"
+    );
     assert!(
         answer.body.contains("This link has expired") && answer.body.contains("Send me a new link")
     );
