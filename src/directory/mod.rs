@@ -89,54 +89,63 @@ impl Directory {
     pub async fn find(&self, base: &str, filter: &str) -> Result<Option<Entry>, Unavailable> {
         let deadline = Instant::now() + self.config.timeout;
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        // A pooled connection may have died with a directory restart; the first
-        // operation on it tells. One more try on a new connection then.
-        let mut tried_fresh = false;
         loop {
-            let (mut ldap, fresh) = self.pooled(slot, deadline).await?;
-            tried_fresh |= fresh;
-            self.counts.searches.fetch_add(1, Ordering::Relaxed);
-            let search = ldap.with_timeout(remaining(deadline)?).search(
-                base,
-                Scope::Subtree,
-                filter,
-                ADDRESS_ATTRIBUTES.to_vec(),
-            );
-            let outcome = tokio::time::timeout(remaining(deadline)?, search).await;
-            match outcome {
-                Ok(Ok(result)) => {
-                    let (entries, status) = (result.0, result.1);
-                    if status.rc != SUCCESS && status.rc != SIZE_LIMIT_EXCEEDED {
-                        return Err(self.failed(format!(
-                            "the search under {base} failed: {} (result {})",
-                            status.text, status.rc
-                        )));
-                    }
-                    return Ok(entries.into_iter().next().map(|raw| {
-                        let entry = SearchEntry::construct(raw);
-                        Entry {
-                            addresses: addresses_of(&entry),
-                            dn: entry.dn,
-                        }
-                    }));
-                }
-                Ok(Err(e)) if !tried_fresh => {
-                    tracing::info!(error = %e, "directory connection lost; connecting again");
+            let (ldap, fresh) = self.pooled(slot, deadline).await?;
+            match self.search(ldap, base, filter, deadline).await {
+                Ok(found) => return Ok(found),
+                // A pooled connection may have died with a directory restart,
+                // however the failure shows: once more on a new connection.
+                Err(why) if !fresh && remaining(deadline).is_ok() => {
+                    tracing::info!(error = %why, "directory connection failed; connecting again");
                     self.discard(slot).await;
                 }
-                Ok(Err(e)) => {
+                Err(why) => {
                     self.discard(slot).await;
-                    return Err(self.failed(format!("the directory did not answer: {e}")));
-                }
-                Err(_) => {
-                    self.discard(slot).await;
-                    return Err(self.failed(format!(
-                        "the directory did not answer within {}",
-                        humantime::format_duration(self.config.timeout)
-                    )));
+                    return Err(self.failed(why));
                 }
             }
         }
+    }
+
+    /// One search on one connection, within the deadline.
+    async fn search(
+        &self,
+        mut ldap: Ldap,
+        base: &str,
+        filter: &str,
+        deadline: Instant,
+    ) -> Result<Option<Entry>, String> {
+        self.counts.searches.fetch_add(1, Ordering::Relaxed);
+        let within = remaining(deadline).map_err(|e| e.0)?;
+        let search = ldap.with_timeout(within).search(
+            base,
+            Scope::Subtree,
+            filter,
+            ADDRESS_ATTRIBUTES.to_vec(),
+        );
+        let (entries, status) = match tokio::time::timeout(within, search).await {
+            Ok(Ok(result)) => (result.0, result.1),
+            Ok(Err(e)) => return Err(format!("the directory did not answer: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "the directory did not answer within {}",
+                    humantime::format_duration(self.config.timeout)
+                ));
+            }
+        };
+        if status.rc != SUCCESS && status.rc != SIZE_LIMIT_EXCEEDED {
+            return Err(format!(
+                "the search under {base} failed: {} (result {})",
+                status.text, status.rc
+            ));
+        }
+        Ok(entries.into_iter().next().map(|raw| {
+            let entry = SearchEntry::construct(raw);
+            Entry {
+                addresses: addresses_of(&entry),
+                dn: entry.dn,
+            }
+        }))
     }
 
     /// Whether `password` is the entry's: a bind as it, on a connection of its
