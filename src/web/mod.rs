@@ -108,6 +108,8 @@ impl Who {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Search {
+    /// The queue id the client was told (`queue_id` in the log).
+    pub id: String,
     pub sender: String,
     pub recipient: String,
     pub subject: String,
@@ -488,7 +490,8 @@ async fn index(
         .filter(|r| !who.own(r).is_empty())
         .filter(|r| {
             !who.admin
-                || (contains(&r.sender, &search.sender)
+                || (contains(&r.id, &search.id)
+                    && contains(&r.sender, &search.sender)
                     && contains(&r.recipients.join(" "), &search.recipient)
                     && contains(r.subject.as_deref().unwrap_or(""), &search.subject)
                     && contains(&r.decided_by.to_string(), &search.check)

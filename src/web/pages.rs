@@ -68,6 +68,7 @@ pub struct Row {
 #[template(
     ext = "html",
     source = r#"{% if admin %}<form method="get" action="/" class="search">
+<input name="id" placeholder="queue id" value="{{ search.id }}">
 <input name="sender" placeholder="sender" value="{{ search.sender }}">
 <input name="recipient" placeholder="recipient" value="{{ search.recipient }}">
 <input name="subject" placeholder="subject" value="{{ search.subject }}">

@@ -455,6 +455,14 @@ async fn links_act_only_by_post_with_their_token_once_and_for_their_recipient() 
     )
     .await;
     assert_eq!(act.status, 403);
+    // The administrator's trace by the queue id the sender was told.
+    let admin = q.admin().await;
+    let traced = http(q.web, "GET", &format!("/?id={bobs}"), Some(&admin), &[]).await;
+    assert!(
+        traced.body.contains("[hold] bob&#39;s") && !traced.body.contains("[hold] alice&#39;s"),
+        "{}",
+        traced.body
+    );
     // The cookie is HttpOnly and SameSite=Strict.
     let set = http(q.web, "GET", &path_of(open), None, &[]).await;
     let answer = http(
