@@ -733,3 +733,49 @@ async fn instances_sharing_redis_share_the_lists_and_the_sign_in_limit() {
         "the other instance counts the failures too"
     );
 }
+
+/// The web listener's own limits: past `max_connections` a connection is
+/// closed at once; an idle one is closed after `request_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_have_their_own_connection_limit_and_timeout() {
+    let q = Quarantine::start("").await;
+    let text = std::fs::read_to_string(q.proxy.config_path()).unwrap();
+    drop(q);
+    let web = unused_addr().await;
+    let limited = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen = \"127.0.0.1:") && !l.contains("listen = [") {
+                format!("listen = \"{web}\"\nmax_connections = 2\nrequest_timeout = \"1s\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("recipients.txt"), RECIPIENTS).unwrap();
+    let hash = mailmoat::policy::auth::hash_password(ADMIN_PASSWORD).unwrap();
+    std::fs::write(dir.path().join("users.txt"), format!("root:{hash}:admin\n")).unwrap();
+    let proxy = Proxy::start_in(dir, &limited).await;
+    assert_eq!(proxy.server.as_ref().unwrap().web_addr, Some(web));
+    let idle_a = tokio::net::TcpStream::connect(web).await.unwrap();
+    let idle_b = tokio::net::TcpStream::connect(web).await.unwrap();
+    // The third is closed without an answer while two are open.
+    let mut third = tokio::net::TcpStream::connect(web).await.unwrap();
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The idle ones are closed after the request timeout, and room is made.
+    for mut idle in [idle_a, idle_b] {
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = idle.read_to_end(&mut rest).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+    let page = http(web, "GET", "/", None, &[]).await;
+    assert_eq!(page.status, 200);
+}
