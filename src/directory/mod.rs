@@ -148,6 +148,19 @@ impl Directory {
         }))
     }
 
+    /// The entry `ldap.login_filter` finds for a login name, when `password`
+    /// is its own (AUTH and the quarantine's sign-in).
+    pub async fn login(&self, user: &str, password: &str) -> Result<Option<Entry>, Unavailable> {
+        let filter = fill(&self.config.login_filter, user);
+        let Some(entry) = self.find(&self.config.base, &filter).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .password_matches(&entry.dn, password)
+            .await?
+            .then_some(entry))
+    }
+
     /// Whether `password` is the entry's: a bind as it, on a connection of its
     /// own (a bind changes who the connection is). An empty password is never
     /// tried: LDAP takes it as an anonymous bind, which succeeds.

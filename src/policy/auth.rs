@@ -361,19 +361,12 @@ impl Authenticator {
 
 /// The entry the login filter finds for the name, then a bind as it.
 async fn directory_login(directory: &Directory, user: &str, password: &str) -> Login {
-    let config = directory.config();
-    let filter = crate::directory::fill(&config.login_filter, user);
-    let entry = match directory.find(&config.base, &filter).await {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return Login::Refused,
-        Err(why) => return Login::Unavailable(why.0),
-    };
-    match directory.password_matches(&entry.dn, password).await {
-        Ok(true) => Login::Accepted(Account {
+    match directory.login(user, password).await {
+        Ok(Some(entry)) => Login::Accepted(Account {
             name: user.to_string(),
             addresses: entry.addresses,
         }),
-        Ok(false) => Login::Refused,
+        Ok(None) => Login::Refused,
         Err(why) => Login::Unavailable(why.0),
     }
 }

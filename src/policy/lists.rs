@@ -26,6 +26,17 @@ pub enum ListKind {
     Block,
 }
 
+impl ListKind {
+    /// `allow` or `block` (what a form's button or the command line says).
+    pub fn named(name: &str) -> Option<ListKind> {
+        match name {
+            "allow" => Some(ListKind::Allow),
+            "block" => Some(ListKind::Block),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for ListKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -235,26 +246,15 @@ mod tests {
     async fn the_administrators_block_is_final_then_the_recipients_own_then_global_allow() {
         let lists = lists();
         let alice = "alice@example.test";
-        lists
-            .add(alice, "news.example.org", ListKind::Block, "alice")
-            .await
-            .unwrap();
-        lists
-            .add(alice, "friend@news.example.org", ListKind::Allow, "alice")
-            .await
-            .unwrap();
-        lists
-            .add(EVERYONE, "partner.example", ListKind::Allow, "admin")
-            .await
-            .unwrap();
-        lists
-            .add(EVERYONE, "spam.example", ListKind::Block, "admin")
-            .await
-            .unwrap();
-        lists
-            .add(alice, "boss@spam.example", ListKind::Allow, "alice")
-            .await
-            .unwrap();
+        for (owner, sender, kind) in [
+            (alice, "news.example.org", ListKind::Block),
+            (alice, "friend@news.example.org", ListKind::Allow),
+            (EVERYONE, "partner.example", ListKind::Allow),
+            (EVERYONE, "spam.example", ListKind::Block),
+            (alice, "boss@spam.example", ListKind::Allow),
+        ] {
+            lists.add(owner, sender, kind, "test").await.unwrap();
+        }
         let kind = async |sender: &str| lists.judge(alice, sender).await.map(|e| e.kind);
         assert_eq!(kind("friend@news.example.org").await, Some(ListKind::Allow));
         assert_eq!(

@@ -316,21 +316,11 @@ impl RecipientValidator {
         }
         Ok(match self.source_for(domain) {
             None => format!("{mailbox}: accepted (no recipient validation for {domain})"),
-            Some(Source::List(list)) => {
-                let known = list.current().contains(&mailbox);
-                format!(
-                    "{mailbox}: {} ({})",
-                    if known {
-                        "accepted"
-                    } else {
-                        "550 5.1.1 user unknown"
-                    },
-                    if known {
-                        "in the recipients file"
-                    } else {
-                        "not in the recipients file"
-                    }
-                )
+            Some(Source::List(list)) if list.current().contains(&mailbox) => {
+                format!("{mailbox}: accepted (in the recipients file)")
+            }
+            Some(Source::List(_)) => {
+                format!("{mailbox}: 550 5.1.1 user unknown (not in the recipients file)")
             }
             Some(Source::Callout) => match self.verify(&mailbox).await {
                 Verified::Exists => format!("{mailbox}: accepted (the backend knows it)"),

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use askama::Template;
+
+use super::pages;
 use super::signing::Signer;
 use crate::archive::actions::needs_approval;
 use crate::archive::{Archive, Record, unix_now};
@@ -76,6 +79,8 @@ impl Digests {
     pub async fn send(&self, only: Option<&str>) -> Result<Sent, String> {
         let only = only.map(str::to_lowercase);
         let mut held: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+        // Each recipient's last digest, read from the store once.
+        let mut last: std::collections::HashMap<String, u64> = Default::default();
         for record in self.archive.records() {
             let released = record.released_to();
             for recipient in &record.recipients {
@@ -87,8 +92,13 @@ impl Digests {
                     || only.as_ref().is_some_and(|o| o != &recipient)
                     || record.deleted_for.contains(&recipient)
                     || released.contains(&recipient)
-                    || record.time <= self.last_sent(&recipient)
                 {
+                    continue;
+                }
+                let since = *last
+                    .entry(recipient.clone())
+                    .or_insert_with(|| self.last_sent(&recipient));
+                if record.time <= since {
                     continue;
                 }
                 held.entry(recipient).or_default().push(record.clone());
@@ -141,59 +151,57 @@ impl Digests {
     fn digest(&self, recipient: &str, records: &[Record]) -> Vec<u8> {
         let open = self.link(recipient, "open");
         let boundary = format!("=_digest_{}", new_id());
+        let lines: Vec<pages::DigestLine> = records
+            .iter()
+            .map(|record| {
+                let (label, href) = if !record.has_message {
+                    ("", String::new())
+                } else if needs_approval(record) {
+                    ("Ask for release", open.clone())
+                } else {
+                    let scope = format!("release:{}", record.id);
+                    ("Release", self.link(recipient, &scope))
+                };
+                pages::DigestLine {
+                    date: crate::archive::report::time_text(record.time),
+                    sender: if record.sender.is_empty() {
+                        "<>".into()
+                    } else {
+                        record.sender.clone()
+                    },
+                    subject: record
+                        .subject
+                        .clone()
+                        .unwrap_or_else(|| "(no subject)".into()),
+                    why: super::items::why(record),
+                    label,
+                    href,
+                }
+            })
+            .collect();
         let mut text = format!(
             "{} message(s) addressed to {recipient} were held or refused since your last digest.\n\
              Open your quarantine: {open}\n\n",
             records.len()
         );
-        let mut html = format!(
-            "<html><body><p>{} message(s) addressed to {} were held or refused since your last \
-             digest. <a href=\"{}\">Open your quarantine</a>.</p><table>",
-            records.len(),
-            escape(recipient),
-            escape(&open)
-        );
-        for record in records {
-            let subject = record.subject.as_deref().unwrap_or("(no subject)");
-            let why = super::why(record);
-            let date = crate::archive::report::time_text(record.time);
-            let sender = if record.sender.is_empty() {
-                "<>"
-            } else {
-                &record.sender
-            };
-            let (label, href) = if !record.has_message {
-                ("", String::new())
-            } else if needs_approval(record) {
-                ("Ask for release", open.clone())
-            } else {
-                (
-                    "Release",
-                    self.link(recipient, &format!("release:{}", record.id)),
-                )
-            };
-            let _ = writeln!(text, "- {date}  {sender}  \"{subject}\"  ({why})");
-            if !label.is_empty() {
-                let _ = writeln!(text, "  {label}: {href}");
-            }
-            let _ = write!(
-                html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&date),
-                escape(sender),
-                escape(subject),
-                escape(&why),
-                if label.is_empty() {
-                    String::new()
-                } else {
-                    format!("<a href=\"{}\">{label}</a>", escape(&href))
-                }
+        for line in &lines {
+            let _ = writeln!(
+                text,
+                "- {}  {}  \"{}\"  ({})",
+                line.date, line.sender, line.subject, line.why
             );
+            if !line.label.is_empty() {
+                let _ = writeln!(text, "  {}: {}", line.label, line.href);
+            }
         }
         text.push_str("\nA link opens a page that asks before anything is done.\n");
-        html.push_str(
-            "</table><p>A link opens a page that asks before anything is done.</p></body></html>",
-        );
+        let html = pages::Digest {
+            recipient,
+            open: &open,
+            lines: &lines,
+        }
+        .render()
+        .unwrap_or_default();
         let mut out = self.headers(
             recipient,
             &format!("Mail held for you: {} message(s)", records.len()),
@@ -278,12 +286,4 @@ fn until_clock(at: &str) -> std::time::Duration {
     (next - now)
         .to_std()
         .unwrap_or(std::time::Duration::from_secs(60))
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }

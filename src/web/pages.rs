@@ -178,6 +178,31 @@ pub struct Lists<'a> {
     pub csrf: &'a str,
 }
 
+/// One item of a digest.
+pub struct DigestLine {
+    pub date: String,
+    pub sender: String,
+    pub subject: String,
+    pub why: String,
+    /// "Release", "Ask for release", or empty (nothing was kept to release).
+    pub label: &'static str,
+    pub href: String,
+}
+
+/// The HTML part of a digest (the text part says the same).
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = r#"<html><body><p>{{ lines.len() }} message(s) addressed to {{ recipient }} were held or refused since your last digest. <a href="{{ open }}">Open your quarantine</a>.</p><table>
+{% for line in lines %}<tr><td>{{ line.date }}</td><td>{{ line.sender }}</td><td>{{ line.subject }}</td><td>{{ line.why }}</td><td>{% if !line.label.is_empty() %}<a href="{{ line.href }}">{{ line.label }}</a>{% endif %}</td></tr>
+{% endfor %}</table><p>A link opens a page that asks before anything is done.</p></body></html>"#
+)]
+pub struct Digest<'a> {
+    pub recipient: &'a str,
+    pub open: &'a str,
+    pub lines: &'a [DigestLine],
+}
+
 pub const STYLE: &str = "body{font:16px/1.4 system-ui,sans-serif;margin:0;color:#222}\
 header{background:#234;color:#fff;padding:.6em 1em;display:flex;flex-wrap:wrap;gap:1em;align-items:center}\
 header a{color:#fff;margin-right:.8em}.who{opacity:.8}main{padding:1em;max-width:70em}\

@@ -81,19 +81,7 @@ impl Quarantine {
 
     /// The administrator's session cookie.
     pub async fn admin(&self) -> String {
-        let form = http(self.web, "GET", "/", None, &[]).await;
-        let answer = http(
-            self.web,
-            "POST",
-            "/login",
-            None,
-            &[
-                ("csrf", &form.field("csrf")),
-                ("user", "root"),
-                ("password", ADMIN_PASSWORD),
-            ],
-        )
-        .await;
+        let answer = sign_in(self.web, "root", ADMIN_PASSWORD).await;
         assert_eq!(answer.status, 303, "{answer:?}");
         answer.cookie()
     }
@@ -232,6 +220,23 @@ pub async fn http(
         headers,
         body: body.to_string(),
     }
+}
+
+/// Signs in on the page's form (its form token taken from the page first).
+pub async fn sign_in(web: SocketAddr, user: &str, password: &str) -> Answer {
+    let form = http(web, "GET", "/", None, &[]).await;
+    http(
+        web,
+        "POST",
+        "/login",
+        None,
+        &[
+            ("csrf", &form.field("csrf")),
+            ("user", user),
+            ("password", password),
+        ],
+    )
+    .await
 }
 
 /// The links of a digest (or link mail), from its text part.
@@ -518,36 +523,11 @@ async fn send_link_answers_alike_for_everyone_and_wrong_sign_ins_are_slowed_down
     // Twenty wrong passwords in a minute: after ten, refused without trying.
     let mut statuses = Vec::new();
     for _ in 0..20 {
-        let form = http(q.web, "GET", "/", None, &[]).await;
-        let answer = http(
-            q.web,
-            "POST",
-            "/login",
-            None,
-            &[
-                ("csrf", &form.field("csrf")),
-                ("user", "root"),
-                ("password", "guess"),
-            ],
-        )
-        .await;
-        statuses.push(answer.status);
+        statuses.push(sign_in(q.web, "root", "guess").await.status);
     }
     assert_eq!(&statuses[..10], [401; 10]);
     assert_eq!(&statuses[10..], [429; 10]);
-    let form = http(q.web, "GET", "/", None, &[]).await;
-    let right = http(
-        q.web,
-        "POST",
-        "/login",
-        None,
-        &[
-            ("csrf", &form.field("csrf")),
-            ("user", "root"),
-            ("password", ADMIN_PASSWORD),
-        ],
-    )
-    .await;
+    let right = sign_in(q.web, "root", ADMIN_PASSWORD).await;
     assert_eq!(
         right.status, 429,
         "even the right password waits out the minute"
@@ -708,22 +688,7 @@ async fn instances_sharing_redis_share_the_lists_and_the_sign_in_limit() {
         .await;
     client.expect("RCPT TO:<bob@example.test>", "250").await;
 
-    let wrong = async |q: &Quarantine| {
-        let form = http(q.web, "GET", "/", None, &[]).await;
-        http(
-            q.web,
-            "POST",
-            "/login",
-            None,
-            &[
-                ("csrf", &form.field("csrf")),
-                ("user", "root"),
-                ("password", "guess"),
-            ],
-        )
-        .await
-        .status
-    };
+    let wrong = async |q: &Quarantine| sign_in(q.web, "root", "guess").await.status;
     for _ in 0..10 {
         assert_eq!(wrong(&a).await, 401);
     }

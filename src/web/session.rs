@@ -1,0 +1,245 @@
+//! Who is signed in: the session cookie, the form tokens of pages without a
+//! session, sign-in (users file or directory) and its limits.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::Form;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::{Client, Fields, Web, pages};
+use crate::archive::{Record, unix_now};
+
+const COOKIE: &str = "mailmoat_session";
+/// Failed sign-ins from one address within a minute before each further one
+/// is refused for the rest of the minute.
+const LOGIN_FAILURES: u32 = 10;
+/// Who is signed in.
+#[derive(Debug, Clone)]
+pub(super) struct Who {
+    pub(super) admin: bool,
+    pub(super) name: String,
+    /// The addresses whose items they see (lower case).
+    pub(super) addresses: Vec<String>,
+    /// The cookie's value: the form token is bound to it.
+    pub(super) session: String,
+}
+
+impl Who {
+    pub(super) fn label(&self) -> String {
+        if self.admin {
+            format!("{} (administrator)", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// For the record and the log.
+    pub(super) fn by(&self) -> String {
+        if self.admin {
+            format!("admin {} (web)", self.name)
+        } else {
+            format!("{} (web)", self.name)
+        }
+    }
+
+    /// Their addresses among the item's recipients (all of them for an
+    /// administrator); none: the item is not theirs.
+    pub(super) fn own(&self, record: &Record) -> Vec<String> {
+        record
+            .recipients
+            .iter()
+            .map(|r| r.to_lowercase())
+            .filter(|r| {
+                self.admin || (self.addresses.contains(r) && !record.deleted_for.contains(r))
+            })
+            .collect()
+    }
+}
+
+impl Web {
+    /// The signed-in user of a request, from its cookie.
+    pub(super) fn who(&self, headers: &HeaderMap) -> Option<Who> {
+        let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+        let session = cookies
+            .split(';')
+            .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")))?;
+        let fields = self.signer.open(session, unix_now()).ok()?;
+        match fields.as_slice() {
+            [kind, role, name, addresses] if kind == "session" => Some(Who {
+                admin: role == "admin",
+                name: name.clone(),
+                addresses: addresses
+                    .split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                session: session.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// A session cookie for a user.
+    pub(super) fn session_cookie(
+        &self,
+        admin: bool,
+        name: &str,
+        addresses: &[String],
+    ) -> HeaderValue {
+        let expires = unix_now() + self.config.web.session_lifetime.as_secs();
+        let role = if admin { "admin" } else { "user" };
+        let joined = addresses.join(",");
+        let token = self.signer.sign(&["session", role, name, &joined], expires);
+        let secure = if self.config.web.base_url.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
+        HeaderValue::from_str(&format!(
+            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}; Max-Age={}",
+            self.config.web.session_lifetime.as_secs()
+        ))
+        .expect("a token is a header value")
+    }
+
+    /// The form token of pages without a session (sign-in, links).
+    pub(super) fn anonymous_csrf(&self) -> String {
+        self.signer.sign(&["form"], unix_now() + 3600)
+    }
+
+    pub(super) fn anonymous_csrf_ok(&self, given: &str) -> bool {
+        matches!(self.signer.open(given, unix_now()).as_deref(), Ok([kind]) if kind == "form")
+    }
+
+    fn login_keys(&self, ip: IpAddr) -> (String, String) {
+        (
+            self.shared.key("web-login-failures", &ip.to_string()),
+            self.shared.key("web-login-lock", &ip.to_string()),
+        )
+    }
+
+    /// May `ip` try to sign in now (fewer than `LOGIN_FAILURES` failures in
+    /// the last minute, on any instance)?
+    async fn login_allowed(&self, ip: IpAddr) -> bool {
+        let (_, lock) = self.login_keys(ip);
+        if let Some(locked) = self.shared.any_set(&[lock]).await {
+            return !locked;
+        }
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(&ip).is_none_or(|(n, since)| {
+            *n < LOGIN_FAILURES || since.elapsed() > Duration::from_secs(60)
+        })
+    }
+
+    async fn login_failed(&self, ip: IpAddr) {
+        let (failures, lock) = self.login_keys(ip);
+        let minute = Duration::from_secs(60);
+        if self
+            .shared
+            .fail(&[(failures, lock, LOGIN_FAILURES)], minute, minute)
+            .await
+            .is_some()
+        {
+            return;
+        }
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() > 100_000 {
+            failures.retain(|_, (_, since)| since.elapsed() < minute);
+        }
+        let entry = failures.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() > minute {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    /// Checks a name and password: the users file (administrators and AUTH
+    /// users), then the directory. The addresses the user may see.
+    async fn sign_in(&self, user: &str, password: &str) -> Option<(bool, Vec<String>)> {
+        if password.is_empty() {
+            return None;
+        }
+        if let Some(path) = &self.config.auth.users_file
+            && let Ok(accounts) = crate::policy::auth::read_accounts(path)
+            && let Some((hash, admin)) = accounts.get(user).cloned()
+        {
+            if !crate::policy::auth::verify_password(hash, password.to_string()).await {
+                return None;
+            }
+            let addresses = if user.contains('@') {
+                vec![user.to_lowercase()]
+            } else {
+                Vec::new()
+            };
+            return Some((admin, addresses));
+        }
+        let directory = self.pipeline.recipients.directory()?;
+        let entry = directory.login(user, password).await.ok()??;
+        Some((false, entry.addresses))
+    }
+}
+
+pub(super) async fn login(
+    State(web): State<Arc<Web>>,
+    axum::Extension(Client(ip)): axum::Extension<Client>,
+    Form(form): Fields,
+) -> Response {
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    if !web.anonymous_csrf_ok(field("csrf")) {
+        return web.forbidden(None);
+    }
+    if !web.login_allowed(ip).await {
+        tracing::warn!(client = %ip, "web sign-in refused: too many failures");
+        return web.notice(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts",
+            None,
+            "Too many failed sign-ins from your address: wait a minute.",
+        );
+    }
+    let user = field("user").trim();
+    match web.sign_in(user, field("password")).await {
+        Some((admin, addresses)) => {
+            tracing::info!(client = %ip, user, admin, "web sign-in");
+            let cookie = web.session_cookie(admin, user, &addresses);
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+        }
+        None => {
+            web.login_failed(ip).await;
+            tracing::info!(client = %ip, user, "web sign-in failed");
+            tokio::time::sleep(web.config.auth.failure_delay).await;
+            let csrf = web.anonymous_csrf();
+            let body = pages::Login {
+                message: Some("Wrong name or password."),
+                csrf: &csrf,
+                address: "",
+            }
+            .render()
+            .unwrap_or_default();
+            web.page(StatusCode::UNAUTHORIZED, "Sign in", None, body)
+        }
+    }
+}
+
+pub(super) async fn logout(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(form): Fields,
+) -> Response {
+    if let Some(who) = web.who(&headers)
+        && web
+            .signer
+            .csrf_matches(&who.session, form.get("csrf").map_or("", String::as_str))
+    {
+        let gone = HeaderValue::from_static(
+            "mailmoat_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        );
+        return ([(header::SET_COOKIE, gone)], Redirect::to("/")).into_response();
+    }
+    web.forbidden(None)
+}
