@@ -142,7 +142,7 @@ async fn a_dead_or_frozen_directory_tempfails_within_the_timeout_and_the_cache_s
 
     // Frozen: the connection stays open and nothing answers; the timeout (1s)
     // bounds the wait.
-    slapd.freeze(true);
+    slapd.freeze(true).await;
     let asked = Instant::now();
     client
         .expect("RCPT TO:<user7@example.test>", "451 4.4.3")
@@ -152,7 +152,7 @@ async fn a_dead_or_frozen_directory_tempfails_within_the_timeout_and_the_cache_s
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
-    slapd.freeze(false);
+    slapd.freeze(false).await;
     client
         .expect("RCPT TO:<user7@example.test>", "250 2.1.5")
         .await;
@@ -505,7 +505,7 @@ async fn instances_sharing_redis_share_the_answers_and_the_flush() {
 /// the items of every address of their entry (an alias included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quarantine_signs_in_with_the_directory_password() {
-    use crate::web::{SECRET, http};
+    use crate::web::{SECRET, http, sign_in};
     let slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
     let web = unused_addr().await;
@@ -537,32 +537,8 @@ async fn the_quarantine_signs_in_with_the_directory_password() {
         .send_mail("x@remote.test", &["bob@example.test"], message)
         .await;
 
-    let form = http(web, "GET", "/", None, &[]).await;
-    let wrong = http(
-        web,
-        "POST",
-        "/login",
-        None,
-        &[
-            ("csrf", &form.field("csrf")),
-            ("user", "alice"),
-            ("password", "bob-pw"),
-        ],
-    )
-    .await;
-    assert_eq!(wrong.status, 401);
-    let signed = http(
-        web,
-        "POST",
-        "/login",
-        None,
-        &[
-            ("csrf", &form.field("csrf")),
-            ("user", "alice"),
-            ("password", "alice-directory-pw"),
-        ],
-    )
-    .await;
+    assert_eq!(sign_in(web, "alice", "bob-pw").await.status, 401);
+    let signed = sign_in(web, "alice", "alice-directory-pw").await;
     assert_eq!(signed.status, 303, "{signed:?}");
     let list = http(web, "GET", "/", Some(&signed.cookie()), &[]).await;
     assert!(list.body.contains("[hold] to the alias"), "{}", list.body);

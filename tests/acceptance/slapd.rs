@@ -117,6 +117,10 @@ pub struct Slapd {
     /// ldaps:// (TLS from the start) with the certificate of `ca()`.
     pub tls_port: u16,
     child: Option<Child>,
+    /// While slapd is stopped, its port is kept bound (not listening): a
+    /// client is refused, and no other process can take the port before the
+    /// restart.
+    held: Option<tokio::net::TcpSocket>,
 }
 
 impl Slapd {
@@ -168,6 +172,7 @@ impl Slapd {
             port,
             tls_port,
             child: None,
+            held: None,
         };
         slapd.run().await;
         slapd
@@ -180,6 +185,7 @@ impl Slapd {
     /// Starts slapd in the foreground (`-d stats`: every operation logged) and
     /// waits until it answers a search.
     async fn run(&mut self) {
+        self.held = None;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -201,14 +207,34 @@ impl Slapd {
             .expect("start slapd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.answers() {
+        let started_before = self.log().matches("slapd starting").count();
+        // Ours answers: it said it started (its port bound), it still runs,
+        // and a search gets an answer.
+        while self.log().matches("slapd starting").count() == started_before
+            || !self.running()
+            || !self.answers()
+        {
             assert!(
                 Instant::now() < deadline,
                 "slapd did not start: {}",
                 self.log()
             );
+            // A pause between polls for the cause (slapd answering a search);
+            // this file is shared with the benchmark, so no test support here.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Our slapd is still running (one that could not bind its port has
+    /// exited, whoever else answers on it).
+    fn running(&mut self) -> bool {
+        let exited = self.child.as_mut().map(|c| c.try_wait());
+        assert!(
+            matches!(exited, Some(Ok(None))),
+            "slapd exited: {}",
+            self.log()
+        );
+        true
     }
 
     fn answers(&self) -> bool {
@@ -216,6 +242,10 @@ impl Slapd {
             .args(["-x", "-H", &self.url(), "-b", SUFFIX, "-s", "base", "1.1"])
             .output()
             .is_ok_and(|o| o.status.success())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     pub fn url(&self) -> String {
@@ -244,6 +274,7 @@ impl Slapd {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), "TERM");
             let _ = child.wait();
+            self.held = hold(self.port);
         }
     }
 
@@ -253,11 +284,19 @@ impl Slapd {
     }
 
     /// Freezes slapd: connections stay open, nothing is answered.
-    pub fn freeze(&self, frozen: bool) {
-        signal(
-            self.child.as_ref().unwrap().id(),
-            if frozen { "STOP" } else { "CONT" },
-        );
+    /// Waits until every thread has stopped (or runs again): a stop signal
+    /// reaches the threads of a busy process a little later.
+    pub async fn freeze(&self, frozen: bool) {
+        let pid = self.pid();
+        signal(pid, if frozen { "STOP" } else { "CONT" });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while all_threads_stopped(pid) != frozen {
+            assert!(
+                Instant::now() < deadline,
+                "slapd's threads did not follow the signal"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub fn delete(&self, dn: &str) {
@@ -305,6 +344,28 @@ impl Drop for Slapd {
         }
         self.stop();
     }
+}
+
+/// Whether every thread of a process is stopped (state T in /proc).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // "TID (comm) STATE …": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
+}
+
+/// Binds a port without listening on it: connections to it are refused.
+fn hold(port: u16) -> Option<tokio::net::TcpSocket> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.set_reuseaddr(true).ok()?;
+    socket.bind(([127, 0, 0, 1], port).into()).ok()?;
+    Some(socket)
 }
 
 /// A loopback port nothing listens on.
