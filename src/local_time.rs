@@ -50,22 +50,34 @@ fn local_time_line(line: &str) -> Option<String> {
 }
 
 /// `--since` and the search's "since": a duration ago ("2h") or a date
-/// ("2026-11-22", midnight UTC), as unix seconds.
+/// ("2026-11-22", from local midnight), as unix seconds.
 pub fn parse_since(text: &str) -> Option<u64> {
+    parse_point(text, false)
+}
+
+/// `--until` and the search's "until": a duration ago ("2h") or a date
+/// ("2026-11-22", that whole day: up to the next local midnight).
+pub fn parse_until(text: &str) -> Option<u64> {
+    parse_point(text, true)
+}
+
+fn parse_point(text: &str, end_of_day: bool) -> Option<u64> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     if let Ok(ago) = humantime::parse_duration(text.trim()) {
         return Some(now.saturating_sub(ago.as_secs()));
     }
-    chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-        .ok()
-        .map(|d| {
-            d.and_hms_opt(0, 0, 0)
-                .unwrap_or_default()
-                .and_utc()
-                .timestamp() as u64
-        })
+    let mut day = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok()?;
+    if end_of_day {
+        day = day.succ_opt()?;
+    }
+    // The pages and `list` show local times, so a date is a local day.
+    let midnight = day
+        .and_hms_opt(0, 0, 0)?
+        .and_local_timezone(Local)
+        .earliest()?;
+    u64::try_from(midnight.timestamp()).ok()
 }
 
 #[cfg(test)]

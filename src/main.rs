@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use mailmoat::archive::admin::QuarantineCommand;
 use mailmoat::config::Config;
 use mailmoat::control::Request;
+use mailmoat::local_time;
 use mailmoat::queue::admin::{AdminCommand, AdminReply, execute};
 use mailmoat::queue::spool::Spool;
 
@@ -227,6 +228,9 @@ enum QuarantineAction {
         /// Only items since this long ago ("2h", "3days") or this date (2026-11-22).
         #[arg(long)]
         since: Option<String>,
+        /// Only items before this long ago ("1h") or up to the end of this date.
+        #[arg(long)]
+        until: Option<String>,
         /// Only items refused by this rule or check (part of its name).
         #[arg(long)]
         rule: Option<String>,
@@ -236,6 +240,15 @@ enum QuarantineAction {
         /// Only items to this recipient (part of the address).
         #[arg(long)]
         recipient: Option<String>,
+        /// Only items whose subject holds this text.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only items with this outcome (rejected, quarantined, discarded, tempfailed).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only this item: its archive id, the queue id the client was told.
+        #[arg(long)]
+        id: Option<String>,
     },
     /// The record, the headers and the parts of an item.
     Show { id: String },
@@ -430,14 +443,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let command = match action {
                 QuarantineAction::List {
                     since,
+                    until,
                     rule,
                     sender,
                     recipient,
+                    subject,
+                    outcome,
+                    id,
                 } => QuarantineCommand::List {
-                    since: since.as_deref().map(parse_since).transpose()?,
-                    rule,
-                    sender,
-                    recipient,
+                    search: mailmoat::archive::search::Search {
+                        id,
+                        sender,
+                        recipient,
+                        subject,
+                        check: rule,
+                        outcome,
+                        since: since
+                            .as_deref()
+                            .map(|t| parse_time("--since", t, local_time::parse_since))
+                            .transpose()?,
+                        until: until
+                            .as_deref()
+                            .map(|t| parse_time("--until", t, local_time::parse_until))
+                            .transpose()?,
+                    },
                 },
                 QuarantineAction::Show { id } => QuarantineCommand::Show { id },
                 QuarantineAction::Release { id, rcpts } => QuarantineCommand::Release {
@@ -650,10 +679,11 @@ fn passwd(config: &Config, action: PasswdAction) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--since`: a duration ago ("2h") or a date ("2026-11-22"), as unix seconds.
-fn parse_since(text: &str) -> anyhow::Result<u64> {
-    mailmoat::local_time::parse_since(text).ok_or_else(|| {
-        anyhow::anyhow!("--since {text}: write a time ago (\"2h\") or a date (2026-11-22)")
+/// `--since`, `--until`: a duration ago ("2h") or a date ("2026-11-22"), as
+/// unix seconds.
+fn parse_time(option: &str, text: &str, parse: fn(&str) -> Option<u64>) -> anyhow::Result<u64> {
+    parse(text).ok_or_else(|| {
+        anyhow::anyhow!("{option} {text}: write a time ago (\"2h\") or a date (2026-11-22)")
     })
 }
 

@@ -6,18 +6,16 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Archive, Record, unix_now};
+use super::search::Search;
+use super::{Archive, unix_now};
 use crate::queue::admin::AdminReply;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum QuarantineCommand {
     List {
-        /// Unix seconds.
-        since: Option<u64>,
-        rule: Option<String>,
-        sender: Option<String>,
-        recipient: Option<String>,
+        #[serde(flatten)]
+        search: Search,
     },
     Show {
         id: String,
@@ -42,48 +40,28 @@ fn reply(ok: bool, text: impl Into<String>) -> AdminReply {
     }
 }
 
-fn matches(record: &Record, command: &QuarantineCommand) -> bool {
-    let QuarantineCommand::List {
-        since,
-        rule,
-        sender,
-        recipient,
-    } = command
-    else {
-        return true;
-    };
-    let contains = |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
-    since.is_none_or(|t| record.time >= t)
-        && rule
-            .as_deref()
-            .is_none_or(|r| contains(&record.decided_by.to_string(), r))
-        && sender
-            .as_deref()
-            .is_none_or(|s| contains(&record.sender, s))
-        && recipient
-            .as_deref()
-            .is_none_or(|r| record.recipients.iter().any(|x| contains(x, r)))
-}
-
 /// Runs a command on the archive. A release is judged and queued by the
 /// pipeline (`control::quarantine`), not here.
 pub fn execute(archive: &Archive, command: &QuarantineCommand) -> AdminReply {
     match command {
-        QuarantineCommand::List { .. } => {
+        QuarantineCommand::List { search } => {
             let header = ["Archive ID", "Time", "Outcome", "Rule/check"];
             let rows: Vec<([String; 4], String)> = archive
                 .records()
-                .filter(|r| matches(r, command))
+                .filter(|r| search.matches(r))
                 .map(|record| {
                     let sender = if record.sender.is_empty() {
                         "<>"
                     } else {
                         &record.sender
                     };
-                    let note = match (&record.released, record.has_message) {
-                        (Some(r), _) => format!("  [released to {}]", r.recipients.join(", ")),
-                        (None, true) => "  [message kept]".into(),
-                        (None, false) => String::new(),
+                    let released = record.released_to();
+                    let note = if !released.is_empty() {
+                        format!("  [released to {}]", released.join(", "))
+                    } else if record.has_message {
+                        "  [message kept]".into()
+                    } else {
+                        String::new()
                     };
                     (
                         [

@@ -8,6 +8,7 @@ pub mod actions;
 pub mod admin;
 pub mod release;
 pub mod report;
+pub mod search;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

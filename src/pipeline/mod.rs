@@ -238,7 +238,7 @@ impl Step {
             Step::ReleaseAddress => &["release"],
             Step::Relay => &["relay"],
             Step::Recipients => &["recipients", "recipients.callout", "recipients.ldap"],
-            Step::SenderLists => &["lists.recipient"],
+            Step::SenderLists => &["lists.recipient", "lists.global"],
             Step::RecipientRate => &["mailbomb.recipients", "mailbomb.mailbox"],
             Step::Greylist => &["greylist"],
             Step::BodyFlood => &["mailbomb.identical_bodies"],

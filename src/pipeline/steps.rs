@@ -249,18 +249,31 @@ impl Pipeline {
         let Some(entry) = self.lists.judge(&recipient, j.sender).await else {
             return Ok(());
         };
-        let whose = if entry.owner == crate::policy::lists::EVERYONE {
+        let global = entry.owner == crate::policy::lists::EVERYONE;
+        let whose = if global {
             "the administrators' list".to_string()
         } else {
             format!("the list of {}", entry.owner)
         };
         match entry.kind {
             crate::policy::lists::ListKind::Block => Err(Decision::refuse(
-                "lists.recipient",
+                if global {
+                    "lists.global"
+                } else {
+                    "lists.recipient"
+                },
                 Reply::new(
                     550,
                     "5.7.1",
-                    format!("<{}>: Sender blocked by the recipient", j.sender),
+                    format!(
+                        "<{}>: Sender blocked by {}",
+                        j.sender,
+                        if global {
+                            "the site's policy"
+                        } else {
+                            "the recipient"
+                        }
+                    ),
                 ),
                 format!("{} is blocked on {whose}", entry.sender),
             )),

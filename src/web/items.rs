@@ -16,7 +16,7 @@ use crate::archive::Record;
 use crate::archive::actions::needs_approval;
 use crate::policy::lists::{EVERYONE, ListKind};
 
-/// The administrators' search (the message trace).
+/// The administrators' search (the message trace) as the form sends it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Search {
@@ -28,6 +28,32 @@ pub struct Search {
     pub check: String,
     pub outcome: String,
     pub since: String,
+    pub until: String,
+}
+
+impl Search {
+    /// The archive's search, or what in the form cannot be read.
+    fn read(&self) -> Result<crate::archive::search::Search, String> {
+        let text = |field: &str| (!field.trim().is_empty()).then(|| field.trim().to_string());
+        let time = |name: &str, field: &str, parse: fn(&str) -> Option<u64>| {
+            if field.trim().is_empty() {
+                return Ok(None);
+            }
+            parse(field).map(Some).ok_or_else(|| {
+                format!("“{name}” {field:?}: write a time ago (2h, 3days) or a date (2026-12-01).")
+            })
+        };
+        Ok(crate::archive::search::Search {
+            id: text(&self.id),
+            sender: text(&self.sender),
+            recipient: text(&self.recipient),
+            subject: text(&self.subject),
+            check: text(&self.check),
+            outcome: text(&self.outcome),
+            since: time("since", &self.since, crate::local_time::parse_since)?,
+            until: time("until", &self.until, crate::local_time::parse_until)?,
+        })
+    }
 }
 
 impl Web {
@@ -95,7 +121,8 @@ pub(super) fn why(record: &Record) -> String {
         "mime.unscannable" => "an attachment could not be checked",
         "mime.ambiguous" | "mime.partial" => "its structure could be read two ways",
         "dmarc" => "the sender's domain says it is forged (DMARC)",
-        "lists.recipient" => "the sender is on a block list",
+        "lists.recipient" => "the sender is on your block list",
+        "lists.global" => "the sender is on the site's block list",
         "greylist" => "greylisted",
         "rule" => "",
         _ => "",
@@ -123,33 +150,35 @@ pub(super) async fn index(
         .unwrap_or_default();
         return web.page(StatusCode::OK, "Sign in", None, body);
     };
-    let since = (!search.since.is_empty())
-        .then(|| crate::local_time::parse_since(&search.since))
-        .flatten();
-    let contains = |field: &str, wanted: &str| {
-        wanted.is_empty() || field.to_lowercase().contains(&wanted.to_lowercase())
+    // Recipients see all of theirs; only administrators search.
+    let (wanted, problem) = match who.admin.then(|| search.read()) {
+        Some(Ok(wanted)) => (wanted, None),
+        // An unreadable search finds nothing rather than everything.
+        Some(Err(problem)) => (
+            crate::archive::search::Search {
+                until: Some(0),
+                ..Default::default()
+            },
+            Some(problem),
+        ),
+        None => (Default::default(), None),
     };
     let mut records: Vec<Record> = web
         .archive
         .records()
-        .filter(|r| !who.own(r).is_empty())
-        .filter(|r| {
-            !who.admin
-                || (contains(&r.id, &search.id)
-                    && contains(&r.sender, &search.sender)
-                    && contains(&r.recipients.join(" "), &search.recipient)
-                    && contains(r.subject.as_deref().unwrap_or(""), &search.subject)
-                    && contains(&r.decided_by.to_string(), &search.check)
-                    && contains(&r.outcome.to_string(), &search.outcome)
-                    && since.is_none_or(|s| r.time >= s))
-        })
+        .filter(|r| !who.own(r).is_empty() && wanted.matches(r))
         .collect();
     records.sort_by_key(|r| std::cmp::Reverse(r.time));
     let rows: Vec<pages::Row> = records.iter().take(500).map(|r| web.row(r)).collect();
     let body = pages::Items {
         rows: &rows,
-        admin: who.admin,
-        search: &search,
+        search: who.admin.then_some(&search),
+        empty: if who.admin {
+            "Nothing matches."
+        } else {
+            "Nothing is held for you."
+        },
+        problem: problem.as_deref(),
     }
     .render()
     .unwrap_or_default();
@@ -388,11 +417,11 @@ pub(super) async fn requests_page(State(web): State<Arc<Web>>, headers: HeaderMa
         .filter(|r| r.request.as_ref().is_some_and(|q| q.decided.is_none()))
         .map(|r| web.row(&r))
         .collect();
-    let search = Search::default();
     let body = pages::Items {
         rows: &rows,
-        admin: false,
-        search: &search,
+        search: None,
+        empty: "No release is waiting for a decision.",
+        problem: None,
     }
     .render()
     .unwrap_or_default();

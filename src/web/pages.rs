@@ -67,7 +67,7 @@ pub struct Row {
 #[derive(Template)]
 #[template(
     ext = "html",
-    source = r#"{% if admin %}<form method="get" action="/" class="search">
+    source = r#"{% if let Some(search) = search %}<form method="get" action="/" class="search">
 <input name="id" placeholder="queue id" value="{{ search.id }}">
 <input name="sender" placeholder="sender" value="{{ search.sender }}">
 <input name="recipient" placeholder="recipient" value="{{ search.recipient }}">
@@ -75,8 +75,10 @@ pub struct Row {
 <input name="check" placeholder="check or rule" value="{{ search.check }}">
 <input name="outcome" placeholder="outcome" value="{{ search.outcome }}">
 <input name="since" placeholder="since (2h, 2026-12-01)" value="{{ search.since }}">
+<input name="until" placeholder="until (1h, 2026-12-01)" value="{{ search.until }}">
 <button>Search</button></form>{% endif %}
-{% if rows.is_empty() %}<p>Nothing is held for you.</p>{% else %}
+{% if let Some(problem) = problem %}<p class="note">{{ problem }}</p>{% endif %}
+{% if rows.is_empty() %}<p>{{ empty }}</p>{% else %}
 <table><thead><tr><th>Date</th><th>Sender</th><th>Subject</th><th>Why</th><th>Size</th><th></th></tr></thead><tbody>
 {% for row in rows %}<tr><td>{{ row.date }}</td><td>{{ row.sender }}<br><small>{{ row.from }}</small></td>
 <td><a href="/item/{{ row.id }}">{{ row.subject }}</a></td><td>{{ row.why }}</td><td>{{ row.size }}</td><td>{{ row.state }}</td></tr>
@@ -84,8 +86,12 @@ pub struct Row {
 )]
 pub struct Items<'a> {
     pub rows: &'a [Row],
-    pub admin: bool,
-    pub search: &'a crate::web::Search,
+    /// The administrators' search form, as it was sent.
+    pub search: Option<&'a crate::web::Search>,
+    /// What an empty list says.
+    pub empty: &'a str,
+    /// What in the search could not be read.
+    pub problem: Option<&'a str>,
 }
 
 #[derive(Template)]

@@ -1013,10 +1013,10 @@ pub async fn archive_list(proxy: &Proxy, sender: Option<&str>) -> String {
         &proxy.queue_dir().join("control.sock"),
         &mailmoat::control::Request::Quarantine(
             mailmoat::archive::admin::QuarantineCommand::List {
-                since: None,
-                rule: None,
-                sender: sender.map(str::to_string),
-                recipient: None,
+                search: mailmoat::archive::search::Search {
+                    sender: sender.map(str::to_string),
+                    ..Default::default()
+                },
             },
         ),
     )

@@ -744,3 +744,137 @@ async fn the_pages_have_their_own_connection_limit_and_timeout() {
     let page = http(web, "GET", "/", None, &[]).await;
     assert_eq!(page.status, 200);
 }
+
+/// The items an administrator's search lists, by subject.
+async fn found(q: &Quarantine, cookie: &str, query: &[(&str, &str)]) -> (Vec<String>, String) {
+    let query: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    let page = http(
+        q.web,
+        "GET",
+        &format!("/?{}", query.join("&")),
+        Some(cookie),
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let mut subjects: Vec<String> = page
+        .body
+        .split("<a href=\"/item/")
+        .skip(1)
+        .filter_map(|rest| Some(rest.split_once("\">")?.1.split_once("</a>")?.0.to_string()))
+        .collect();
+    subjects.sort();
+    (subjects, page.body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_administrators_trace_finds_items_by_every_field_and_a_date_range() {
+    let q = Quarantine::start("").await;
+    q.send("ann@friend.test", "alice@example.test", "[hold] invoice 7")
+        .await;
+    q.send("ben@stranger.test", "bob@example.test", "[hold] report")
+        .await;
+    let (ok, text) = q.cli(&["lists", "block", "spam@stranger.test"]);
+    assert!(ok, "{text}");
+    // The administrators' block refuses for the site, not for the recipient.
+    let mut client = q.proxy.client().await;
+    client.expect("MAIL FROM:<spam@stranger.test>", "250").await;
+    let refused = client
+        .expect("RCPT TO:<alice@example.test>", "550 5.7.1")
+        .await;
+    assert!(
+        refused.text.contains("Sender blocked by the site's policy"),
+        "{refused:?}"
+    );
+    let cookie = q.admin().await;
+    let invoice = q.item("[hold] invoice 7").await;
+    let today = chrono::Local::now().format("%Y-%m-%d").to_string();
+    let yesterday = (chrono::Local::now() - chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let both = ["[hold] invoice 7", "[hold] report"];
+    for (query, expected) in [
+        (vec![("sender", "FRIEND.test")], vec!["[hold] invoice 7"]),
+        (vec![("recipient", "bob@")], vec!["[hold] report"]),
+        (vec![("subject", "REPORT")], vec!["[hold] report"]),
+        (vec![("id", invoice.as_str())], vec!["[hold] invoice 7"]),
+        (vec![("check", "hold-for-review")], both.to_vec()),
+        (vec![("outcome", "quarantined")], both.to_vec()),
+        // A day is the local day the pages show: today's items are in
+        // "since today" and "until today", not in "until yesterday".
+        (
+            vec![("since", today.as_str()), ("until", today.as_str())],
+            vec!["(no subject)", "[hold] invoice 7", "[hold] report"],
+        ),
+        (vec![("until", yesterday.as_str())], vec![]),
+        (
+            vec![("since", "1h"), ("subject", "invoice")],
+            vec!["[hold] invoice 7"],
+        ),
+        (vec![("until", "1h")], vec![]),
+    ] {
+        let (subjects, body) = found(&q, &cookie, &query).await;
+        assert_eq!(subjects, expected, "{query:?}: {body}");
+    }
+    // The refusal during the dialogue, found by its sender: no message kept.
+    let (subjects, body) = found(&q, &cookie, &[("sender", "spam@")]).await;
+    assert_eq!(subjects, ["(no subject)"], "{body}");
+    assert!(
+        body.contains("during the dialogue (no message kept)"),
+        "{body}"
+    );
+    assert!(
+        body.contains("the sender is on the site&#39;s block list"),
+        "{body}"
+    );
+    // Nothing found says so; a time it cannot read says how to write it and
+    // lists nothing rather than everything.
+    let (subjects, body) = found(&q, &cookie, &[("sender", "nobody")]).await;
+    assert!(
+        subjects.is_empty() && body.contains("Nothing matches."),
+        "{body}"
+    );
+    let (subjects, body) = found(&q, &cookie, &[("since", "last tuesday")]).await;
+    assert!(subjects.is_empty(), "{body}");
+    assert!(
+        body.contains(
+            "“since” &#34;last tuesday&#34;: write a time ago (2h, 3days) or a date (2026-12-01)."
+        ),
+        "{body}"
+    );
+
+    // The command line asks the same search of the same records.
+    let (ok, list) = q.cli(&[
+        "quarantine",
+        "list",
+        "--subject",
+        "invoice",
+        "--until",
+        &today,
+    ]);
+    assert!(ok, "{list}");
+    assert!(
+        list.contains(&invoice) && list.contains("-- 1 item(s)"),
+        "{list}"
+    );
+    let (ok, list) = q.cli(&["quarantine", "list", "--outcome", "rejected"]);
+    assert!(
+        ok && list.contains("spam@stranger.test -> alice@example.test")
+            && list.contains("-- 1 item(s)"),
+        "{list}"
+    );
+    let (ok, list) = q.cli(&["quarantine", "list", "--until", &yesterday]);
+    assert!(
+        ok && list.contains("The archive holds nothing that matches"),
+        "{list}"
+    );
+    let (ok, error) = q.cli(&["quarantine", "list", "--until", "soon"]);
+    assert!(!ok, "{error}");
+    assert!(
+        error.contains("--until soon: write a time ago (\"2h\") or a date (2026-11-22)"),
+        "{error}"
+    );
+}
