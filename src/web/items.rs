@@ -121,7 +121,7 @@ pub(super) fn why(record: &Record) -> String {
         "mime.unscannable" => "an attachment could not be checked",
         "mime.ambiguous" | "mime.partial" => "its structure could be read two ways",
         "dmarc" => "the sender's domain says it is forged (DMARC)",
-        "lists.recipient" => "the sender is on your block list",
+        "lists.recipient" => "the sender is on the recipient's block list",
         "lists.global" => "the sender is on the site's block list",
         "greylist" => "greylisted",
         "rule" => "",
