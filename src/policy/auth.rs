@@ -193,14 +193,23 @@ pub fn read_accounts(path: &Path) -> anyhow::Result<HashMap<String, (String, boo
 }
 
 /// Whether `password` is the one of an argon2id hash; tens of milliseconds of
-/// CPU by design, so not on an async worker.
-pub async fn verify_password(hash: String, password: String) -> bool {
+/// CPU by design, so not on an async worker. For a name without an account
+/// (`None`) the password is checked against a decoy and refused: an unknown
+/// name takes as long as a wrong password, so the time of the answer does not
+/// tell which names exist.
+pub async fn verify_password(hash: Option<String>, password: String) -> bool {
+    static DECOY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        hash_password("no account has this password").unwrap_or_default()
+    });
+    let known = hash.is_some();
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
+        let hash = hash.unwrap_or_else(|| DECOY.clone());
+        let matches = PasswordHash::new(&hash).is_ok_and(|parsed| {
             Argon2::default()
                 .verify_password(password.as_bytes(), &parsed)
                 .is_ok()
-        })
+        });
+        known && matches
     })
     .await
     .unwrap_or(false)
@@ -344,10 +353,7 @@ impl Authenticator {
     async fn check(&self, user: &str, password: &str) -> Login {
         match &self.accounts {
             Accounts::Users(users) => {
-                let Some(hash) = users.hash_of(user) else {
-                    return Login::Refused;
-                };
-                if verify_password(hash, password.to_string()).await {
+                if verify_password(users.hash_of(user), password.to_string()).await {
                     Login::Accepted(Account::named(user.to_string()))
                 } else {
                     Login::Refused
@@ -446,6 +452,16 @@ mod tests {
             err.ends_with(":3: write name:hash (use mailmoat passwd add NAME)"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_name_without_an_account_is_refused_whatever_the_password() {
+        let hash = hash_password("secret").unwrap();
+        assert!(verify_password(Some(hash.clone()), "secret".into()).await);
+        assert!(!verify_password(Some(hash), "wrong".into()).await);
+        // Not even the decoy's own password opens it.
+        assert!(!verify_password(None, "no account has this password".into()).await);
+        assert!(!verify_password(None, "secret".into()).await);
     }
 
     #[test]

@@ -164,11 +164,21 @@ impl Web {
         if password.is_empty() {
             return None;
         }
-        if let Some(path) = &self.config.auth.users_file
-            && let Ok(accounts) = crate::policy::auth::read_accounts(path)
-            && let Some((hash, admin)) = accounts.get(user).cloned()
-        {
-            if !crate::policy::auth::verify_password(hash, password.to_string()).await {
+        let account = self
+            .config
+            .auth
+            .users_file
+            .as_ref()
+            .and_then(|path| crate::policy::auth::read_accounts(path).ok())
+            .and_then(|accounts| accounts.get(user).cloned());
+        let directory = self.pipeline.recipients.directory();
+        if account.is_none() && directory.is_none() {
+            // Refused as slowly as a wrong password.
+            crate::policy::auth::verify_password(None, password.to_string()).await;
+            return None;
+        }
+        if let Some((hash, admin)) = account {
+            if !crate::policy::auth::verify_password(Some(hash), password.to_string()).await {
                 return None;
             }
             let addresses = if user.contains('@') {
@@ -178,8 +188,7 @@ impl Web {
             };
             return Some((admin, addresses));
         }
-        let directory = self.pipeline.recipients.directory()?;
-        let entry = directory.login(user, password).await.ok()??;
+        let entry = directory?.login(user, password).await.ok()??;
         Some((false, entry.addresses))
     }
 }
