@@ -159,10 +159,15 @@ impl Web {
     }
 
     /// Checks a name and password: the users file (administrators and AUTH
-    /// users), then the directory. The addresses the user may see.
-    async fn sign_in(&self, user: &str, password: &str) -> Option<(bool, Vec<String>)> {
+    /// users), then the directory. Whether the user is an administrator and
+    /// the addresses they may see; `Err` when the directory cannot answer.
+    async fn sign_in(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<(bool, Vec<String>)>, String> {
         if password.is_empty() {
-            return None;
+            return Ok(None);
         }
         let account = self
             .config
@@ -175,21 +180,26 @@ impl Web {
         if account.is_none() && directory.is_none() {
             // Refused as slowly as a wrong password.
             crate::policy::auth::verify_password(None, password.to_string()).await;
-            return None;
+            return Ok(None);
         }
         if let Some((hash, admin)) = account {
             if !crate::policy::auth::verify_password(Some(hash), password.to_string()).await {
-                return None;
+                return Ok(None);
             }
             let addresses = if user.contains('@') {
                 vec![user.to_lowercase()]
             } else {
                 Vec::new()
             };
-            return Some((admin, addresses));
+            return Ok(Some((admin, addresses)));
         }
-        let entry = directory?.login(user, password).await.ok()??;
-        Some((false, entry.addresses))
+        let Some(directory) = directory else {
+            return Ok(None);
+        };
+        match directory.login(user, password).await {
+            Ok(entry) => Ok(entry.map(|entry| (false, entry.addresses))),
+            Err(unavailable) => Err(unavailable.0),
+        }
     }
 }
 
@@ -213,12 +223,23 @@ pub(super) async fn login(
     }
     let user = field("user").trim();
     match web.sign_in(user, field("password")).await {
-        Some((admin, addresses)) => {
+        // Not the user's failure: not counted, and said as it is.
+        Err(why) => {
+            tracing::warn!(client = %ip, user, error = %why, "web sign-in could not be checked");
+            web.notice(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again in a minute",
+                None,
+                "Your password cannot be checked right now (the directory does not answer). \
+                 Try again in a minute, or use the link of your last digest.",
+            )
+        }
+        Ok(Some((admin, addresses))) => {
             tracing::info!(client = %ip, user, admin, "web sign-in");
             let cookie = web.session_cookie(admin, user, &addresses);
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }
-        None => {
+        Ok(None) => {
             web.login_failed(ip).await;
             tracing::info!(client = %ip, user, "web sign-in failed");
             tokio::time::sleep(web.config.auth.failure_delay).await;

@@ -506,7 +506,7 @@ async fn instances_sharing_redis_share_the_answers_and_the_flush() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quarantine_signs_in_with_the_directory_password() {
     use crate::web::{SECRET, http, sign_in};
-    let slapd = started().await;
+    let mut slapd = started().await;
     let backend = Backend::start(DataEnd::Strict).await;
     let web = unused_addr().await;
     let dir = tempfile::tempdir().unwrap();
@@ -515,7 +515,10 @@ async fn the_quarantine_signs_in_with_the_directory_password() {
     let text = base_config(
         backend.addr,
         "trusted_networks = [\"127.0.0.1/32\"]",
-        &format!("[web]\nlisten = \"{web}\"\nbase_url = \"http://{web}\"\nsecret = \"{SECRET}\"\n"),
+        &format!(
+            "[web]\nlisten = \"{web}\"\nbase_url = \"http://{web}\"\nsecret = \"{SECRET}\"\n\n\
+             [auth]\nsource = \"ldap\"\nplaintext_networks = [\"127.0.0.0/8\"]\n"
+        ),
     )
     .replace(
         "[recipients.domains.\"example.test\"]\nfile = \"recipients.txt\"\n",
@@ -543,4 +546,28 @@ async fn the_quarantine_signs_in_with_the_directory_password() {
     let list = http(web, "GET", "/", Some(&signed.cookie()), &[]).await;
     assert!(list.body.contains("[hold] to the alias"), "{}", list.body);
     assert!(!list.body.contains("[hold] to bob"), "{}", list.body);
+
+    // A dead directory is not a wrong password: said as it is, and not
+    // counted against the address (more than the ten failures a minute
+    // allowed, and never 429).
+    slapd.stop();
+    for _ in 0..12 {
+        let answer = sign_in(web, "alice", "alice-directory-pw").await;
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(
+            answer.body.contains(
+                "Your password cannot be checked right now (the directory does not answer)"
+            ),
+            "{}",
+            answer.body
+        );
+    }
+    // SMTP AUTH alike: 454 4.7.0, a temporary failure, not 535.
+    let mut client = proxy.client().await;
+    client
+        .expect(
+            &format!("AUTH PLAIN {}", b64("\0alice\0alice-directory-pw")),
+            "454 4.7.0",
+        )
+        .await;
 }
