@@ -139,7 +139,7 @@ pub(super) async fn index(
     headers: HeaderMap,
     Query(search): Query<Search>,
 ) -> Response {
-    let Some(who) = web.who(&headers) else {
+    let Some(who) = web.who(&headers).await else {
         let csrf = web.anonymous_csrf();
         let body = pages::Login {
             message: None,
@@ -195,7 +195,7 @@ pub(super) async fn item_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(who) = web.who(&headers) else {
+    let Some(who) = web.who(&headers).await else {
         return Redirect::to("/").into_response();
     };
     let Some(record) = web.archive.record(&id).filter(|r| !who.own(r).is_empty()) else {
@@ -268,7 +268,7 @@ pub(super) async fn item_act(
     Form(form): Fields,
 ) -> Response {
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let Some(who) = web.who(&headers) else {
+    let Some(who) = web.who(&headers).await else {
         return web.forbidden(None);
     };
     if !web.signer.csrf_matches(&who.session, field("csrf")) {
@@ -408,7 +408,7 @@ pub(super) async fn act(web: &Web, who: &Who, id: &str, action: &str) -> Respons
 }
 
 pub(super) async fn requests_page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let Some(who) = web.who(&headers).filter(|w| w.admin) else {
+    let Some(who) = web.who(&headers).await.filter(|w| w.admin) else {
         return web.forbidden(None);
     };
     let rows: Vec<pages::Row> = web

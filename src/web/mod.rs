@@ -55,6 +55,9 @@ pub struct Web {
     shared: Arc<crate::shared_state::SharedState>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     links_sent: Mutex<HashMap<String, Instant>>,
+    /// Sessions signed out (without `[shared]`): key → until when (unix
+    /// seconds, big-endian).
+    signed_out: sled::Tree,
 }
 
 /// The client's address, put in each request by the listener.
@@ -96,6 +99,7 @@ impl Web {
             shared,
             failures: Mutex::new(HashMap::new()),
             links_sent: Mutex::new(HashMap::new()),
+            signed_out: store.tree("web-signed-out")?,
         }))
     }
 

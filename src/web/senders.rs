@@ -13,7 +13,7 @@ use super::{Fields, Web, pages};
 use crate::policy::lists::{EVERYONE, ListKind};
 
 pub(super) async fn lists_page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let Some(who) = web.who(&headers) else {
+    let Some(who) = web.who(&headers).await else {
         return Redirect::to("/").into_response();
     };
     let mut entries = Vec::new();
@@ -65,7 +65,7 @@ pub(super) async fn lists_act(
     Form(form): Fields,
 ) -> Response {
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let Some(who) = web.who(&headers) else {
+    let Some(who) = web.who(&headers).await else {
         return web.forbidden(None);
     };
     if !web.signer.csrf_matches(&who.session, field("csrf")) {

@@ -63,21 +63,20 @@ impl Who {
 
 impl Web {
     /// The signed-in user of a request, from its cookie.
-    pub(super) fn who(&self, headers: &HeaderMap) -> Option<Who> {
+    pub(super) async fn who(&self, headers: &HeaderMap) -> Option<Who> {
         let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
         let session = cookies
             .split(';')
             .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")))?;
         let fields = self.signer.open(session, unix_now()).ok()?;
+        if self.signed_out(session).await {
+            return None;
+        }
         match fields.as_slice() {
-            [kind, role, name, addresses] if kind == "session" => Some(Who {
+            [kind, _id, role, name, addresses @ ..] if kind == "session" => Some(Who {
                 admin: role == "admin",
                 name: name.clone(),
-                addresses: addresses
-                    .split(',')
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_string)
-                    .collect(),
+                addresses: addresses.to_vec(),
                 session: session.to_string(),
             }),
             _ => None,
@@ -93,8 +92,15 @@ impl Web {
     ) -> HeaderValue {
         let expires = unix_now() + self.config.web.session_lifetime.as_secs();
         let role = if admin { "admin" } else { "user" };
-        let joined = addresses.join(",");
-        let token = self.signer.sign(&["session", role, name, &joined], expires);
+        // Each session its own: signing out one never ends a later one made
+        // in the same second.
+        let mut id = [0u8; 12];
+        rand::fill(&mut id);
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        // One field per address: a quoted local part may hold a comma.
+        let mut fields = vec!["session", &id, role, name];
+        fields.extend(addresses.iter().map(String::as_str));
+        let token = self.signer.sign(&fields, expires);
         let secure = if self.config.web.base_url.starts_with("https://") {
             "; Secure"
         } else {
@@ -105,6 +111,49 @@ impl Web {
             self.config.web.session_lifetime.as_secs()
         ))
         .expect("a token is a header value")
+    }
+
+    /// Where a signed-out session is remembered: a digest of the cookie, not
+    /// the cookie itself.
+    fn signed_out_key(&self, session: &str) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(session.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.shared.key("web-signed-out", &hex)
+    }
+
+    /// Has this session been signed out (on any instance, with `[shared]`)?
+    async fn signed_out(&self, session: &str) -> bool {
+        let key = self.signed_out_key(session);
+        if let Some(set) = self.shared.any_set(std::slice::from_ref(&key)).await {
+            return set;
+        }
+        self.signed_out
+            .get(key.as_bytes())
+            .ok()
+            .flatten()
+            .is_some_and(|until| until.as_ref() > unix_now().to_be_bytes().as_slice())
+    }
+
+    /// Ends a session for good: its cookie, replayed, no longer signs anyone
+    /// in. Remembered for the session's lifetime, after which it has expired
+    /// anyway.
+    async fn sign_out(&self, session: &str) {
+        let key = self.signed_out_key(session);
+        let lifetime = self.config.web.session_lifetime;
+        if self.shared.put(&key, b"1", Some(lifetime)).await.is_some() {
+            return;
+        }
+        let now = unix_now();
+        let until = now + lifetime.as_secs();
+        let _ = self.signed_out.insert(key.as_bytes(), &until.to_be_bytes());
+        // The expired ones go as new ones come: the tree stays as small as
+        // the sessions signed out within one lifetime.
+        for (old, until) in self.signed_out.iter().flatten() {
+            if until.as_ref() <= now.to_be_bytes().as_slice() {
+                let _ = self.signed_out.remove(old);
+            }
+        }
     }
 
     /// The form token of pages without a session (sign-in, links).
@@ -261,11 +310,13 @@ pub(super) async fn logout(
     headers: HeaderMap,
     Form(form): Fields,
 ) -> Response {
-    if let Some(who) = web.who(&headers)
+    if let Some(who) = web.who(&headers).await
         && web
             .signer
             .csrf_matches(&who.session, form.get("csrf").map_or("", String::as_str))
     {
+        web.sign_out(&who.session).await;
+        tracing::info!(user = %who.name, "web sign-out");
         let gone = HeaderValue::from_static(
             "mailmoat_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
         );

@@ -703,6 +703,26 @@ async fn instances_sharing_redis_share_the_lists_and_the_sign_in_limit() {
         .await;
     client.expect("RCPT TO:<bob@example.test>", "250").await;
 
+    // A session works on every instance; signed out on one, on none.
+    let cookie = a.admin().await;
+    let on_b = http(b.web, "GET", "/", Some(&cookie), &[]).await;
+    assert!(on_b.body.contains("Every message held"), "{}", on_b.body);
+    let out = http(
+        a.web,
+        "POST",
+        "/logout",
+        Some(&cookie),
+        &[("csrf", &on_b.field("csrf"))],
+    )
+    .await;
+    assert_eq!(out.status, 303, "{out:?}");
+    let replayed = http(b.web, "GET", "/", Some(&cookie), &[]).await;
+    assert!(
+        !replayed.body.contains("Every message held"),
+        "{}",
+        replayed.body
+    );
+
     let wrong = async |q: &Quarantine| sign_in(q.web, "root", "guess").await.status;
     for _ in 0..10 {
         assert_eq!(wrong(&a).await, 401);
@@ -892,4 +912,52 @@ async fn the_administrators_trace_finds_items_by_every_field_and_a_date_range() 
         error.contains("--until soon: write a time ago (\"2h\") or a date (2026-11-22)"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_the_session_for_good() {
+    let q = Quarantine::start("").await;
+    let cookie = q.admin().await;
+    let page = http(q.web, "GET", "/", Some(&cookie), &[]).await;
+    assert!(page.body.contains("Every message held"), "{}", page.body);
+    let csrf = page.field("csrf");
+    // Signing out needs the session's form token, like every other POST.
+    let forged = http(q.web, "POST", "/logout", Some(&cookie), &[("csrf", "x")]).await;
+    assert_eq!(forged.status, 403, "{forged:?}");
+    let out = http(q.web, "POST", "/logout", Some(&cookie), &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303, "{out:?}");
+    assert!(
+        out.header("set-cookie")
+            .is_some_and(|c| c.starts_with("mailmoat_session=;") && c.contains("Max-Age=0")),
+        "{out:?}"
+    );
+    // The old cookie, kept by whoever copied it, no longer signs anyone in
+    // nor acts with its form token.
+    let replayed = http(q.web, "GET", "/", Some(&cookie), &[]).await;
+    assert_eq!(replayed.status, 200);
+    assert!(replayed.body.contains("Sign in"), "{}", replayed.body);
+    assert!(
+        !replayed.body.contains("Every message held"),
+        "{}",
+        replayed.body
+    );
+    let act = http(
+        q.web,
+        "POST",
+        "/lists",
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("action", "block"),
+            ("sender", "x@spam.test"),
+        ],
+    )
+    .await;
+    assert_eq!(act.status, 403, "{act:?}");
+    let (ok, lists) = q.cli(&["lists", "show"]);
+    assert!(ok && !lists.contains("x@spam.test"), "{lists}");
+    // A new sign-in is a new session.
+    let again = q.admin().await;
+    let page = http(q.web, "GET", "/", Some(&again), &[]).await;
+    assert!(page.body.contains("Every message held"), "{}", page.body);
 }
