@@ -72,15 +72,30 @@ impl Web {
         if self.signed_out(session).await {
             return None;
         }
-        match fields.as_slice() {
-            [kind, _id, role, name, addresses @ ..] if kind == "session" => Some(Who {
+        let who = match fields.as_slice() {
+            [kind, _id, role, name, addresses @ ..] if kind == "session" => Who {
                 admin: role == "admin",
                 name: name.clone(),
                 addresses: addresses.to_vec(),
                 session: session.to_string(),
-            }),
-            _ => None,
+            },
+            _ => return None,
+        };
+        // An administrator removed from the users file (or no longer one)
+        // loses the pages at once, not when the session expires.
+        if who.admin && !self.is_administrator(&who.name) {
+            return None;
         }
+        Some(who)
+    }
+
+    fn is_administrator(&self, name: &str) -> bool {
+        self.config
+            .auth
+            .users_file
+            .as_ref()
+            .and_then(|path| crate::policy::auth::read_accounts(path).ok())
+            .is_some_and(|accounts| accounts.get(name).is_some_and(|(_, admin)| *admin))
     }
 
     /// A session cookie for a user.

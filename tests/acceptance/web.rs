@@ -960,4 +960,10 @@ async fn signing_out_ends_the_session_for_good() {
     let again = q.admin().await;
     let page = http(q.web, "GET", "/", Some(&again), &[]).await;
     assert!(page.body.contains("Every message held"), "{}", page.body);
+    // An administrator removed from the users file is out at once.
+    let (ok, text) = q.cli(&["passwd", "delete", "root"]);
+    assert!(ok, "{text}");
+    let page = http(q.web, "GET", "/", Some(&again), &[]).await;
+    assert!(!page.body.contains("Every message held"), "{}", page.body);
+    assert!(page.body.contains("Sign in"), "{}", page.body);
 }
