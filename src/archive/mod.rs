@@ -365,4 +365,4 @@ pub async fn retention_loop(archive: Arc<Archive>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -13,7 +13,7 @@ fn archive(dir: &Path, max_age: Duration, max_size: u64) -> Archive {
     Archive::open(&config, db.open_tree("archive").unwrap(), "mx.example.test").unwrap()
 }
 
-fn record(id: &str, time: u64, size: u64) -> Record {
+pub(crate) fn record(id: &str, time: u64, size: u64) -> Record {
     Record {
         id: id.into(),
         time,

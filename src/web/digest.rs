@@ -24,8 +24,53 @@ pub struct Digests {
     archive: Arc<Archive>,
     queue: Arc<Queue>,
     signer: Signer,
-    /// Recipient → unix seconds of their last digest.
+    /// Recipient → what their last digest reached (`Reached`).
     sent: sled::Tree,
+}
+
+/// What a recipient's last digest reached: the time of the newest item it
+/// listed and the items of that second. An item archived later in the same
+/// second is still new, so none is left out of every digest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Reached {
+    time: u64,
+    ids: Vec<String>,
+}
+
+impl Reached {
+    /// `TIME ID ID …` as stored (a bare time from earlier versions).
+    fn parse(text: &str) -> Reached {
+        let mut words = text.split_whitespace();
+        Reached {
+            time: words.next().and_then(|t| t.parse().ok()).unwrap_or(0),
+            ids: words.map(str::to_string).collect(),
+        }
+    }
+
+    fn text(&self) -> String {
+        std::iter::once(self.time.to_string())
+            .chain(self.ids.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn is_new(&self, record: &Record) -> bool {
+        record.time > self.time || (record.time == self.time && !self.ids.contains(&record.id))
+    }
+
+    /// After a digest listing `records` (not empty, oldest first).
+    fn after(mut self, records: &[Record]) -> Reached {
+        let newest = records.last().map_or(0, |r| r.time);
+        if newest > self.time {
+            self = Reached {
+                time: newest,
+                ids: Vec::new(),
+            };
+        }
+        let at_newest = records.iter().filter(|r| r.time == self.time);
+        self.ids.extend(at_newest.map(|r| r.id.clone()));
+        self
+    }
 }
 
 /// What `digest send` did: each recipient with the number of items listed.
@@ -65,13 +110,13 @@ impl Digests {
         }
     }
 
-    fn last_sent(&self, recipient: &str) -> u64 {
+    fn reached(&self, recipient: &str) -> Reached {
         self.sent
             .get(recipient.as_bytes())
             .ok()
             .flatten()
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
-            .unwrap_or(0)
+            .map(|v| Reached::parse(&String::from_utf8_lossy(&v)))
+            .unwrap_or_default()
     }
 
     /// Sends each recipient (or only `only`) a digest of their items since
@@ -80,7 +125,7 @@ impl Digests {
         let only = only.map(str::to_lowercase);
         let mut held: BTreeMap<String, Vec<Record>> = BTreeMap::new();
         // Each recipient's last digest, read from the store once.
-        let mut last: std::collections::HashMap<String, u64> = Default::default();
+        let mut last: std::collections::HashMap<String, Reached> = Default::default();
         for record in self.archive.records() {
             let released = record.released_to();
             for recipient in &record.recipients {
@@ -95,24 +140,24 @@ impl Digests {
                 {
                     continue;
                 }
-                let since = *last
+                let reached = last
                     .entry(recipient.clone())
-                    .or_insert_with(|| self.last_sent(&recipient));
-                if record.time <= since {
+                    .or_insert_with(|| self.reached(&recipient));
+                if !reached.is_new(&record) {
                     continue;
                 }
                 held.entry(recipient).or_default().push(record.clone());
             }
         }
-        let now = unix_now();
         let mut sent = Vec::new();
         for (recipient, mut records) in held {
             records.sort_by_key(|r| r.time);
             let message = self.digest(&recipient, &records);
             self.enqueue(&recipient, message, "digest").await?;
+            let reached = last.remove(&recipient).unwrap_or_default().after(&records);
             let _ = self
                 .sent
-                .insert(recipient.as_bytes(), now.to_string().as_bytes());
+                .insert(recipient.as_bytes(), reached.text().as_bytes());
             sent.push((recipient, records.len()));
         }
         let _ = self.sent.flush_async().await;
@@ -286,4 +331,28 @@ fn until_clock(at: &str) -> std::time::Duration {
     (next - now)
         .to_std()
         .unwrap_or(std::time::Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::tests::record;
+
+    #[test]
+    fn an_item_archived_in_the_second_of_the_last_digest_is_still_new() {
+        let first = [record("A", 100, 1), record("B", 105, 1)];
+        let reached = Reached::default().after(&first);
+        assert_eq!(reached, Reached::parse(&reached.text()));
+        assert_eq!(reached.text(), "105 B");
+        // C came in the same second as B, after the digest was made.
+        let late = record("C", 105, 1);
+        assert!(!reached.is_new(&first[0]) && !reached.is_new(&first[1]));
+        assert!(reached.is_new(&late));
+        let reached = reached.after(std::slice::from_ref(&late));
+        assert_eq!(reached.text(), "105 B C");
+        assert!(!reached.is_new(&late));
+        assert!(reached.is_new(&record("D", 106, 1)));
+        // What earlier versions stored: the time of the digest.
+        assert_eq!(Reached::parse("105").ids, Vec::<String>::new());
+    }
 }
