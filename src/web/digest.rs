@@ -297,40 +297,95 @@ impl Digests {
     }
 
     /// Sends digests daily at `digest.at` (local time), or every `digest.every`.
+    /// Sends the digests on schedule. The last scheduled run is kept in the
+    /// store, so a restart neither sends early nor skips one: a run missed
+    /// while the server was down is made when it starts.
     pub async fn run(self: Arc<Self>) {
+        let schedule = match (self.config.digest.every, &self.config.digest.at) {
+            (Some(every), _) => Schedule::Every(every),
+            (None, Some(at)) => {
+                let (hour, minute) = crate::config::parse_clock(at).unwrap_or((8, 0));
+                Schedule::At(hour, minute)
+            }
+            (None, None) => return,
+        };
         loop {
-            let wait = match (self.config.digest.every, &self.config.digest.at) {
-                (Some(every), _) => every,
-                (None, Some(at)) => until_clock(at),
-                (None, None) => return,
-            };
-            tokio::time::sleep(wait).await;
+            let now = chrono::Local::now();
+            let due = schedule.next(self.last_run(), now);
+            if let Ok(wait) = (due - now).to_std() {
+                tokio::time::sleep(wait).await;
+            }
+            // Remembered first, so a run that fails is not made again and
+            // again; as the time it was due, so a timer that woke a little
+            // early does not make the same run twice.
+            let ran = due.timestamp().max(chrono::Local::now().timestamp());
+            let _ = self.sent.insert(LAST_RUN, ran.to_string().as_bytes());
             match self.send(None).await {
                 Ok(sent) => tracing::info!(digests = sent.len(), "quarantine digests sent"),
                 Err(e) => tracing::error!(error = %e, "quarantine digests not sent"),
             }
         }
     }
+
+    fn last_run(&self) -> Option<chrono::DateTime<chrono::Local>> {
+        let text = self.sent.get(LAST_RUN).ok()??;
+        let unix: i64 = std::str::from_utf8(&text).ok()?.parse().ok()?;
+        Some(chrono::DateTime::from_timestamp(unix, 0)?.with_timezone(&chrono::Local))
+    }
 }
 
-/// How long until the next `HH:MM` local time.
-fn until_clock(at: &str) -> std::time::Duration {
-    use chrono::{Local, TimeZone};
-    let (hour, minute) = crate::config::parse_clock(at).unwrap_or((8, 0));
-    let now = Local::now();
-    let today = now
-        .date_naive()
-        .and_hms_opt(hour, minute, 0)
-        .and_then(|t| Local.from_local_datetime(&t).earliest());
-    let next = match today {
-        Some(t) if t > now => t,
-        _ => today
-            .map(|t| t + chrono::Duration::days(1))
-            .unwrap_or(now + chrono::Duration::days(1)),
-    };
-    (next - now)
-        .to_std()
-        .unwrap_or(std::time::Duration::from_secs(60))
+/// The key of the last scheduled run, beside the recipients' (no address
+/// starts with a NUL).
+const LAST_RUN: &[u8] = b"\0last-run";
+
+/// When digests go: every day at a local time, or at an interval.
+enum Schedule {
+    At(u32, u32),
+    Every(std::time::Duration),
+}
+
+impl Schedule {
+    /// When the next run is due, given the last one (now or earlier: send
+    /// at once).
+    fn next<Tz: chrono::TimeZone>(
+        &self,
+        last: Option<chrono::DateTime<Tz>>,
+        now: chrono::DateTime<Tz>,
+    ) -> chrono::DateTime<Tz> {
+        match self {
+            Schedule::Every(every) => {
+                let every = chrono::Duration::from_std(*every).unwrap_or(chrono::Duration::days(1));
+                match last {
+                    Some(last) => last + every,
+                    None => now + every,
+                }
+            }
+            Schedule::At(hour, minute) => {
+                let zone = now.timezone();
+                let at = |day: chrono::NaiveDate| {
+                    day.and_hms_opt(*hour, *minute, 0)
+                        .and_then(|t| zone.from_local_datetime(&t).earliest())
+                };
+                let today = now.date_naive();
+                let passed = at(today)
+                    .filter(|t| *t <= now)
+                    .or_else(|| at(today.pred_opt()?));
+                // The run that should have been made since the last one.
+                if let (Some(passed), Some(last)) = (&passed, &last)
+                    && last < passed
+                {
+                    return now;
+                }
+                // The next one strictly after the last run and now, so a
+                // timer that wakes a little early does not run twice.
+                let after = last.map_or(now.clone(), |l| l.max(now.clone()));
+                (0..3)
+                    .filter_map(|d| at(today + chrono::Duration::days(d)))
+                    .find(|t| *t > after)
+                    .unwrap_or(now + chrono::Duration::days(1))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -354,5 +409,44 @@ mod tests {
         assert!(reached.is_new(&record("D", 106, 1)));
         // What earlier versions stored: the time of the digest.
         assert_eq!(Reached::parse("105").ids, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_daily_digest_goes_at_its_time_once_and_a_missed_one_at_start() {
+        use chrono::TimeZone;
+        let zone = chrono::FixedOffset::east_opt(3600).unwrap();
+        let t = |d, h, m, s| zone.with_ymd_and_hms(2026, 12, d, h, m, s).unwrap();
+        let daily = Schedule::At(8, 0);
+        // Never run: the next 08:00.
+        assert_eq!(daily.next(None, t(5, 6, 0, 0)), t(5, 8, 0, 0));
+        assert_eq!(daily.next(None, t(5, 9, 0, 0)), t(6, 8, 0, 0));
+        // Ran at 08:00 today; the timer woke a little early or late.
+        assert_eq!(
+            daily.next(Some(t(5, 8, 0, 0)), t(5, 7, 59, 59)),
+            t(6, 8, 0, 0)
+        );
+        assert_eq!(
+            daily.next(Some(t(5, 8, 0, 1)), t(5, 8, 0, 1)),
+            t(6, 8, 0, 0)
+        );
+        // Down over yesterday's and today's 08:00: once, now.
+        assert_eq!(
+            daily.next(Some(t(3, 8, 0, 0)), t(5, 12, 0, 0)),
+            t(5, 12, 0, 0)
+        );
+        // Ran yesterday, started before today's: today's 08:00.
+        assert_eq!(
+            daily.next(Some(t(4, 8, 0, 0)), t(5, 7, 0, 0)),
+            t(5, 8, 0, 0)
+        );
+
+        let hourly = Schedule::Every(std::time::Duration::from_secs(4 * 3600));
+        assert_eq!(hourly.next(None, t(5, 6, 0, 0)), t(5, 10, 0, 0));
+        // A restart keeps the rhythm, and a missed run is due at once.
+        assert_eq!(
+            hourly.next(Some(t(5, 5, 0, 0)), t(5, 6, 0, 0)),
+            t(5, 9, 0, 0)
+        );
+        assert!(hourly.next(Some(t(4, 5, 0, 0)), t(5, 6, 0, 0)) <= t(5, 6, 0, 0));
     }
 }
