@@ -54,6 +54,15 @@ fn directory_ldif() -> String {
             "dn: ou={ou},{SUFFIX}\nobjectClass: organizationalUnit\nou: {ou}\n\n"
         ));
     }
+    // Active Directory answers a search from the domain's root with
+    // references to its application partitions beside the entries (and
+    // alone when nothing matches).
+    for partition in ["DomainDnsZones", "ForestDnsZones"] {
+        ldif.push_str(&format!(
+            "dn: ou={partition},{SUFFIX}\nobjectClass: referral\nobjectClass: extensibleObject\n\
+             ou: {partition}\nref: ldap://127.0.0.1:9/ou={partition},{SUFFIX}\n\n"
+        ));
+    }
     ldif.push_str(&format!(
         "dn: {SERVICE_DN}\nobjectClass: person\ncn: mailmoat\nsn: mailmoat\nuserPassword: {SERVICE_PASSWORD}\n\n"
     ));
