@@ -62,19 +62,40 @@ impl Archive {
 
     /// A recipient asks for the release of an item only an administrator may
     /// release.
-    pub fn request_release(&self, id: &str, by: &str) -> Result<(), String> {
+    /// `for_recipients` ask for the item's release; a request still open
+    /// gains them, so whoever else asks is released to on approval too.
+    pub fn request_release(
+        &self,
+        id: &str,
+        for_recipients: &[String],
+        by: &str,
+    ) -> Result<(), String> {
         let mut record = self
             .record(id)
             .ok_or_else(|| format!("{id}: no such item"))?;
-        if record.request.as_ref().is_some_and(|r| r.decided.is_none()) {
-            return Ok(());
+        match record.request.as_mut() {
+            Some(open) if open.decided.is_none() => {
+                let new: Vec<String> = for_recipients
+                    .iter()
+                    .filter(|r| !open.recipients.contains(r))
+                    .cloned()
+                    .collect();
+                if new.is_empty() {
+                    return Ok(());
+                }
+                open.recipients.extend(new);
+            }
+            _ => {
+                record.request = Some(ReleaseRequest {
+                    by: by.to_string(),
+                    time: unix_now(),
+                    recipients: for_recipients.to_vec(),
+                    decided: None,
+                });
+            }
         }
-        record.request = Some(ReleaseRequest {
-            by: by.to_string(),
-            time: unix_now(),
-            decided: None,
-        });
-        self.note(&mut record, by, "asked for a release".into())
+        let what = format!("asked for a release to {}", for_recipients.join(", "));
+        self.note(&mut record, by, what)
     }
 
     /// An administrator approves or declines a request (approving does not

@@ -93,6 +93,10 @@ pub struct Record {
 pub struct ReleaseRequest {
     pub by: String,
     pub time: u64,
+    /// The recipients who asked (an approval releases to them only); empty
+    /// in requests from before they were kept: every recipient.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
     /// None while waiting; then whether it was approved, by whom.
     #[serde(default)]
     pub decided: Option<(bool, String, u64)>,

@@ -301,6 +301,10 @@ pub(super) async fn act(web: &Web, who: &Who, id: &str, action: &str) -> Respons
         "release" | "release-allow" if needs_approval(&record) && !who.admin => Err(
             "Only an administrator can release this message: ask for its release instead.".into(),
         ),
+        // Allowing the null sender would release every bounce.
+        "release-allow" if record.sender.is_empty() => {
+            Err("A message without a sender cannot allow its sender: release it alone.".into())
+        }
         "release" => {
             let to = if who.admin { Vec::new() } else { own.clone() };
             web.release(&record, &to, &by)
@@ -349,15 +353,22 @@ pub(super) async fn act(web: &Web, who: &Who, id: &str, action: &str) -> Respons
         }
         "request" => web
             .archive
-            .request_release(id, &by)
+            .request_release(id, &own, &by)
             .map(|()| "Your request was sent: an administrator decides.".into()),
         "approve" | "decline" if who.admin => {
             let approve = action == "approve";
             match web.archive.decide_request(id, approve, &by) {
-                Ok(record) if approve => web
-                    .release(&record, &[], &by)
-                    .await
-                    .map(|queue_id| format!("Approved and released as {queue_id}.")),
+                // To those who asked, not to every recipient of the item.
+                Ok(record) if approve => {
+                    let to = record
+                        .request
+                        .as_ref()
+                        .map(|r| r.recipients.clone())
+                        .unwrap_or_default();
+                    web.release(&record, &to, &by)
+                        .await
+                        .map(|queue_id| format!("Approved and released as {queue_id}."))
+                }
                 Ok(_) => Ok("Declined.".into()),
                 Err(e) => Err(e),
             }

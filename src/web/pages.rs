@@ -99,7 +99,7 @@ pub struct Items<'a> {
     ext = "html",
     source = r#"<form method="post" action="/item/{{ row.id }}" class="actions"><input type="hidden" name="csrf" value="{{ csrf }}">
 {% if can_release %}<button name="action" value="release">Release</button>
-<button name="action" value="release-allow">Release and allow sender</button>{% endif %}
+{% if has_sender %}<button name="action" value="release-allow">Release and allow sender</button>{% endif %}{% endif %}
 {% if must_request %}<button name="action" value="request">Ask for release</button>{% endif %}
 {% if approvable %}<button name="action" value="approve">Approve release</button>
 <button name="action" value="decline">Decline release</button>{% endif %}

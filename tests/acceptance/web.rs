@@ -967,3 +967,140 @@ async fn signing_out_ends_the_session_for_good() {
     assert!(!page.body.contains("Every message held"), "{}", page.body);
     assert!(page.body.contains("Sign in"), "{}", page.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_request_releases_to_those_who_asked_and_bounces_are_not_allowed() {
+    use crate::scanning::{Clamd, MARKER};
+    let clamd = Clamd::start().await;
+    let q = Quarantine::start(&format!(
+        "[antivirus]\nclamd = \"{}\"\non_virus = \"quarantine\"\ntimeout = \"5s\"\n",
+        clamd.addr
+    ))
+    .await;
+    // One infected message for alice and bob; a held bounce for alice.
+    let mut client = q.proxy.client().await;
+    let message =
+        format!("From: <it@friend.test>\r\nSubject: Infected {MARKER}\r\n\r\n{MARKER}\r\n");
+    let reply = client
+        .send_mail(
+            "it@friend.test",
+            &["alice@example.test", "bob@example.test"],
+            message.as_bytes(),
+        )
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let mut client = q.proxy.client().await;
+    let bounce =
+        b"From: <mailer-daemon@remote.test>\r\nSubject: [hold] Undeliverable\r\n\r\nSorry.\r\n";
+    let reply = client.send_mail("", &["alice@example.test"], bounce).await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+
+    let digests = q.digests(&[]).await;
+    let mut alice = None;
+    for link in links(
+        digests
+            .iter()
+            .find(|d| d.rcpt_to == ["alice@example.test"])
+            .unwrap(),
+    ) {
+        let page = http(q.web, "GET", &path_of(&link), None, &[]).await;
+        if page.body.contains("Open my quarantine") {
+            alice = Some(signed_in(q.web, &link).await);
+        }
+    }
+    let alice = alice.expect("the digest's link to her quarantine");
+    let infected = q.item(&format!("Infected {MARKER}")).await;
+    let page = http(
+        q.web,
+        "GET",
+        &format!("/item/{infected}"),
+        Some(&alice),
+        &[],
+    )
+    .await;
+    assert!(page.body.contains("Ask for release"), "{}", page.body);
+    let asked = http(
+        q.web,
+        "POST",
+        &format!("/item/{infected}"),
+        Some(&alice),
+        &[("csrf", &page.field("csrf")), ("action", "request")],
+    )
+    .await;
+    assert!(
+        asked.body.contains("an administrator decides"),
+        "{}",
+        asked.body
+    );
+
+    let admin = q.admin().await;
+    let page = http(
+        q.web,
+        "GET",
+        &format!("/item/{infected}"),
+        Some(&admin),
+        &[],
+    )
+    .await;
+    assert!(
+        page.body
+            .contains("asked for a release to alice@example.test"),
+        "{}",
+        page.body
+    );
+    let approved = http(
+        q.web,
+        "POST",
+        &format!("/item/{infected}"),
+        Some(&admin),
+        &[("csrf", &page.field("csrf")), ("action", "approve")],
+    )
+    .await;
+    assert!(
+        approved.body.contains("Approved and released as"),
+        "{}",
+        approved.body
+    );
+    q.proxy.wait_idle().await;
+    let delivered: Vec<Received> = q
+        .backend
+        .messages()
+        .into_iter()
+        .filter(|m| m.mail_from == "<it@friend.test>")
+        .collect();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert!(String::from_utf8_lossy(&delivered[0].data).contains(MARKER));
+    assert_eq!(
+        delivered[0].rcpt_to,
+        ["alice@example.test"],
+        "bob did not ask"
+    );
+
+    // A bounce has no sender to allow: no such button, and the action is
+    // refused without releasing anything.
+    let undeliverable = q.item("[hold] Undeliverable").await;
+    let page = http(
+        q.web,
+        "GET",
+        &format!("/item/{undeliverable}"),
+        Some(&alice),
+        &[],
+    )
+    .await;
+    assert!(page.body.contains("value=\"release\""), "{}", page.body);
+    assert!(!page.body.contains("release-allow"), "{}", page.body);
+    let before = q.backend.messages().len();
+    let refused = http(
+        q.web,
+        "POST",
+        &format!("/item/{undeliverable}"),
+        Some(&alice),
+        &[("csrf", &page.field("csrf")), ("action", "release-allow")],
+    )
+    .await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    q.proxy.wait_idle().await;
+    assert_eq!(q.backend.messages().len(), before);
+    let (_, lists) = q.cli(&["lists", "show", "--for", "alice@example.test"]);
+    assert!(!lists.contains("<>"), "{lists}");
+}
