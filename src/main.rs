@@ -779,7 +779,7 @@ async fn offline_quarantine(
     let store = mailmoat::store::Store::open(&config.store.path)?;
     let archive = std::sync::Arc::new(mailmoat::archive::Archive::open(
         &config.archive,
-        store.tree("archive")?,
+        &store,
         &config.server.hostname,
     )?);
     let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;

@@ -321,7 +321,7 @@ fn keeping_services(
     let archive = if config.archive.enabled {
         let archive = Arc::new(crate::archive::Archive::open(
             &config.archive,
-            store.tree("archive")?,
+            store,
             &config.server.hostname,
         )?);
         background.push(tokio::spawn(crate::archive::retention_loop(

@@ -188,7 +188,11 @@ pub fn unix_now() -> u64 {
 pub struct Archive {
     pub config: ArchiveConfig,
     dir: PathBuf,
+    /// Archive id → record (JSON). Ids sort as they were made, oldest first.
     index: sled::Tree,
+    /// `recipient NUL id` → nothing: a recipient's items without reading
+    /// every record (the quarantine's pages).
+    by_recipient: sled::Tree,
     /// Whose release address is this: the proxy's host name.
     hostname: String,
     /// Releases happen one at a time, so none is delivered twice.
@@ -196,7 +200,15 @@ pub struct Archive {
 }
 
 impl Archive {
-    pub fn open(config: &ArchiveConfig, index: sled::Tree, hostname: &str) -> io::Result<Archive> {
+    pub fn open(
+        config: &ArchiveConfig,
+        store: &crate::store::Store,
+        hostname: &str,
+    ) -> io::Result<Archive> {
+        let index = store.tree("archive").map_err(io::Error::other)?;
+        let by_recipient = store
+            .tree("archive-by-recipient")
+            .map_err(io::Error::other)?;
         std::fs::create_dir_all(&config.path).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -206,13 +218,58 @@ impl Archive {
                 ),
             )
         })?;
-        Ok(Archive {
+        let archive = Archive {
             config: config.clone(),
             dir: config.path.clone(),
             index,
+            by_recipient,
             hostname: hostname.to_string(),
             release_guard: tokio::sync::Mutex::new(()),
-        })
+        };
+        // An archive kept before the recipients were indexed is indexed once.
+        if archive.by_recipient.is_empty() && !archive.index.is_empty() {
+            for record in archive.records() {
+                archive.index_recipients(&record)?;
+            }
+        }
+        Ok(archive)
+    }
+
+    fn recipient_key(recipient: &str, id: &str) -> Vec<u8> {
+        let mut key = recipient.to_lowercase().into_bytes();
+        key.push(0);
+        key.extend_from_slice(id.as_bytes());
+        key
+    }
+
+    fn index_recipients(&self, record: &Record) -> io::Result<()> {
+        for recipient in &record.recipients {
+            self.by_recipient
+                .insert(Self::recipient_key(recipient, &record.id), &[])
+                .map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// The records of items addressed to any of `addresses`, oldest first.
+    pub fn records_for(&self, addresses: &[String]) -> Vec<Record> {
+        let mut ids: Vec<Vec<u8>> = addresses
+            .iter()
+            .flat_map(|address| {
+                let mut prefix = address.to_lowercase().into_bytes();
+                prefix.push(0);
+                let skip = prefix.len();
+                self.by_recipient
+                    .scan_prefix(prefix)
+                    .keys()
+                    .filter_map(move |key| Some(key.ok()?[skip..].to_vec()))
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.iter()
+            .filter_map(|id| serde_json::from_slice(&self.index.get(id).ok()??).ok())
+            .collect()
     }
 
     fn message_path(&self, id: &str) -> PathBuf {
@@ -238,6 +295,7 @@ impl Archive {
         self.index
             .insert(record.id.as_bytes(), bytes)
             .map_err(io::Error::other)?;
+        self.index_recipients(record)?;
         // A kept message is indexed durably; records without one (a flood of
         // refused recipients, say) ride on the store's periodic flush.
         if message.is_some() {
@@ -263,6 +321,15 @@ impl Archive {
             .filter_map(|v| v.ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
+    /// Every record, newest first: a list of the latest stops early.
+    pub fn records_newest_first(&self) -> impl Iterator<Item = Record> + '_ {
+        self.index
+            .iter()
+            .values()
+            .rev()
+            .filter_map(|v| v.ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
     pub fn update(&self, record: &Record) -> io::Result<()> {
         let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
         self.index
@@ -273,11 +340,15 @@ impl Archive {
     }
 
     pub fn delete(&self, id: &str) -> io::Result<bool> {
-        let existed = self
-            .index
-            .remove(id.as_bytes())
-            .map_err(io::Error::other)?
-            .is_some();
+        let removed = self.index.remove(id.as_bytes()).map_err(io::Error::other)?;
+        let existed = removed.is_some();
+        if let Some(record) = removed.and_then(|b| serde_json::from_slice::<Record>(&b).ok()) {
+            for recipient in &record.recipients {
+                self.by_recipient
+                    .remove(Self::recipient_key(recipient, id))
+                    .map_err(io::Error::other)?;
+            }
+        }
         self.index.flush().map_err(io::Error::other)?;
         match std::fs::remove_file(self.message_path(id)) {
             Ok(()) => {}
@@ -292,10 +363,10 @@ impl Archive {
     pub fn enforce_retention(&self) -> io::Result<usize> {
         let now = unix_now();
         let max_age = self.config.max_age.as_secs();
-        let records: Vec<Record> = self.records().collect();
-        let mut total: u64 = records.iter().map(|r| r.size).sum();
+        // Two passes rather than every record in memory at once.
+        let mut total: u64 = self.records().map(|r| r.size).sum();
         let mut removed = 0;
-        for record in records {
+        for record in self.records() {
             let too_old = now.saturating_sub(record.time) > max_age;
             let too_big = total > self.config.max_size;
             if !(too_old || too_big) {

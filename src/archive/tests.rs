@@ -9,8 +9,8 @@ fn archive(dir: &Path, max_age: Duration, max_size: u64) -> Archive {
         release_key: Some(crate::config::Secret::new("0123456789abcdef0123")),
         ..ArchiveConfig::default()
     };
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    Archive::open(&config, db.open_tree("archive").unwrap(), "mx.example.test").unwrap()
+    let store = crate::store::Store::temporary().unwrap();
+    Archive::open(&config, &store, "mx.example.test").unwrap()
 }
 
 pub(crate) fn record(id: &str, time: u64, size: u64) -> Record {
@@ -77,4 +77,55 @@ fn release_addresses_are_signed() {
         None
     );
     assert!(!archive.is_release_address("alice", "mx.example.test"));
+}
+
+#[test]
+fn a_recipients_items_come_from_their_index_which_follows_deletes_and_is_built_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ArchiveConfig {
+        path: dir.path().join("quarantine"),
+        ..ArchiveConfig::default()
+    };
+    let store = crate::store::Store::temporary().unwrap();
+    let archive = Archive::open(&config, &store, "mx.example.test").unwrap();
+    let mut both = record("0002", 2, 0);
+    both.recipients = vec!["Alice@example.test".into(), "bob@example.test".into()];
+    archive.keep(&record("0001", 1, 0), None).unwrap();
+    archive.keep(&both, None).unwrap();
+    let mut bobs = record("0003", 3, 0);
+    bobs.recipients = vec!["bob@example.test".into()];
+    archive.keep(&bobs, None).unwrap();
+    let ids = |records: Vec<Record>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(archive.records_for(&["alice@example.test".into()])),
+        ["0002"]
+    );
+    assert_eq!(
+        ids(archive.records_for(&["bob@example.test".into()])),
+        ["0002", "0003"]
+    );
+    assert_eq!(
+        ids(archive.records_for(&["b@example.test".into(), "BOB@example.test".into()])),
+        ["0001", "0002", "0003"]
+    );
+    // Not a prefix match: "bob@example.tes" is someone else.
+    assert!(archive.records_for(&["bob@example.tes".into()]).is_empty());
+    assert_eq!(
+        ids(archive.records_newest_first().collect()),
+        ["0003", "0002", "0001"]
+    );
+    archive.delete("0002").unwrap();
+    assert!(
+        archive
+            .records_for(&["alice@example.test".into()])
+            .is_empty()
+    );
+
+    // An archive from before the index: indexed when opened.
+    store.tree("archive-by-recipient").unwrap().clear().unwrap();
+    let reopened = Archive::open(&config, &store, "mx.example.test").unwrap();
+    assert_eq!(
+        ids(reopened.records_for(&["bob@example.test".into()])),
+        ["0003"]
+    );
 }

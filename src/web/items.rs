@@ -16,6 +16,9 @@ use crate::archive::Record;
 use crate::archive::actions::needs_approval;
 use crate::policy::lists::{EVERYONE, ListKind};
 
+/// The most items a list shows, newest first.
+const PAGE: usize = 500;
+
 /// The administrators' search (the message trace) as the form sends it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -163,13 +166,23 @@ pub(super) async fn index(
         ),
         None => (Default::default(), None),
     };
-    let mut records: Vec<Record> = web
-        .archive
-        .records()
-        .filter(|r| !who.own(r).is_empty() && wanted.matches(r))
-        .collect();
+    // A recipient's items come from the recipients' index; an
+    // administrator's newest first, read only until the page is full.
+    let mut records: Vec<Record> = if who.admin {
+        web.archive
+            .records_newest_first()
+            .filter(|r| wanted.matches(r))
+            .take(PAGE)
+            .collect()
+    } else {
+        web.archive
+            .records_for(&who.addresses)
+            .into_iter()
+            .filter(|r| !who.own(r).is_empty())
+            .collect()
+    };
     records.sort_by_key(|r| std::cmp::Reverse(r.time));
-    let rows: Vec<pages::Row> = records.iter().take(500).map(|r| web.row(r)).collect();
+    let rows: Vec<pages::Row> = records.iter().take(PAGE).map(|r| web.row(r)).collect();
     let body = pages::Items {
         rows: &rows,
         search: who.admin.then_some(&search),
@@ -326,9 +339,13 @@ pub(super) async fn act(web: &Web, who: &Who, id: &str, action: &str) -> Respons
             }
             // Every message held from this sender for these recipients goes.
             let mut released = 0;
-            let held: Vec<Record> = web
-                .archive
-                .records()
+            let candidates = if who.admin {
+                web.archive.records().collect()
+            } else {
+                web.archive.records_for(&who.addresses)
+            };
+            let held: Vec<Record> = candidates
+                .into_iter()
                 .filter(|r| r.sender.eq_ignore_ascii_case(&record.sender) && r.has_message)
                 .filter(|r| !needs_approval(r))
                 .collect();
