@@ -61,7 +61,7 @@ impl Default for LdapConfig {
             found_ttl: Duration::from_secs(3600),
             not_found_ttl: Duration::from_secs(600),
             cache_size: 100_000,
-            login_filter: "(|(sAMAccountName=%u)(userPrincipalName=%s)(mail=%s))".into(),
+            login_filter: "(|(sAMAccountName=%s)(userPrincipalName=%s)(mail=%s))".into(),
         }
     }
 }

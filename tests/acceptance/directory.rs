@@ -305,6 +305,20 @@ async fn logins_bind_as_the_directory_entry_and_may_send_as_its_addresses() {
     assert_eq!(received[0].mail_from, "<a.smith@example.test>");
     assert_eq!(received[0].rcpt_to, ["friend@remote.test"]);
 
+    // A name is found as typed: bob's password does not sign in
+    // "bob@elsewhere.test", which is not his account, address or UPN.
+    let mut other = Client::connect_from("127.0.0.4".parse().unwrap(), proxy.addr).await;
+    other.hello().await;
+    other
+        .expect(
+            &format!("AUTH PLAIN {}", b64("\0bob@elsewhere.test\0bob-pw")),
+            "535 5.7.8",
+        )
+        .await;
+    other
+        .expect(&format!("AUTH PLAIN {}", b64("\0bob\0bob-pw")), "235")
+        .await;
+
     // Wrong passwords, an empty one (LDAP would take it as an anonymous bind),
     // an unknown name: 535; the fourth failure from one address locks it out,
     // the right password included.
