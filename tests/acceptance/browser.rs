@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
 
-use crate::scanning::{Clamd, MARKER};
+use crate::scanning::MARKER;
 use crate::support::*;
 use crate::web::{Quarantine, links};
 
@@ -115,12 +115,7 @@ impl Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_and_an_administrator_use_the_quarantine_in_a_browser() {
-    let clamd = Clamd::start().await;
-    let q = Quarantine::start(&format!(
-        "[antivirus]\nclamd = \"{}\"\non_virus = \"quarantine\"\ntimeout = \"5s\"\n",
-        clamd.addr
-    ))
-    .await;
+    let (clamd, q) = Quarantine::with_clamd().await;
     let browser = Browser::start().await;
     let base = format!("http://{}", q.web);
 

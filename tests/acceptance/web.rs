@@ -68,6 +68,18 @@ impl Quarantine {
         }
     }
 
+    /// The same with a real clamd that quarantines what carries the test
+    /// signature (kept running beside it).
+    pub async fn with_clamd() -> (crate::scanning::Clamd, Quarantine) {
+        let clamd = crate::scanning::Clamd::start().await;
+        let q = Quarantine::start(&format!(
+            "[antivirus]\nclamd = \"{}\"\non_virus = \"quarantine\"\ntimeout = \"5s\"\n",
+            clamd.addr
+        ))
+        .await;
+        (clamd, q)
+    }
+
     /// Sends a message from 127.0.0.1 (trusted); the reply to the end of DATA.
     pub async fn send(&self, from: &str, to: &str, subject: &str) -> String {
         let mut client = self.proxy.client().await;
@@ -970,13 +982,8 @@ async fn signing_out_ends_the_session_for_good() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_request_releases_to_those_who_asked_and_bounces_are_not_allowed() {
-    use crate::scanning::{Clamd, MARKER};
-    let clamd = Clamd::start().await;
-    let q = Quarantine::start(&format!(
-        "[antivirus]\nclamd = \"{}\"\non_virus = \"quarantine\"\ntimeout = \"5s\"\n",
-        clamd.addr
-    ))
-    .await;
+    use crate::scanning::MARKER;
+    let (_clamd, q) = Quarantine::with_clamd().await;
     // One infected message for alice and bob; a held bounce for alice.
     let mut client = q.proxy.client().await;
     let message =
