@@ -18,7 +18,12 @@ fn main() -> anyhow::Result<()> {
     let config = mailmoat::config::Config::load(std::path::Path::new(config))?;
     let count: u64 = count.parse()?;
     let store = mailmoat::store::Store::open(&config.store.path)?;
-    let archive = Archive::open(&config.archive, &store, &config.server.hostname)?;
+    let archive = Archive::open(
+        &config.archive,
+        &store,
+        &config.server.hostname,
+        config.web.listen.is_some(),
+    )?;
     let now = mailmoat::archive::unix_now();
     for i in 0..count {
         let recipient = if i % 1000 == 0 {

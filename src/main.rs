@@ -781,6 +781,7 @@ async fn offline_quarantine(
         &config.archive,
         &store,
         &config.server.hostname,
+        config.web.listen.is_some(),
     )?);
     let rules = mailmoat::rules::RuleSet::load_dir(&config.rules.path)?;
     let metrics = std::sync::Arc::new(mailmoat::metrics::Metrics::new());

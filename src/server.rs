@@ -323,6 +323,7 @@ fn keeping_services(
             &config.archive,
             store,
             &config.server.hostname,
+            config.web.listen.is_some(),
         )?);
         background.push(tokio::spawn(crate::archive::retention_loop(
             archive.clone(),

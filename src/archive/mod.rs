@@ -191,8 +191,10 @@ pub struct Archive {
     /// Archive id → record (JSON). Ids sort as they were made, oldest first.
     index: sled::Tree,
     /// `recipient NUL id` → nothing: a recipient's items without reading
-    /// every record (the quarantine's pages).
+    /// every record (the quarantine's pages). Kept only while the pages are
+    /// served; otherwise emptied, and built again when they are.
     by_recipient: sled::Tree,
+    indexed: bool,
     /// Whose release address is this: the proxy's host name.
     hostname: String,
     /// Releases happen one at a time, so none is delivered twice.
@@ -200,11 +202,15 @@ pub struct Archive {
 }
 
 impl Archive {
+    /// Opens the archive; `by_recipient`: keep the index of items by
+    /// recipient (when the quarantine's pages are served).
     pub fn open(
         config: &ArchiveConfig,
         store: &crate::store::Store,
         hostname: &str,
+        by_recipient: bool,
     ) -> io::Result<Archive> {
+        let indexed = by_recipient;
         let index = store.tree("archive").map_err(io::Error::other)?;
         let by_recipient = store
             .tree("archive-by-recipient")
@@ -223,11 +229,15 @@ impl Archive {
             dir: config.path.clone(),
             index,
             by_recipient,
+            indexed,
             hostname: hostname.to_string(),
             release_guard: tokio::sync::Mutex::new(()),
         };
-        // An archive kept before the recipients were indexed is indexed once.
-        if archive.by_recipient.is_empty() && !archive.index.is_empty() {
+        if !indexed {
+            // Not kept up to date from now on: emptied, so that it is built
+            // anew when the pages are served again.
+            archive.by_recipient.clear().map_err(io::Error::other)?;
+        } else if archive.by_recipient.is_empty() && !archive.index.is_empty() {
             for record in archive.records() {
                 archive.index_recipients(&record)?;
             }
@@ -243,6 +253,9 @@ impl Archive {
     }
 
     fn index_recipients(&self, record: &Record) -> io::Result<()> {
+        if !self.indexed {
+            return Ok(());
+        }
         for recipient in &record.recipients {
             self.by_recipient
                 .insert(Self::recipient_key(recipient, &record.id), &[])
@@ -253,6 +266,16 @@ impl Archive {
 
     /// The records of items addressed to any of `addresses`, oldest first.
     pub fn records_for(&self, addresses: &[String]) -> Vec<Record> {
+        if !self.indexed {
+            return self
+                .records()
+                .filter(|r| {
+                    r.recipients
+                        .iter()
+                        .any(|x| addresses.iter().any(|a| a.eq_ignore_ascii_case(x)))
+                })
+                .collect();
+        }
         let mut ids: Vec<Vec<u8>> = addresses
             .iter()
             .flat_map(|address| {

@@ -10,7 +10,7 @@ fn archive(dir: &Path, max_age: Duration, max_size: u64) -> Archive {
         ..ArchiveConfig::default()
     };
     let store = crate::store::Store::temporary().unwrap();
-    Archive::open(&config, &store, "mx.example.test").unwrap()
+    Archive::open(&config, &store, "mx.example.test", true).unwrap()
 }
 
 pub(crate) fn record(id: &str, time: u64, size: u64) -> Record {
@@ -87,7 +87,7 @@ fn a_recipients_items_come_from_their_index_which_follows_deletes_and_is_built_o
         ..ArchiveConfig::default()
     };
     let store = crate::store::Store::temporary().unwrap();
-    let archive = Archive::open(&config, &store, "mx.example.test").unwrap();
+    let archive = Archive::open(&config, &store, "mx.example.test", true).unwrap();
     let mut both = record("0002", 2, 0);
     both.recipients = vec!["Alice@example.test".into(), "bob@example.test".into()];
     archive.keep(&record("0001", 1, 0), None).unwrap();
@@ -123,9 +123,28 @@ fn a_recipients_items_come_from_their_index_which_follows_deletes_and_is_built_o
 
     // An archive from before the index: indexed when opened.
     store.tree("archive-by-recipient").unwrap().clear().unwrap();
-    let reopened = Archive::open(&config, &store, "mx.example.test").unwrap();
+    let reopened = Archive::open(&config, &store, "mx.example.test", true).unwrap();
     assert_eq!(
         ids(reopened.records_for(&["bob@example.test".into()])),
         ["0003"]
+    );
+    drop(reopened);
+
+    // Without the pages the index is not kept (and emptied, so it cannot go
+    // stale); the items are still found, by reading every record.
+    let unindexed = Archive::open(&config, &store, "mx.example.test", false).unwrap();
+    let mut carols = record("0004", 4, 0);
+    carols.recipients = vec!["carol@example.test".into()];
+    unindexed.keep(&carols, None).unwrap();
+    assert!(store.tree("archive-by-recipient").unwrap().is_empty());
+    assert_eq!(
+        ids(unindexed.records_for(&["Carol@example.test".into()])),
+        ["0004"]
+    );
+    drop(unindexed);
+    let indexed = Archive::open(&config, &store, "mx.example.test", true).unwrap();
+    assert_eq!(
+        ids(indexed.records_for(&["carol@example.test".into()])),
+        ["0004"]
     );
 }

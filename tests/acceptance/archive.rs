@@ -534,7 +534,8 @@ async fn a_release_is_judged_by_every_step_but_the_one_that_held_it() {
         let loaded = mailmoat::config::Config::load(&dir.path().join("mailmoat.toml")).unwrap();
         let store = mailmoat::store::Store::open(&loaded.store.path).unwrap();
         let archive =
-            mailmoat::archive::Archive::open(&loaded.archive, &store, "mx.example.test").unwrap();
+            mailmoat::archive::Archive::open(&loaded.archive, &store, "mx.example.test", false)
+                .unwrap();
         let peer = mailmoat::verdict::Peer {
             helo: Some("client.test".into()),
             trusted: true,
