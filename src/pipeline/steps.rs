@@ -1,5 +1,9 @@
 //! What each step does: one arm per [`Step`], each calling the check that owns it
 //! in `policy/` or `rules/`.
+//!
+//! One file on purpose: it is the index from a step of the precedence in
+//! `mod.rs` to the check that does it, each arm a few lines; split by stage,
+//! a step would be looked for in two places and the order read in neither.
 
 use futures_util::FutureExt;
 

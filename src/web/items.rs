@@ -280,14 +280,12 @@ pub(super) async fn item_act(
     Path(id): Path<String>,
     Form(form): Fields,
 ) -> Response {
-    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let Some(who) = web.who(&headers).await else {
-        return web.forbidden(None);
+    let who = match web.poster(&headers, &form).await {
+        Ok(who) => who,
+        Err(refused) => return *refused,
     };
-    if !web.signer.csrf_matches(&who.session, field("csrf")) {
-        return web.forbidden(Some(&who));
-    }
-    act(&web, &who, &id, field("action")).await
+    let action = form.get("action").map_or("", String::as_str);
+    act(&web, &who, &id, action).await
 }
 
 /// One action on one item, by someone it belongs to.

@@ -89,19 +89,25 @@ fn link_scope(fields: &[String]) -> Option<(String, LinkScope)> {
     }
 }
 
+/// The recipient and scope of a link's token, or the answer refusing it (an
+/// expired one offers a new link).
+fn opened(web: &Web, token: &str) -> Result<(String, LinkScope), Box<Response>> {
+    match web.signer.open(token, unix_now()) {
+        Ok(fields) => link_scope(&fields).ok_or_else(|| Box::new(web.forbidden(None))),
+        Err(Refused::Expired(fields)) => Err(Box::new(expired(web, &fields))),
+        Err(Refused::Tampered) => Err(Box::new(web.forbidden(None))),
+    }
+}
+
 /// The page a link opens: says what the button will do. Changes nothing.
 pub(super) async fn link_page(
     State(web): State<Arc<Web>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let token = query.get("t").map(String::as_str).unwrap_or("");
-    let (recipient, scope) = match web.signer.open(token, unix_now()) {
-        Ok(fields) => match link_scope(&fields) {
-            Some(found) => found,
-            None => return web.forbidden(None),
-        },
-        Err(Refused::Expired(fields)) => return expired(&web, &fields),
-        Err(Refused::Tampered) => return web.forbidden(None),
+    let (recipient, scope) = match opened(&web, token) {
+        Ok(opened) => opened,
+        Err(refused) => return *refused,
     };
     let csrf = web.signer.csrf(token);
     let (what, button) = match &scope {
@@ -150,13 +156,9 @@ fn expired(web: &Web, fields: &[String]) -> Response {
 pub(super) async fn link_act(State(web): State<Arc<Web>>, Form(form): Fields) -> Response {
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     let token = field("t");
-    let (recipient, scope) = match web.signer.open(token, unix_now()) {
-        Ok(fields) => match link_scope(&fields) {
-            Some(found) => found,
-            None => return web.forbidden(None),
-        },
-        Err(Refused::Expired(fields)) => return expired(&web, &fields),
-        Err(Refused::Tampered) => return web.forbidden(None),
+    let (recipient, scope) = match opened(&web, token) {
+        Ok(opened) => opened,
+        Err(refused) => return *refused,
     };
     if !web.signer.csrf_matches(token, field("csrf")) {
         return web.forbidden(None);

@@ -65,12 +65,10 @@ pub(super) async fn lists_act(
     Form(form): Fields,
 ) -> Response {
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let Some(who) = web.who(&headers).await else {
-        return web.forbidden(None);
+    let who = match web.poster(&headers, &form).await {
+        Ok(who) => who,
+        Err(refused) => return *refused,
     };
-    if !web.signer.csrf_matches(&who.session, field("csrf")) {
-        return web.forbidden(Some(&who));
-    }
     let owners: Vec<String> = if who.admin {
         vec![EVERYONE.to_string()]
     } else if field("owner").is_empty() {

@@ -128,6 +128,23 @@ impl Web {
         .expect("a token is a header value")
     }
 
+    /// The signed-in user of a form post that carries its session's form
+    /// token; otherwise the answer refusing it.
+    pub(super) async fn poster(
+        &self,
+        headers: &HeaderMap,
+        form: &std::collections::HashMap<String, String>,
+    ) -> Result<Who, Box<Response>> {
+        let Some(who) = self.who(headers).await else {
+            return Err(Box::new(self.forbidden(None)));
+        };
+        let csrf = form.get("csrf").map_or("", String::as_str);
+        if !self.signer.csrf_matches(&who.session, csrf) {
+            return Err(Box::new(self.forbidden(Some(&who))));
+        }
+        Ok(who)
+    }
+
     /// Where a signed-out session is remembered: a digest of the cookie, not
     /// the cookie itself.
     fn signed_out_key(&self, session: &str) -> String {

@@ -2,12 +2,10 @@
 //! the test on a loopback port with a schema like Active Directory's
 //! (`proxyAddresses` case-insensitive and multi-valued).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mailmoat");
 use crate::slapd::*;
 
 /// A slapd of the test's own, its packages installed when missing.
@@ -44,7 +42,7 @@ async fn proxy_with_directory(
 }
 
 fn cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
-    run(&proxy.config_path(), args)
+    run_cli(&proxy.config_path(), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +397,7 @@ async fn check_names_the_line_and_the_fix_of_a_directory_setting_without_connect
             format!("[relay]\nhosted_domains = [\"example.test\"]\n\n[ldap]\n{ldap}"),
         )
         .unwrap();
-        let (_, text) = run(&config, &["check"]);
+        let (_, text) = run_cli(&config, &["check"]);
         assert!(text.contains(expected), "{ldap}: {text}");
     }
     // A valid table passes without a directory to ask (dc1.example.test does not exist).
@@ -411,23 +409,9 @@ async fn check_names_the_line_and_the_fix_of_a_directory_setting_without_connect
          bind_dn = \"CN=mailmoat,DC=example,DC=test\"\nbind_password = \"s3cret-s3cret\"\n",
     )
     .unwrap();
-    let (ok, text) = run(&config, &["check"]);
+    let (ok, text) = run_cli(&config, &["check"]);
     assert!(ok, "{text}");
     assert!(!text.contains("s3cret-s3cret"), "{text}");
-}
-
-fn run(config: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).to_string()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
 }
 
 /// ldaps:// and StartTLS, trusting the CA given in `ca_file`; without it the

@@ -607,6 +607,22 @@ impl Proxy {
     }
 }
 
+/// `mailmoat --config CONFIG ARGS…`: whether it succeeded, and what it printed
+/// (standard output, then standard error).
+pub fn run_cli(config: &Path, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailmoat"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
 pub fn list_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {

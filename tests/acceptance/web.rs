@@ -112,17 +112,7 @@ impl Quarantine {
     }
 
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailmoat"))
-            .arg("--config")
-            .arg(self.proxy.config_path())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).to_string()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
+        run_cli(&self.proxy.config_path(), args)
     }
 
     /// Sends the digests now and waits until the backend has them; the
